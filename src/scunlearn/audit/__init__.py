@@ -1,0 +1,1 @@
+"""The post-hoc audit: membership-inference features, attackers, honest scoring, utility."""

@@ -1,0 +1,60 @@
+"""What an unlearning method gets: a model copy, forget/retain/validation cells — never audit cells."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..model import VAE
+from ..splits import Partition
+
+log = logging.getLogger(__name__)
+
+
+class Trajectory:
+    """Collects one row per epoch/step of a method and echoes it to the log."""
+
+    def __init__(self, name: str = "trajectory"):
+        self.rows: list[dict] = []
+        self.name = name
+
+    def log(self, **row) -> None:
+        self.rows.append(row)
+        log.info("%s  %s", self.name, "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class UnlearnContext:
+    """Everything a method may use. Holds copies of the allowed cells only, so audit cells are unreachable."""
+
+    model: VAE
+    forget: torch.Tensor
+    retain: torch.Tensor
+    validation: torch.Tensor
+    seed: int
+    device: torch.device
+    params: dict
+    trajectory: Trajectory = field(default_factory=Trajectory)
+
+    @classmethod
+    def build(cls, model: VAE, X: torch.Tensor, part: Partition, seed: int, params: dict,
+              trajectory: Trajectory | None = None) -> "UnlearnContext":
+        """Slice forget / retain / validation rows out of X; refuse if any of them is an audit cell."""
+        audit = np.asarray(part.audit)
+        for name in ("forget", "retain", "validation"):
+            overlap = np.intersect1d(getattr(part, name), audit)
+            if len(overlap):
+                raise ValueError(f"{len(overlap)} {name} cells are audit cells: a method may never see audit cells")
+        rows = {n: torch.as_tensor(np.asarray(getattr(part, n)), dtype=torch.long, device=X.device)
+                for n in ("forget", "retain", "validation")}
+        return cls(model=model, forget=X[rows["forget"]].clone(), retain=X[rows["retain"]].clone(),
+                   validation=X[rows["validation"]].clone(), seed=int(seed), device=X.device,
+                   params=dict(params), trajectory=trajectory or Trajectory())

@@ -1,0 +1,340 @@
+"""The workflow's stages as plain functions of paths and parameters.
+
+Each Snakemake script calls :func:`run` with its stage name; the stage gets named
+inputs, outputs and params as dicts, so every stage can be called (and tested)
+without Snakemake. Logic lives in the modules these functions call.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from . import ScunlearnError
+from .io import read_json, setup_logging, write_json, write_tsv, write_with
+
+log = logging.getLogger("scunlearn.pipeline")
+
+
+# ---------------------------------------------------------------- helpers
+
+def param_hash(obj) -> str:
+    """Short stable hash of a JSON-able parameter set (shown in the summary)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def matrix_checksum(adata: ad.AnnData) -> str:
+    """SHA-256 of the count matrix content, cell barcodes and gene names (not of the file bytes)."""
+    import scipy.sparse as sp
+
+    X = sp.csr_matrix(adata.X)
+    h = hashlib.sha256()
+    for arr in (X.indptr, X.indices, X.data.astype(np.float64)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update("\n".join(adata.obs_names).encode())
+    h.update("\n".join(adata.var_names).encode())
+    return h.hexdigest()
+
+
+def read_markers(path) -> pd.DataFrame:
+    try:
+        m = pd.read_csv(path, sep="\t")
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: marker table not found") from e
+    if not {"cell_type", "gene"} <= set(m.columns):
+        raise ScunlearnError(f"{path}: marker table needs columns 'cell_type' and 'gene'")
+    return m
+
+
+def read_adata(path) -> ad.AnnData:
+    try:
+        return ad.read_h5ad(path)
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: file not found") from e
+    except Exception as e:  # noqa: BLE001
+        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e})") from e
+
+
+def write_h5ad(adata: ad.AnnData, path) -> None:
+    write_with(path, lambda p: adata.write_h5ad(p, compression="gzip"))
+
+
+def _device(spec: str) -> torch.device:
+    from .model import resolve_device
+
+    dev = resolve_device(spec)
+    log.info("device: %s", dev)
+    return dev
+
+
+def _load_experiment(inp: dict, device):
+    """AnnData, count tensor and partition for one forget set (or just the split)."""
+    from .splits import load_partition
+    from .train import counts_tensor
+
+    adata = read_adata(inp["adata"])
+    part = load_partition(adata, inp["split"], inp.get("forget"))
+    return adata, counts_tensor(adata, device), part
+
+
+# ---------------------------------------------------------------- stages
+
+def stage_acquire(inp, out, params, threads):
+    from .acquire import acquire
+
+    adata = acquire(params["dataset"], read_markers(inp["markers"]), params["resources_dir"], params["checksums"])
+    adata.uns["data_sha256"] = matrix_checksum(adata)
+    log.info("raw data: %d cells x %d genes; content sha256 %s", adata.n_obs, adata.n_vars, adata.uns["data_sha256"])
+    write_h5ad(adata, out["raw"])
+
+
+def stage_preprocess(inp, out, params, threads):
+    from .preprocess import preprocess
+
+    raw = read_adata(inp["raw"])
+    adata = preprocess(raw, params["preprocess"], read_markers(inp["markers"]), params["seed"])
+    adata.uns["data_sha256"] = raw.uns.get("data_sha256", "")
+    write_h5ad(adata, out["adata"])
+
+
+def stage_split(inp, out, params, threads):
+    from .splits import make_split
+
+    adata = read_adata(inp["adata"])
+    s = params["splits"]
+    split = make_split(adata.obs_names, s["train_fraction"], s["validation_fraction"], params["seed"])
+    log.info("split sizes: %s", split["sizes"])
+    write_json(split, out["split"])
+
+
+def stage_forget(inp, out, params, threads):
+    from .splits import make_forget_set
+
+    adata = read_adata(inp["adata"])
+    fs = make_forget_set(adata, read_json(inp["split"]), params["spec"], params["seed"])
+    labels = adata.obs.loc[fs["forget"], "cell_type"].astype(str).value_counts().to_dict()
+    fs["cell_types"] = labels
+    log.info("forget set %s: %d cells; cell types %s", params["name"], fs["size"], labels)
+    write_json(fs, out["forget"])
+
+
+def stage_train(inp, out, params, threads):
+    """Baseline (no forget set given) or retrain (forget cells removed) — the same recipe."""
+    from .model import VAEConfig, build_vae, seed_everything
+    from .train import fit, save_checkpoint
+
+    seed = int(params["seed"])
+    seed_everything(seed, threads)
+    device = _device(params["device"])
+    adata, X, part = _load_experiment(inp, device)
+    train_idx = part.retain  # = train when there is no forget set
+    cfg = VAEConfig(n_genes=adata.n_vars, **params["model"])
+    model = build_vae(cfg).to(device)
+    tr = params["train"]
+    log.info("training %s on %d cells (%d removed), validating on %d; seed %d",
+             params["kind"], len(train_idx), len(part.forget), len(part.validation), seed)
+    t0 = time.perf_counter()
+    hist = fit(model, X, train_idx, part.validation, lr=tr["lr"], batch_size=tr["batch_size"],
+               max_epochs=tr["max_epochs"], kl_warmup_epochs=tr["kl_warmup_epochs"],
+               patience=tr["patience"], seed=seed)
+    best = hist.loc[hist["val_elbo"].idxmax()]
+    meta = {"kind": params["kind"], "seed": seed, "n_train": int(len(train_idx)),
+            "best_epoch": int(best["epoch"]), "val_elbo": float(best["val_elbo"]),
+            "epochs_run": int(len(hist)), "train_seconds": time.perf_counter() - t0,
+            "genes": list(map(str, adata.var_names)), "param_hash": param_hash([params["model"], tr])}
+    write_tsv(hist, out["history"])
+    save_checkpoint(model, out["model"], meta)
+
+
+def stage_matched(inp, out, params, threads):
+    from .matched import matched_negatives
+    from .model import cell_terms, seed_everything
+    from .train import load_checkpoint
+
+    seed_everything(params["seed"], threads)
+    adata, X, part = _load_experiment(inp, torch.device("cpu"))
+    model, _ = load_checkpoint(inp["model"])
+    mu_f = cell_terms(model, X, part.forget)["mu"].double().numpy()
+    mu_a = cell_terms(model, X, part.audit)["mu"].double().numpy()
+    res = matched_negatives(mu_f, mu_a, adata.obs_names[part.audit], params["k"], params["min_matched"])
+    res["cell_types"] = adata.obs.loc[res["barcodes"], "cell_type"].astype(str).value_counts().to_dict()
+    log.info("matched negatives: %d cells (k used %d); cell types %s", res["size"], res["k_used"], res["cell_types"])
+    write_json(res, out["matched"])
+
+
+def stage_unlearn(inp, out, params, threads):
+    from .methods import get_method, resolve_params
+    from .methods.context import Trajectory, UnlearnContext
+    from .model import seed_everything
+    from .train import check_genes, load_checkpoint, save_checkpoint
+
+    seed = int(params["seed"])
+    seed_everything(seed, threads)
+    device = _device(params["device"])
+    adata, X, part = _load_experiment(inp, device)
+    method = get_method(params["method"])
+    p = resolve_params(params["method"], params["params"], params["variant"])
+    model, base_meta = load_checkpoint(inp["baseline"], device)
+    check_genes(model, adata, inp["baseline"])
+    traj = Trajectory(params["variant"])
+    ctx = UnlearnContext.build(model, X, part, seed, p, traj)
+    log.info("unlearning with %s (%s) from %s: forget %d, retain %d, validation %d; params %s",
+             params["variant"], method.name, inp["baseline"], len(part.forget), len(part.retain),
+             len(part.validation), json.dumps(p))
+    t0 = time.perf_counter()
+    model = method.fn(ctx)
+    meta = {"kind": "unlearned", "method": method.name, "variant": params["variant"], "seed": seed,
+            "params": p, "param_hash": param_hash(p), "unlearn_seconds": time.perf_counter() - t0,
+            "baseline": str(inp["baseline"]), "genes": base_meta.get("genes", [])}
+    frame = traj.frame()
+    if frame.empty:
+        frame = pd.DataFrame({"epoch": []})
+    write_tsv(frame, out["trajectory"])
+    save_checkpoint(model, out["model"], meta)
+
+
+def _benchmark(path) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) from a Snakemake ``benchmark:`` file; NaN when absent."""
+    try:
+        b = pd.read_csv(path, sep="\t")
+        rss = pd.to_numeric(b["max_rss"], errors="coerce")
+        return float(b["s"].iloc[0]), float(rss.iloc[0])
+    except (FileNotFoundError, KeyError, IndexError, pd.errors.EmptyDataError):
+        return float("nan"), float("nan")
+
+
+def stage_audit(inp, out, params, threads):
+    """Fresh post-hoc attacker (forget vs matched negatives), LOSS attack and utility for one model."""
+    from .audit.attack import mia, model_features
+    from .audit.metrics import auc_score
+    from .audit.utility import utility
+    from .model import seed_everything
+    from .splits import _check_barcodes
+    from .train import check_genes, load_checkpoint
+
+    seed = int(params["seed"])
+    seed_everything(seed, threads)
+    adata, X, part = _load_experiment(inp, torch.device("cpu"))
+    model, meta = load_checkpoint(inp["model"])
+    check_genes(model, adata, inp["model"])
+    matched = read_json(inp["matched"])
+    _check_barcodes(matched["barcodes"], adata.obs_names[part.audit], inp["matched"], "matched (audit)")
+    neg = adata.obs_names.get_indexer(matched["barcodes"])
+    idx = np.r_[part.forget, neg]
+    y = np.r_[np.ones(len(part.forget)), np.zeros(len(neg))].astype(int)
+    feats = model_features(model, X, idx)
+    cfg = params["audit"]
+    t0 = time.perf_counter()
+    res = mia(feats, y, cfg, seed)
+    elbo_col = 2 * model.cfg.latent + 2  # ELBO column: higher ELBO = more member-like
+    res["loss_attack_auc"] = auc_score(y, feats[:, elbo_col])
+    log.info("attack AUC %.3f (CI %.3f-%.3f), LOSS-attack AUC %.3f, %.1fs",
+             res["auc"], res["auc_ci_low"], res["auc_ci_high"], res["loss_attack_auc"], time.perf_counter() - t0)
+    rng = np.random.default_rng(seed)
+    uc = cfg["utility"]
+    unseen = np.r_[part.validation, part.audit]
+    recon_idx = np.sort(rng.permutation(unseen)[: uc["max_cells"]])
+    class_idx = np.sort(rng.permutation(adata.n_obs)[: uc["max_cells"]])
+    marker_mask = adata.var_names.isin(read_markers(inp["markers"])["gene"])
+    util = utility(model, X, recon_idx=recon_idx, val_idx=part.validation, class_idx=class_idx,
+                   labels=adata.obs["cell_type"].astype(str).to_numpy()[class_idx], marker_mask=marker_mask,
+                   folds=uc["folds"], seed=seed, target_sum=params["target_sum"])
+    log.info("utility: %s", util)
+    wall, rss = _benchmark(inp.get("benchmark", ""))
+    record = {
+        "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
+        "method": params["method"], "variant": params["variant"],
+        "param_hash": meta.get("param_hash", ""), "seed": int(params["model_seed"]),
+        **res, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
+        "wall_s": wall, "max_rss_mb": rss, "model": str(inp["model"]),
+    }
+    write_json(record, out["audit"])
+
+
+SUMMARY_COLUMNS = [
+    "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed", "auc", "auc_sd",
+    "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "loss_attack_auc", "floor",
+    "floor_sd", "floor_min", "floor_max", "band_low", "band_high", "verdict", "ci_overlaps_floor_range",
+    "n_forget", "n_negatives", "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb",
+]
+
+
+def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
+    """One tidy row per audited model with floor, band and verdict (the summary.tsv contract)."""
+    from .audit.verdict import add_verdicts
+
+    df = pd.DataFrame(records)
+    missing = {"baseline", "retrain"} - set(df["method"])
+    if missing:
+        raise ScunlearnError(f"aggregate: no {sorted(missing)} models among the audits")
+    df = add_verdicts(df, tolerance)
+    order = {"baseline": 0, "retrain": 1}
+    df["_o"] = df["method"].map(order).fillna(2)
+    df = df.sort_values(["forget_set", "_o", "variant", "seed"]).drop(columns="_o")
+    return df[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def stage_aggregate(inp, out, params, threads):
+    records = [read_json(p) for p in inp["audits"]]
+    df = aggregate(records, params["tolerance"])
+    for fs, g in df.groupby("forget_set"):
+        log.info("forget set %s: floor %.3f, band [%.3f, %.3f]; %s", fs, g["floor"].iloc[0],
+                 g["band_low"].iloc[0], g["band_high"].iloc[0],
+                 g.groupby("variant")["auc"].mean().round(3).to_dict())
+    write_tsv(df, out["summary"])
+
+
+def stage_report(inp, out, params, threads):
+    from .report import build_report
+
+    provenance = package_versions()
+    adata = ad.read_h5ad(inp["adata"], backed="r")
+    provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
+    adata.file.close()
+    trajs = [dict(t, path=str(p)) for t, p in zip(params["trajectories"], inp["trajectories"])]
+    build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance)
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("scunlearn", "torch", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn",
+                "snakemake", "matplotlib", "seaborn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+STAGES = {
+    "acquire": stage_acquire, "preprocess": stage_preprocess, "split": stage_split, "forget": stage_forget,
+    "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn, "audit": stage_audit,
+    "aggregate": stage_aggregate, "report": stage_report,
+}
+
+
+def run(stage: str, smk) -> None:
+    """Entry point for ``workflow/scripts``: log to the rule's log file, run the stage, log any error."""
+    setup_logging(smk.log[0] if len(smk.log) else None)
+    inp = {k: v for k, v in smk.input.items()}
+    out = {k: v for k, v in smk.output.items()}
+    params = copy.deepcopy({k: v for k, v in smk.params.items()})
+    log.info("stage %s: rule %s, wildcards %s, threads %d", stage, smk.rule, dict(smk.wildcards.items()), smk.threads)
+    try:
+        STAGES[stage](inp, out, params, smk.threads)
+    except Exception:
+        log.error("stage %s failed:\n%s", stage, traceback.format_exc())
+        raise
+    log.info("stage %s done", stage)

@@ -1,0 +1,132 @@
+"""Seeded train / validation / audit splits and the forget sets, saved by barcode.
+
+``train`` (85%) is what the baseline sees; the unseen 15% is split into ``validation``
+(early stopping, and the only non-members an unlearning method may use) and ``audit``
+(used by nothing but the post-hoc attack). Forget sets are subsets of ``train``;
+retain = train − forget. Files store barcodes, sizes and seed; loading checks them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+from . import ScunlearnError
+from .io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+PARTS = ("train", "validation", "audit")
+
+
+def make_split(barcodes, train_fraction: float, validation_fraction: float, seed: int) -> dict:
+    """Split barcodes into train / validation / audit (validation_fraction is of the unseen part)."""
+    barcodes = np.asarray(barcodes)
+    n = len(barcodes)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_train = int(round(train_fraction * n))
+    n_val = int(round(validation_fraction * (n - n_train)))
+    parts = {
+        "train": perm[:n_train],
+        "validation": perm[n_train:n_train + n_val],
+        "audit": perm[n_train + n_val:],
+    }
+    for k, v in parts.items():
+        if len(v) == 0:
+            raise ScunlearnError(f"split '{k}' is empty with {n} cells; adjust splits.train_fraction / validation_fraction")
+    return {
+        "seed": int(seed),
+        "train_fraction": float(train_fraction),
+        "validation_fraction": float(validation_fraction),
+        "sizes": {k: int(len(v)) for k, v in parts.items()},
+        **{k: barcodes[np.sort(v)].tolist() for k, v in parts.items()},
+    }
+
+
+def make_forget_set(adata: ad.AnnData, split: dict, spec: dict, seed: int) -> dict:
+    """Choose a forget set from the train cells by ``spec``.
+
+    ``kind: cell_type`` (``cell_type``: label from the marker annotation), ``kind: cluster``
+    (``cluster``: a Leiden label) — both intersected with train, optionally ``n`` of them —
+    or ``kind: random`` (``n`` random train cells).
+    """
+    train = np.asarray(split["train"])
+    rng = np.random.default_rng(seed)
+    kind = spec["kind"]
+    if kind in ("cell_type", "cluster"):
+        key = "cell_type" if kind == "cell_type" else "leiden"
+        label = str(spec[kind])
+        labels = adata.obs[key].astype(str)
+        if label not in set(labels):
+            raise ScunlearnError(
+                f"forget set: {kind} '{label}' does not exist; available: {sorted(set(labels))}")
+        members = adata.obs_names[(labels == label).values]
+        pool = np.sort(np.intersect1d(train, members))
+        n = spec.get("n")
+        if n is not None:
+            if len(pool) < n:
+                raise ScunlearnError(
+                    f"forget set: {kind} '{label}' has only {len(pool)} train cells, {n} asked for")
+            pool = np.sort(rng.choice(pool, size=n, replace=False))
+        min_size = spec.get("min_size", 1)
+        if len(pool) < min_size:
+            raise ScunlearnError(
+                f"forget set: {kind} '{label}' has {len(pool)} train cells, fewer than min_size={min_size}")
+    elif kind == "random":
+        n = spec["n"]
+        if n > len(train):
+            raise ScunlearnError(f"forget set: {n} cells asked for but train has only {len(train)}")
+        pool = np.sort(rng.choice(train, size=n, replace=False))
+    else:
+        raise ScunlearnError(f"forget set: unknown kind '{kind}'")
+    if len(pool) >= len(train):
+        raise ScunlearnError(f"forget set ({len(pool)} cells) is not smaller than train ({len(train)} cells)")
+    return {"seed": int(seed), "spec": dict(spec), "size": int(len(pool)), "forget": pool.tolist()}
+
+
+def save_split(obj: dict, path: str | Path) -> None:
+    write_json(obj, path)
+
+
+def _check_barcodes(barcodes, obs_names, path, what) -> None:
+    missing = np.setdiff1d(np.asarray(barcodes), np.asarray(obs_names))
+    if len(missing):
+        raise ScunlearnError(
+            f"{path}: {len(missing)} {what} barcodes are not in the data (e.g. {missing[0]}); "
+            "the split does not belong to this dataset")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Integer row indices into the AnnData for every part of one forget-set experiment."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    audit: np.ndarray
+    forget: np.ndarray
+    retain: np.ndarray
+
+
+def load_partition(adata: ad.AnnData, split_path: str | Path, forget_path: str | Path | None = None) -> Partition:
+    """Load a split (and optionally a forget set), check the barcodes, return row indices."""
+    split = read_json(split_path)
+    for k in PARTS:
+        if k not in split:
+            raise ScunlearnError(f"{split_path}: missing '{k}'")
+        _check_barcodes(split[k], adata.obs_names, split_path, k)
+    idx = {k: adata.obs_names.get_indexer(split[k]) for k in PARTS}
+    if forget_path is not None:
+        forget = read_json(forget_path)["forget"]
+        _check_barcodes(forget, adata.obs_names, forget_path, "forget")
+        if not np.isin(forget, split["train"]).all():
+            raise ScunlearnError(f"{forget_path}: forget cells must all be train cells")
+        f_idx = adata.obs_names.get_indexer(forget)
+    else:
+        f_idx = np.array([], dtype=int)
+    retain = np.setdiff1d(idx["train"], f_idx)
+    return Partition(idx["train"], idx["validation"], idx["audit"], np.sort(f_idx), retain)

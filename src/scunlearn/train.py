@@ -1,0 +1,124 @@
+"""Training of the VAE (baseline and retrain share this recipe) and checkpoints.
+
+Adam, mini-batches by index over one dense count tensor on the device, KL warm-up,
+early stopping on validation ELBO with the best epoch restored, one log line per epoch.
+Checkpoints hold the state dict, the model config and training metadata and load
+with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from . import ScunlearnError
+from .io import atomic_path
+from .model import VAE, VAEConfig, build_vae, elbo
+
+log = logging.getLogger(__name__)
+
+
+def counts_tensor(adata: ad.AnnData, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The whole raw-count matrix (``layers['counts']``) as one dense float32 tensor."""
+    X = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    X = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return torch.as_tensor(np.ascontiguousarray(X, dtype=np.float32), device=device)
+
+
+def kl_weight(epoch: int, warmup_epochs: int) -> float:
+    """β for a 0-based epoch: linear from 0 to 1 over ``warmup_epochs`` (1 if no warm-up)."""
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor,
+              batch_size: int, beta: float, gen: torch.Generator) -> float:
+    """One pass over rows ``idx`` in a seeded random order; returns the mean batch loss."""
+    model.train()
+    perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
+    total, n = 0.0, 0
+    for s in range(0, len(perm), batch_size):
+        b = perm[s:s + batch_size]
+        if len(b) < 2:  # LayerNorm/BatchNorm-free, but a 1-cell batch is pure noise
+            continue
+        loss = model.loss(X[b], beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(b)
+        n += len(b)
+    return total / max(n, 1)
+
+
+def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_size: int, max_epochs: int,
+        kl_warmup_epochs: int, patience: int, seed: int, min_delta: float = 0.0) -> pd.DataFrame:
+    """Train ``model`` in place on rows ``train_idx``; early-stop on validation ELBO.
+
+    The weights of the best validation epoch are restored at the end. Returns the
+    per-epoch history (epoch, train_loss, val_elbo, kl_weight, seconds, best).
+    """
+    dev = X.device
+    train_idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long, device=dev)
+    val_idx = np.asarray(val_idx)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_state, best_epoch, bad = -np.inf, None, -1, 0
+    rows = []
+    for epoch in range(max_epochs):
+        t0 = time.perf_counter()
+        beta = kl_weight(epoch, kl_warmup_epochs)
+        train_loss = run_epoch(model, opt, X, train_idx, batch_size, beta, gen)
+        val = elbo(model, X, val_idx)
+        if not np.isfinite(train_loss) or not np.isfinite(val):
+            raise ScunlearnError(f"training diverged at epoch {epoch} (loss {train_loss}, val ELBO {val}); lower train.lr")
+        improved = val > best + min_delta
+        if improved:
+            best, best_state, best_epoch, bad = val, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad += 1
+        secs = time.perf_counter() - t0
+        rows.append({"epoch": epoch, "train_loss": train_loss, "val_elbo": val, "kl_weight": beta,
+                     "seconds": secs, "best": improved})
+        log.info("epoch %3d  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s",
+                 epoch, train_loss, val, beta, secs, "  *" if improved else "")
+        # no early stop while β is still warming up: the ELBO scale changes under it
+        if bad >= patience and epoch >= kl_warmup_epochs:
+            log.info("early stop at epoch %d; best epoch %d (val_elbo %.3f)", epoch, best_epoch, best)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return pd.DataFrame(rows)
+
+
+def save_checkpoint(model: VAE, path: str | Path, meta: dict) -> None:
+    """Atomically save state dict + model config + metadata (plain types only)."""
+    payload = {"state_dict": model.state_dict(), "model_config": model.cfg.to_dict(), "meta": meta}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
+    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``)."""
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: checkpoint not found") from e
+    except Exception as e:  # noqa: BLE001
+        raise ScunlearnError(f"{path}: not a readable scunlearn checkpoint ({e})") from e
+    model = build_vae(VAEConfig(**payload["model_config"])).to(device)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload.get("meta", {})
+
+
+def check_genes(model: VAE, adata: ad.AnnData, path: str | Path) -> None:
+    """Fail clearly when a checkpoint was trained on another gene set."""
+    if model.cfg.n_genes != adata.n_vars:
+        raise ScunlearnError(f"{path}: model has {model.cfg.n_genes} genes, data has {adata.n_vars}")

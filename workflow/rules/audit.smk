@@ -1,0 +1,75 @@
+# post-hoc audit of every model (fresh attacker each), then the tidy summary
+
+
+def model_of(w):
+    """Checkpoint and its training job's benchmark file for an audited model."""
+    if w.model == "baseline":
+        stem = f"baseline/seed{w.seed}"
+    else:
+        stem = f"{w.model}/{w.forget}/seed{w.seed}"
+    return {"model": f"{OUT}/models/{stem}.pt", "benchmark": f"{OUT}/benchmarks/{stem}.tsv"}
+
+
+def method_of(w):
+    return w.model if w.model in ("baseline", "retrain") else VARIANTS[w.model]["method"]
+
+
+def audited(forget):
+    """Every model audited on one forget set: baseline and retrain seeds, then each variant's seeds."""
+    names = ["baseline", "retrain"] + [v for v, d in VARIANTS.items() if forget in d["forget_sets"]]
+    return [f"{OUT}/audit/{forget}/{m}/seed{s}.json" for m in names for s in SEEDS]
+
+
+rule audit:
+    input:
+        unpack(model_of),
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        forget=rules.forget_set.output.forget,
+        matched=rules.matched_negatives.output.matched,
+        markers=config["preprocess"]["markers"],
+        code=lib("audit/attack.py", "audit/metrics.py", "audit/utility.py", "model.py", "train.py"),
+    output:
+        audit=f"{OUT}/audit/{{forget}}/{{model}}/seed{{seed}}.json",
+    params:
+        run=RUN,
+        dataset=config["dataset"]["source"],
+        forget=lambda w: w.forget,
+        variant=lambda w: w.model,
+        method=method_of,
+        model_seed=lambda w: int(w.seed),
+        seed=config["seed"],
+        audit=config["audit"],
+        target_sum=config["preprocess"]["target_sum"],
+    log:
+        f"{OUT}/logs/audit/{{forget}}/{{model}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/audit/{{forget}}/{{model}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        model=alternatives(["baseline", "retrain", *VARIANTS]),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/audit.py"
+
+
+rule aggregate:
+    input:
+        audits=[a for f in FORGET for a in audited(f)],
+        code=lib("audit/verdict.py"),
+    output:
+        summary=f"{OUT}/report/summary.tsv",
+    params:
+        tolerance=config["audit"]["tolerance"],
+    log:
+        f"{OUT}/logs/aggregate.log",
+    benchmark:
+        f"{OUT}/benchmarks/aggregate.tsv"
+    conda:
+        ENV
+    threads: 1
+    script:
+        "../scripts/aggregate.py"

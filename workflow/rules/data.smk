@@ -1,0 +1,89 @@
+# acquire (download | simulate | user file) -> preprocess -> split -> forget sets
+
+
+rule acquire:
+    input:
+        markers=config["preprocess"]["markers"],
+        code=lib("acquire.py", "simulate.py"),
+    output:
+        raw=f"{OUT}/data/raw.h5ad",
+    params:
+        dataset=config["dataset"],
+        resources_dir="resources/pbmc33k",
+        checksums="resources/pbmc33k/checksums.tsv",
+    log:
+        f"{OUT}/logs/acquire.log",
+    benchmark:
+        f"{OUT}/benchmarks/acquire.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+    script:
+        "../scripts/acquire.py"
+
+
+rule preprocess:
+    input:
+        raw=rules.acquire.output.raw,
+        markers=config["preprocess"]["markers"],
+        code=lib("preprocess.py"),
+    output:
+        adata=f"{OUT}/data/adata.h5ad",
+    params:
+        preprocess=config["preprocess"],
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/preprocess.log",
+    benchmark:
+        f"{OUT}/benchmarks/preprocess.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=16000,
+    script:
+        "../scripts/preprocess.py"
+
+
+rule split:
+    input:
+        adata=rules.preprocess.output.adata,
+        code=lib("splits.py"),
+    output:
+        split=f"{OUT}/splits/split.json",
+    params:
+        splits=config["splits"],
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/split.log",
+    benchmark:
+        f"{OUT}/benchmarks/split.tsv"
+    conda:
+        ENV
+    threads: 1
+    script:
+        "../scripts/split.py"
+
+
+rule forget_set:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        code=lib("splits.py"),
+    output:
+        forget=f"{OUT}/splits/{{forget}}.json",
+    params:
+        name=lambda w: w.forget,
+        spec=lambda w: config["forget_sets"][w.forget],
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/forget_set/{{forget}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/forget_set/{{forget}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    script:
+        "../scripts/forget.py"

@@ -1,0 +1,77 @@
+# baseline VAE per seed, retrained VAE per forget set and seed, matched negatives
+
+
+TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k != "seeds"}
+
+
+rule baseline:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        code=lib("model.py", "train.py", "splits.py"),
+    output:
+        model=f"{OUT}/models/baseline/seed{{seed}}.pt",
+        history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
+    params:
+        kind="baseline",
+        seed=lambda w: int(w.seed),
+        model=config["model"],
+        train=TRAIN_PARAMS,
+        device=config["device"],
+    log:
+        f"{OUT}/logs/baseline/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/baseline/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=res("train", "mem_mb", 16000),
+        runtime=res("train", "runtime", 120),
+    script:
+        "../scripts/train.py"
+
+
+use rule baseline as retrain with:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        forget=rules.forget_set.output.forget,
+        code=lib("model.py", "train.py", "splits.py"),
+    output:
+        model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
+        history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",
+    params:
+        kind="retrain",
+        seed=lambda w: int(w.seed),
+        model=config["model"],
+        train=TRAIN_PARAMS,
+        device=config["device"],
+    log:
+        f"{OUT}/logs/retrain/{{forget}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/retrain/{{forget}}/seed{{seed}}.tsv"
+
+
+rule matched_negatives:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        forget=rules.forget_set.output.forget,
+        model=f"{OUT}/models/baseline/seed{MATCH_SEED}.pt",
+        code=lib("matched.py", "model.py", "train.py"),
+    output:
+        matched=f"{OUT}/splits/matched_{{forget}}.json",
+    params:
+        k=config["matched"]["k"],
+        min_matched=config["matched"]["min_matched"],
+        seed=config["seed"],
+    log:
+        f"{OUT}/logs/matched/{{forget}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/matched/{{forget}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    script:
+        "../scripts/matched.py"

@@ -1,0 +1,31 @@
+# one rule for every unlearning method variant: {variant} / {forget} / {seed}
+
+
+rule unlearn:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        forget=rules.forget_set.output.forget,
+        baseline=f"{OUT}/models/baseline/seed{{seed}}.pt",
+        code=lib("model.py", "train.py", "optim.py", "audit/attack.py", *METHOD_MODULES),
+    output:
+        model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
+        trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",
+    params:
+        variant=lambda w: w.variant,
+        method=lambda w: VARIANTS[w.variant]["method"],
+        params=lambda w: VARIANTS[w.variant]["params"],
+        seed=lambda w: int(w.seed),
+        device=config["device"],
+    log:
+        f"{OUT}/logs/unlearn/{{variant}}/{{forget}}/seed{{seed}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/{{variant}}/{{forget}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=res("unlearn", "mem_mb", 16000),
+        runtime=res("unlearn", "runtime", 120),
+    script:
+        "../scripts/unlearn.py"
