@@ -12,6 +12,9 @@ configfile: "config/config.yaml"
 validate(config, "config/schema.yaml", set_default=True)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"

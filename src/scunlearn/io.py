@@ -30,6 +30,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs must be readable like any other file
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -61,7 +61,7 @@ rule aggregate:
         audits=[a for f in FORGET for a in audited(f)],
         code=lib("audit/verdict.py"),
     output:
-        summary=f"{OUT}/report/summary.tsv",
+        summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
     params:
         tolerance=config["audit"]["tolerance"],
     log:

@@ -9,6 +9,16 @@ TRAJECTORIES = [
 ]
 
 
+REPORT_TABLES = ["table2_adversarial", "table3_fisher", "table4_utility", "table_all"]
+REPORT_FIGURES = [
+    "fig1_trajectories",
+    "fig2_method_comparison",
+    "fig3_summary",
+    "fig4_privacy_utility",
+    "fig5_seed_cis",
+]
+
+
 rule report:
     input:
         summary=rules.aggregate.output.summary,
@@ -16,11 +26,15 @@ rule report:
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
         code=lib("report/__init__.py", "report/tables.py", "report/figures.py", "report/html.py"),
     output:
-        html=report(
-            f"{OUT}/report/index.html",
-            caption="../report/index.rst",
-            category="Report",
-        ),
+        html=report(f"{OUT}/report/index.html", caption="../report/index.rst", category="Report"),
+        tables=[
+            report(f"{OUT}/report/tables/{t}.tsv", caption=f"../report/{t}.rst", category="Tables")
+            for t in REPORT_TABLES
+        ],
+        figures=[
+            report(f"{OUT}/report/figures/{f}.png", caption=f"../report/{f}.rst", category="Figures")
+            for f in REPORT_FIGURES
+        ],
     params:
         trajectories=TRAJECTORIES,
         config=config,

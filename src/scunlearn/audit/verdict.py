@@ -15,13 +15,20 @@ def floor_stats(retrain_aucs) -> dict:
             "floor_min": float(a.min()), "floor_max": float(a.max())}
 
 
+#: AUCs within this of a band edge count as in band (float noise in floor ± tolerance)
+EDGE_EPS = 1e-9
+
+
 def verdict(auc: float, method: str, band_low: float, band_high: float) -> str:
-    """TARGET for retrain; else SUCCESS in band, OVER-UNLEARN below, FAIL above (LEAK for baseline)."""
+    """TARGET for retrain; else SUCCESS in band (edges included), OVER-UNLEARN below,
+    FAIL above (LEAK for the baseline); NA for a missing AUC."""
     if method == "retrain":
         return "TARGET"
-    if auc > band_high:
+    if pd.isna(auc):
+        return "NA"
+    if auc > band_high + EDGE_EPS:
         return "LEAK" if method == "baseline" else "FAIL"
-    if auc < band_low:
+    if auc < band_low - EDGE_EPS:
         return "OVER-UNLEARN"
     return "SUCCESS"
 

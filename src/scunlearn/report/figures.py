@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from .. import ScunlearnError
 from ..io import write_tsv, write_with
@@ -105,7 +106,7 @@ def _bands(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tolerance(bands: pd.DataFrame) -> float | None:
-    """The tolerance when every band is symmetric with the same width, else None."""
+    """The tolerance (band_high - floor) when it is the same for every forget set, else None."""
     tol = np.unique(np.round((bands["band_high"] - bands["floor"]).to_numpy(), 9))
     return float(tol[0]) if len(tol) == 1 and np.isfinite(tol[0]) else None
 
@@ -120,9 +121,9 @@ def variant_palette(summary: pd.DataFrame) -> dict[str, tuple]:
     return {v: fixed.get(methods[v], colours.get(v)) for v in order}
 
 
-def _legend_outside(fig: Figure, handles: list, title: str | None = None) -> None:
-    """Put one figure-level legend to the right of all axes."""
-    fig.legend(handles=handles, loc="outside right upper", title=title, frameon=False)
+def _legend_outside(fig: Figure, handles: list) -> None:
+    """Put one figure-level legend to the right of all axes (never over the data)."""
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
 
 
 def read_trajectories(trajectories: Iterable[Mapping]) -> pd.DataFrame:
@@ -152,6 +153,15 @@ def read_trajectories(trajectories: Iterable[Mapping]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[TRAJECTORY_COLUMNS[:-1]]
 
 
+def _audit_tick(ax, x_end: float, x_audit: float) -> None:
+    """Integer epoch ticks up to ``x_end - 1``, a dotted divider, and an 'audit' tick."""
+    gap = max(1.0, 0.1 * x_end)  # keep the last epoch label clear of "audit"
+    ticks = [t for t in MaxNLocator(nbins=6, integer=True).tick_values(0, x_end - 1)
+             if 0 <= t <= x_end - gap]
+    ax.set_xticks(ticks + [x_audit], [f"{t:g}" for t in ticks] + ["audit"])
+    ax.axvline(x_end - 0.5, color="0.6", ls=":", lw=1)
+
+
 @_styled
 def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
                      out_dir: str | os.PathLike) -> Path:
@@ -169,7 +179,7 @@ def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
 
     sets = [f for f in forget_set_order(summary) if f in set(data["forget_set"])]
     variants = [v for v in variant_order(summary) if v in set(data["variant"])]
-    seeds = sorted(data["seed"].unique())
+    seeds = sorted(data["seed"].unique().tolist())
     colours = dict(zip(seeds, sns.color_palette("deep", len(seeds))))
     bands = _bands(summary)
     fig = Figure(figsize=(4.2 * len(variants) + 1.8, 3.2 * len(sets)), layout="constrained")
@@ -183,12 +193,16 @@ def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
             continue
         _band(ax, *bands.loc[fs, ["floor", "band_low", "band_high"]])
         x_end = panel["epoch"].max() + 1
+        step = max(0.2, 0.015 * x_end)  # spread the stars of close AUCs sideways
+        x_audit = x_end + step * (len(seeds) - 1) / 2
         for seed, run in panel.groupby("seed"):
             ax.plot(run["epoch"], run["shadow_auc"], color=colours[seed], marker=".", lw=1.4)
             auc = run["posthoc_auc"].iloc[0]
             if pd.notna(auc):
-                ax.scatter([x_end], [auc], marker="*", s=160, color=colours[seed],
+                dx = (seeds.index(seed) - (len(seeds) - 1) / 2) * step
+                ax.scatter([x_audit + dx], [auc], marker="*", s=160, color=colours[seed],
                            edgecolor="black", linewidth=0.6, zorder=5)
+        _audit_tick(ax, x_end, x_audit)
         ax.set_xlabel("epoch")
         ax.set_ylabel("AUC" if j == 0 else "")
     handles = [Line2D([], [], color=colours[s], marker=".", label=f"seed {s}: shadow AUC")
@@ -289,8 +303,9 @@ def fig_privacy_utility(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Pa
         ax.axhline(floor, color=BAND_COLOR, ls=styles[k % len(styles)], lw=1.3,
                    label=f"floor ({fs})")
     order = [v for v in variant_order(summary) if v in set(plotted["variant"])]
-    sns.scatterplot(data=plotted, x="latent_acc", y="auc", hue="variant", hue_order=order,
-                    palette=variant_palette(summary), style="forget_set", style_order=sets,
+    sns.scatterplot(data=plotted.rename(columns={"forget_set": "forget set"}), x="latent_acc",
+                    y="auc", hue="variant", hue_order=order, palette=variant_palette(summary),
+                    style="forget set", style_order=sets,
                     s=80, edgecolor="black", linewidth=0.4, ax=ax, zorder=3)
     handles, _ = ax.get_legend_handles_labels()
     ax.get_legend().remove()

@@ -147,31 +147,36 @@ def render_reading_guide(summary: pd.DataFrame, tolerance: float) -> str:
         n_neg=("n_negatives", "median"))
     items = []
     for fs, b in bands.iterrows():
-        sizes = ("" if pd.isna(b.n_forget) else
-                 f"; {int(b.n_forget)} forget cells vs {_cell(b.n_neg, 'n_')} matched negatives")
+        counts = ("" if pd.isna(b.n_forget) else
+                  f"; {int(b.n_forget)} forget cells vs {_cell(b.n_neg, 'n_')} matched negatives")
         items.append(f"<li><b>{html.escape(str(fs))}</b>: floor {_cell(b.floor, '')} "
                      f"(SD over retrain seeds {_cell(b.floor_sd, '')}), band "
-                     f"[{_cell(b.band_low, '')}, {_cell(b.band_high, '')}]{sizes}</li>")
+                     f"[{_cell(b.band_low, '')}, {_cell(b.band_high, '')}]{counts}</li>")
     half = float(((summary["auc_ci_high"] - summary["auc_ci_low"]) / 2).median())
-    n_pos = summary["n_forget"].median()
-    pos = f"about {int(n_pos)}" if pd.notna(n_pos) else "a few dozen"
-    noise = (f"In this run the median half-width of a model's 95% bootstrap CI is "
-             f"{_cell(half, '')}. " if np.isfinite(half) else "")
+    n_pos, n_neg = summary["n_forget"].median(), summary["n_negatives"].median()
+    if pd.notna(n_pos) and pd.notna(n_neg) and n_pos > 0 and n_neg > 0:
+        # 95% range of a chance-level AUC (Hanley & McNeil 1982, AUC = 0.5)
+        chance = 1.96 * np.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+        noise_size = (f"With {int(n_pos)} positives and {int(n_neg)} negatives the AUC's own "
+                      f"sampling noise is about ±{chance:.2f}")
+    else:
+        noise_size = "With about 30 positives the AUC's own sampling noise is about ±0.1"
+    ci_note = (f"In this run the median half-width of a model's 95% bootstrap CI is "
+               f"{_cell(half, '')}. " if np.isfinite(half) else "")
     return f"""
 <p>Every model is audited after the fact by a fresh membership-inference attacker that tries
 to tell the forget cells (positives) from matched cells the model never saw (negatives);
 its out-of-fold AUC is 0.5 when it cannot tell them apart. The <b>retrain floor</b> is the mean
 AUC of models retrained from scratch without the forget set, the gold standard; the
-<b>target band</b> is floor ± {_cell(tolerance, '')}. Verdicts: <b>LEAK</b> the baseline is
+<b>target band</b> is floor ± {tolerance:g}. Verdicts: <b>LEAK</b> the baseline is
 above the band (it leaks membership); <b>TARGET</b> a retrained model; <b>SUCCESS</b> an
 unlearned model inside the band; <b>FAIL</b> above the band (still leaks); <b>OVER-UNLEARN</b>
 below the band (the forget cells now look less like members than unseen cells do, which
 itself gives them away: the Streisand effect). A table's <i>status</i> applies this rule to
 the mean AUC over seeds; its <i>success rate</i> is the fraction of seeds that are SUCCESS.</p>
-<p><b>Mind the noise.</b> With {pos} positives the AUC's own sampling noise is about ±0.1,
-several times the band's width. {noise}A mean inside the band can hide seeds outside it and
-the reverse, so read the confidence intervals (Figure 5) and the success rate, not only the
-digits.</p>
+<p><b>Mind the noise.</b> {noise_size}, against a band half-width of {tolerance:g}.
+{ci_note}A mean inside the band can hide seeds outside it and the reverse, so read the
+confidence intervals (Figure 5) and the success rate, not only the digits.</p>
 <ul>{''.join(items)}</ul>"""
 
 

@@ -15,6 +15,7 @@ from typing import Iterable
 import pandas as pd
 
 from .. import ScunlearnError
+from ..audit.verdict import verdict
 
 #: The columns of the public ``report/summary.tsv`` contract (DESIGN.md §2, issue 6).
 SUMMARY_COLUMNS = [
@@ -30,9 +31,6 @@ REQUIRED_COLUMNS = [
     "floor", "band_low", "band_high", "verdict",
 ]
 VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN")
-#: Slack on the band edges so that |AUC - floor| == tolerance counts as in band
-#: despite floating-point error in ``floor ± tolerance``.
-EDGE_EPS = 1e-9
 #: Methods left out of Table II (adversarial methods): Fisher has its own Table III.
 NON_ADVERSARIAL = ("fisher",)
 #: Unlearned methods shown in Table IV besides the baseline and retrain (the paper's choice).
@@ -80,20 +78,8 @@ def validate_summary(summary: pd.DataFrame, source: str = "summary") -> pd.DataF
 
 
 def status(auc: float, band_low: float, band_high: float, method: str) -> str:
-    """The verdict rule (DESIGN.md §3) applied to one AUC: TARGET for retrain, else by the band.
-
-    Above the band is LEAK for the baseline and FAIL for an unlearned model; below is
-    OVER-UNLEARN; inside (edges included) SUCCESS. A missing AUC gives "NA".
-    """
-    if method == "retrain":
-        return "TARGET"
-    if pd.isna(auc):
-        return "NA"
-    if auc > band_high + EDGE_EPS:
-        return "LEAK" if method == "baseline" else "FAIL"
-    if auc < band_low - EDGE_EPS:
-        return "OVER-UNLEARN"
-    return "SUCCESS"
+    """The verdict rule (DESIGN.md §3) applied to one AUC — the audit's own rule, reused."""
+    return verdict(auc, method, band_low, band_high)
 
 
 def _rank(method: str) -> int:
@@ -232,7 +218,7 @@ TABLE_TITLES = {
     "table2_adversarial": "Table II. Adversarial unlearning on the {forget_set} forget set",
     "table3_fisher": "Table III. Fisher scrubbing by forget set",
     "table4_utility": "Table IV. Utility and cost (means over models, forget sets pooled)",
-    "table_all": "Every variant x forget set",
+    "table_all": "Every variant × forget set: AUC, CI, success rate, utility and cost",
 }
 
 

@@ -1,0 +1,91 @@
+"""The judge: AUC maths, out-of-fold honesty, signal and null behaviour, verdicts."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from scunlearn.audit.attack import mia, oof_scores
+from scunlearn.audit.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
+from scunlearn.audit.verdict import add_verdicts, floor_stats, verdict
+
+ATT = {"folds": 5, "repeats": 2, "bootstrap": 300,
+       "attacker": {"hidden": [32, 32], "dropout": 0.3, "lr": 3e-3, "weight_decay": 1e-4, "epochs": 80}}
+
+
+def test_auc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=300)
+    s = np.round(rng.normal(size=300) + y * 0.5, 1)  # rounding makes ties
+    assert auc_score(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_out_of_fold_never_scores_a_training_cell():
+    n = 120
+    ids = np.arange(n, dtype=float)[:, None]  # feature = the cell's id, so we can see who is who
+    y = (np.arange(n) % 4 == 0).astype(int)
+    scored_by = {}
+
+    def fit(Xtr, ytr, seed):
+        trained_on = set(Xtr[:, 0].astype(int))
+
+        def score(Xte):
+            for i in Xte[:, 0].astype(int):
+                assert i not in trained_on
+                scored_by.setdefault(i, 0)
+                scored_by[i] += 1
+            return np.zeros(len(Xte))
+
+        return score
+
+    out = oof_scores(ids, y, fit, folds=5, repeats=3, seed=0)
+    assert out.shape == (3, n) and not np.isnan(out).any()
+    assert all(scored_by[i] == 3 for i in range(n))  # each cell scored once per repeat
+
+
+def test_attack_finds_shifted_members():
+    rng = np.random.default_rng(1)
+    pos = rng.normal(0.0, 1.0, size=(30, 10)) + 1.2
+    neg = rng.normal(0.0, 1.0, size=(180, 10))
+    y = np.r_[np.ones(30), np.zeros(180)]
+    r = mia(np.r_[pos, neg], y, ATT, seed=0)
+    assert r["auc"] > 0.85 and r["auc_ci_low"] > 0.7
+    assert r["tpr_at_5pct_fpr"] > 0.2
+
+
+def test_attack_on_identical_distributions_ci_covers_half():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(210, 10))
+    y = np.r_[np.ones(30), np.zeros(180)]
+    r = mia(X, y, ATT, seed=0)
+    assert r["auc_ci_low"] < 0.5 < r["auc_ci_high"]
+    assert abs(r["auc"] - 0.5) < 0.15
+
+
+def test_bootstrap_ci_and_tpr():
+    y = np.r_[np.ones(50), np.zeros(200)]
+    s = np.r_[np.linspace(1, 2, 50), np.linspace(0, 1.5, 200)]
+    lo, hi = bootstrap_auc_ci(y, s, 500, seed=0)
+    assert lo < auc_score(y, s) < hi
+    # perfectly separated scores: TPR 1 at any FPR
+    assert tpr_at_fpr(y, np.r_[np.ones(50), np.zeros(200)] + 0.0, 0.01) == 1.0
+    # 1% of 200 negatives = 2 negatives may lie above the threshold
+    s2 = np.r_[np.full(50, 5.0), np.r_[np.full(2, 9.0), np.full(1, 6.0), np.zeros(197)]]
+    assert tpr_at_fpr(y, s2, 0.01) == 0.0 and tpr_at_fpr(y, s2, 0.014) == 0.0  # 3rd negative (6) beats 5
+    assert tpr_at_fpr(y, s2, 0.015) == 1.0  # 3 of 200 negatives above: FPR 1.5%
+
+
+def test_floor_band_and_verdicts():
+    df = pd.DataFrame({
+        "forget_set": ["s"] * 6,
+        "method": ["baseline", "retrain", "retrain", "m", "m", "m"],
+        "auc": [0.80, 0.50, 0.54, 0.53, 0.70, 0.40],
+        "auc_ci_low": [0.70, 0.40, 0.44, 0.43, 0.60, 0.30],
+        "auc_ci_high": [0.90, 0.60, 0.64, 0.63, 0.80, 0.49],
+    })
+    out = add_verdicts(df, 0.03)
+    assert out["floor"].iloc[0] == pytest.approx(0.52)
+    assert list(out["verdict"]) == ["LEAK", "TARGET", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN"]
+    assert list(out["ci_overlaps_floor_range"]) == [False, True, True, True, False, False]
+    assert floor_stats([0.5, 0.54])["floor_max"] == 0.54
+    assert verdict(0.55, "m", 0.49, 0.55) == "SUCCESS"  # band edges are in band

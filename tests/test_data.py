@@ -1,0 +1,223 @@
+"""Data stages: simulator, acquisition errors, QC, HVGs, annotation, splits and forget sets."""
+
+import io
+import tarfile
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import scipy.sparse as sp
+from scipy.io import mmwrite
+
+from scunlearn import ScunlearnError
+from scunlearn.acquire import PBMC33K_ARCHIVE, check_raw_counts, fetch_pbmc33k, read_user_file
+from scunlearn.preprocess import quality_control, select_hvgs
+from scunlearn.simulate import MT_GENES, simulate_counts
+from scunlearn.splits import load_partition, make_forget_set, make_split, save_split
+
+from .conftest import PRE_CFG
+
+
+# ------------------------------------------------------------------ simulator
+
+def test_simulator_is_deterministic_and_realistic(markers):
+    a = simulate_counts(markers, n_cells=800, n_genes=400, seed=11)
+    b = simulate_counts(markers, n_cells=800, n_genes=400, seed=11)
+    c = simulate_counts(markers, n_cells=800, n_genes=400, seed=12)
+    assert a.shape == (800, 400)
+    assert (a.X != b.X).nnz == 0 and a.obs.equals(b.obs)
+    assert (a.X != c.X).nnz > 0
+    X = a.X.toarray()
+    assert np.issubdtype(X.dtype, np.integer) and X.min() >= 0
+    assert set(MT_GENES) <= set(a.var_names) and {"PPBP", "PF4"} <= set(a.var_names)
+    types = a.obs["true_type"].value_counts(normalize=True)
+    assert 0.005 <= types["Megakaryocyte"] <= 0.015  # the rare type, ~1%
+    assert types.max() > 20 * types["Megakaryocyte"]  # sizes differ widely
+    # overdispersed counts: variance above the mean within one type for a common gene
+    t = a.obs["true_type"] == "T cell"
+    g = X[t.values][:, np.argmax(X[t.values].mean(0))]
+    assert g.var() > 1.5 * g.mean()
+    # markers are up in their own type
+    pf4 = X[:, list(a.var_names).index("PF4")]
+    mk = (a.obs["true_type"] == "Megakaryocyte").values
+    assert pf4[mk].mean() > 5 * pf4[~mk].mean()
+
+
+# ------------------------------------------------------------------ QC, HVG, annotation
+
+def test_qc_removes_the_low_quality_cells(raw):
+    qc = quality_control(raw, PRE_CFG["min_genes"], PRE_CFG["max_mt_fraction"], PRE_CFG["min_cells_per_gene"])
+    assert raw.obs["low_quality"].sum() > 0
+    assert not qc.obs["low_quality"].any()
+    good = (~raw.obs["low_quality"]).sum()
+    assert qc.n_obs >= 0.99 * good  # healthy cells are kept
+
+
+def test_hvgs_are_computed_on_raw_counts(raw):
+    qc = quality_control(raw, 200, 0.1, 3)
+    qc.layers["counts"] = qc.X.copy()
+    expected = sc.pp.highly_variable_genes(qc.copy(), n_top_genes=200, flavor="seurat_v3", inplace=False)
+    sc.pp.normalize_total(qc, target_sum=1e4)
+    sc.pp.log1p(qc)  # X is now log data: HVGs must still come from the counts layer
+    ours = select_hvgs(qc, 200)
+    assert np.array_equal(ours, expected["highly_variable"].to_numpy())
+    on_log = sc.pp.highly_variable_genes(qc.copy(), n_top_genes=200, flavor="seurat_v3", inplace=False)
+    assert not np.array_equal(ours, on_log["highly_variable"].to_numpy())  # the reference code's bug differs
+
+
+def test_preprocess_keeps_counts_and_annotates_rare_cluster(processed, raw):
+    assert processed.n_vars == PRE_CFG["n_hvg"]
+    counts = processed.layers["counts"]
+    assert np.allclose(counts.data, np.round(counts.data))
+    assert processed.X.max() < 15  # log1p-normalised
+    ct = processed.obs["cell_type"].astype(str)
+    truth = raw.obs.loc[processed.obs_names, "true_type"].astype(str)
+    assert (ct == truth).mean() > 0.95
+    mk = ct == "Megakaryocyte"
+    assert mk.sum() >= 10 and (truth[mk] == "Megakaryocyte").mean() > 0.9
+
+
+# ------------------------------------------------------------------ splits and forget sets
+
+def test_splits_are_disjoint_cover_and_deterministic(processed):
+    s1 = make_split(processed.obs_names, 0.85, 0.5, seed=0)
+    s2 = make_split(processed.obs_names, 0.85, 0.5, seed=0)
+    s3 = make_split(processed.obs_names, 0.85, 0.5, seed=1)
+    assert s1 == s2 and s1["train"] != s3["train"]
+    parts = [set(s1[k]) for k in ("train", "validation", "audit")]
+    assert sum(map(len, parts)) == processed.n_obs == len(set().union(*parts))
+    assert abs(len(parts[0]) / processed.n_obs - 0.85) < 0.01
+    assert s1["sizes"] == {k: len(s1[k]) for k in ("train", "validation", "audit")}
+
+
+def test_structured_forget_set_is_rare_cluster_in_train(processed):
+    split = make_split(processed.obs_names, 0.85, 0.5, seed=0)
+    fs = make_forget_set(processed, split, {"kind": "cell_type", "cell_type": "Megakaryocyte"}, seed=0)
+    mk = set(processed.obs_names[processed.obs["cell_type"] == "Megakaryocyte"])
+    assert set(fs["forget"]) == mk & set(split["train"])
+    assert fs["size"] == len(fs["forget"]) > 0
+    sc_ = make_forget_set(processed, split, {"kind": "random", "n": 30}, seed=0)
+    assert sc_["size"] == 30 and set(sc_["forget"]) <= set(split["train"])
+    assert sc_ == make_forget_set(processed, split, {"kind": "random", "n": 30}, seed=0)
+
+
+def test_forget_set_errors(processed):
+    split = make_split(processed.obs_names, 0.85, 0.5, seed=0)
+    with pytest.raises(ScunlearnError, match="does not exist"):
+        make_forget_set(processed, split, {"kind": "cell_type", "cell_type": "Unicorn"}, 0)
+    with pytest.raises(ScunlearnError, match="has only .* train cells, 500 asked"):
+        make_forget_set(processed, split, {"kind": "cell_type", "cell_type": "Megakaryocyte", "n": 500}, 0)
+    with pytest.raises(ScunlearnError, match="train has only"):
+        make_forget_set(processed, split, {"kind": "random", "n": 10**6}, 0)
+    with pytest.raises(ScunlearnError, match="not smaller than train"):
+        make_forget_set(processed, split, {"kind": "random", "n": len(split["train"])}, 0)
+
+
+def test_partition_checks_barcodes(processed, tmp_path):
+    split = make_split(processed.obs_names, 0.85, 0.5, seed=0)
+    save_split(split, tmp_path / "split.json")
+    fs = make_forget_set(processed, split, {"kind": "random", "n": 20}, 0)
+    save_split(fs, tmp_path / "f.json")
+    part = load_partition(processed, tmp_path / "split.json", tmp_path / "f.json")
+    assert len(part.retain) == len(part.train) - 20
+    assert not set(part.retain) & set(part.forget)
+    bad = dict(split, audit=split["audit"] + ["NOT-A-CELL"])
+    save_split(bad, tmp_path / "bad.json")
+    with pytest.raises(ScunlearnError, match="bad.json: 1 audit barcodes are not in the data"):
+        load_partition(processed, tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------ bad input
+
+def _h5ad(tmp_path, X, name="user.h5ad"):
+    a = ad.AnnData(X=np.asarray(X, dtype=np.float32))
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    p = tmp_path / name
+    a.write_h5ad(p)
+    return p
+
+
+@pytest.mark.parametrize("X, message", [
+    ([[1.0, 2.5], [0.0, 1.0]], "non-integer values"),
+    ([[1.0, -2.0], [0.0, 1.0]], "negative values"),
+    ([[1.0, np.nan], [0.0, 1.0]], "NaN"),
+])
+def test_user_matrix_must_be_raw_counts(tmp_path, X, message):
+    p = _h5ad(tmp_path, X)
+    with pytest.raises(ScunlearnError, match=message) as e:
+        read_user_file(p, "h5ad")
+    assert str(p) in str(e.value)
+
+
+def test_user_file_unreadable_or_missing(tmp_path):
+    p = tmp_path / "garbage.h5ad"
+    p.write_bytes(b"this is not hdf5")
+    with pytest.raises(ScunlearnError, match=r"garbage.h5ad: cannot read as h5ad"):
+        read_user_file(p, "h5ad")
+    with pytest.raises(ScunlearnError, match="nope.h5ad: dataset file not found"):
+        read_user_file(tmp_path / "nope.h5ad", "h5ad")
+
+
+def test_user_h5ad_counts_layer_is_used(tmp_path):
+    a = ad.AnnData(X=np.log1p(np.ones((3, 2), dtype=np.float32) * 4))
+    a.layers["counts"] = sp.csr_matrix(np.full((3, 2), 4.0, dtype=np.float32))
+    a.write_h5ad(tmp_path / "x.h5ad")
+    out = read_user_file(tmp_path / "x.h5ad", "h5ad")
+    assert out.X.toarray().max() == 4.0
+
+
+def test_check_raw_counts_accepts_counts():
+    a = ad.AnnData(X=sp.csr_matrix(np.array([[0, 3], [5, 1]], dtype=np.float32)))
+    check_raw_counts(a, "ok")
+
+
+# ------------------------------------------------------------------ PBMC-33k download path (no network)
+
+def _checksums(tmp_path, sha="", n_cells=33148, n_genes=32738):
+    p = tmp_path / "checksums.tsv"
+    pd.DataFrame([{"file": PBMC33K_ARCHIVE, "url": "x", "sha256": sha, "n_cells": n_cells, "n_genes": n_genes}]) \
+        .to_csv(p, sep="\t", index=False)
+    return p
+
+
+def test_offline_download_says_where_to_put_the_archive(tmp_path):
+    with pytest.raises(ScunlearnError) as e:
+        fetch_pbmc33k(tmp_path / "res", _checksums(tmp_path), url=(tmp_path / "no-such-file").as_uri())
+    msg = str(e.value)
+    assert "download failed" in msg and "place the archive at" in msg
+    assert str(tmp_path / "res" / PBMC33K_ARCHIVE) in msg
+
+
+def _tiny_10x_archive(path, n_cells=6, n_genes=4):
+    """A v1-layout 10x archive (filtered_gene_bc_matrices/hg19/{matrix.mtx,genes.tsv,barcodes.tsv})."""
+    rng = np.random.default_rng(0)
+    files = {}
+    buf = io.BytesIO()
+    mmwrite(buf, sp.coo_matrix(rng.integers(0, 5, size=(n_genes, n_cells))))
+    files["matrix.mtx"] = buf.getvalue()
+    files["genes.tsv"] = "".join(f"ENSG{i}\tGENE{i}\n" for i in range(n_genes)).encode()
+    files["barcodes.tsv"] = "".join(f"AAAC{i}-1\n" for i in range(n_cells)).encode()
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"filtered_gene_bc_matrices/hg19/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_download_from_local_url_verifies_checksum_and_shape(tmp_path):
+    from scunlearn.io import sha256sum
+
+    src = tmp_path / "mirror.tar.gz"
+    _tiny_10x_archive(src)
+    res = tmp_path / "res"
+    ok = fetch_pbmc33k(res, _checksums(tmp_path, sha256sum(src), 6, 4), url=src.as_uri())
+    assert ok.shape == (6, 4) and ok.uns["source_sha256"] == sha256sum(src)
+    # a wrong pinned checksum is refused, with the manual instructions
+    with pytest.raises(ScunlearnError, match="checksum mismatch"):
+        fetch_pbmc33k(res, _checksums(tmp_path, "0" * 64, 6, 4), url=src.as_uri())
+    # an archive of the wrong dataset is refused by its shape
+    with pytest.raises(ScunlearnError, match="holds 6 cells x 4 genes, expected 33148 x 32738"):
+        fetch_pbmc33k(res, _checksums(tmp_path), url=src.as_uri())

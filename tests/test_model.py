@@ -1,0 +1,120 @@
+"""The NB VAE: likelihood and KL maths, training behaviour, determinism, checkpoints, matched negatives."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from scunlearn import ScunlearnError
+from scunlearn.matched import matched_negatives
+from scunlearn.model import VAEConfig, build_vae, elbo, kl_normal, nb_log_likelihood, seed_everything
+from scunlearn.train import fit, kl_weight, load_checkpoint, save_checkpoint
+
+
+def test_nb_log_likelihood_matches_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, size=200).astype(float)
+    mean = rng.uniform(0.05, 40, size=200)
+    theta = rng.uniform(0.1, 20, size=200)
+    ours = nb_log_likelihood(*(torch.tensor(v, dtype=torch.float64) for v in (x, mean, theta))).numpy()
+    ref = stats.nbinom.logpmf(x, theta, theta / (theta + mean))
+    np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_kl_matches_closed_form():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(kl_normal(mu, logvar), ref)
+    # one hand case: mu = 1, var = e  ->  0.5 (1 + e - 1 - 1) = (e - 1) / 2
+    assert kl_normal(torch.tensor([[1.0]]), torch.tensor([[1.0]])).item() == pytest.approx((np.e - 1) / 2)
+
+
+def _data(n=300, g=60, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(g) * 0.5, size=3)
+    lab = rng.integers(0, 3, size=n)
+    lib = rng.lognormal(6, 0.3, size=n)
+    X = rng.poisson(p[lab] * lib[:, None])
+    return torch.tensor(X, dtype=torch.float32)
+
+
+def _model(g=60, seed=0, dropout=0.1):
+    seed_everything(seed)
+    return build_vae(VAEConfig(n_genes=g, hidden=[64, 32], latent=4, dropout=dropout))
+
+
+def test_small_model_overfits_one_batch():
+    rng = np.random.default_rng(0)
+    # 32 cells, each with its own sparse expression profile and a large library
+    X = torch.tensor(rng.poisson(rng.dirichlet(np.full(60, 0.1), size=32) * 3000), dtype=torch.float32)
+    m = _model(dropout=0.0)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    with torch.no_grad():
+        first = float(m.loss(X, beta=0.0))
+    for _ in range(400):
+        loss = m.loss(X, beta=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(m.loss(X, beta=0.0)) < first / 2
+
+
+def test_same_seed_same_weights():
+    X = _data()
+    kw = dict(lr=1e-3, batch_size=32, max_epochs=3, kl_warmup_epochs=2, patience=5, seed=4)
+    states = []
+    for _ in range(2):
+        m = _model(seed=4)
+        fit(m, X, np.arange(250), np.arange(250, 300), **kw)
+        states.append(m.state_dict())
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_early_stopping_restores_best_epoch():
+    X = _data()
+    m = _model(dropout=0.0)
+    # a large learning rate on few cells overfits fast: validation ELBO peaks, then falls
+    hist = fit(m, X, np.arange(40), np.arange(200, 300), lr=2e-2, batch_size=8, max_epochs=60,
+               kl_warmup_epochs=0, patience=3, seed=0)
+    best = int(hist["val_elbo"].idxmax())
+    assert len(hist) < 60 and best < len(hist) - 1  # stopped early, after the best epoch
+    assert elbo(m, X, np.arange(200, 300)) == pytest.approx(hist["val_elbo"].max(), abs=1e-4)
+    assert hist["best"].sum() >= 1 and bool(hist.loc[best, "best"])
+
+
+def test_kl_weight_warmup():
+    assert [kl_weight(e, 4) for e in range(6)] == [0, 0.25, 0.5, 0.75, 1, 1]
+    assert kl_weight(0, 0) == 1.0
+
+
+def test_checkpoint_roundtrip_weights_only(tmp_path):
+    m = _model()
+    save_checkpoint(m, tmp_path / "m.pt", {"seed": 1, "genes": ["a", "b"]})
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert payload["model_config"]["hidden"] == [64, 32]
+    m2, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["seed"] == 1
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k])
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(ScunlearnError, match="bad.pt: not a readable"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_matched_negatives_grow_k_when_neighbourhoods_collapse():
+    rng = np.random.default_rng(0)
+    forget = rng.normal(10, 0.01, size=(20, 2))  # a tight cluster
+    audit = np.r_[rng.normal(10, 0.01, size=(3, 2)), rng.normal(0, 1, size=(200, 2))]
+    bc = np.array([f"a{i}" for i in range(len(audit))])
+    res = matched_negatives(forget, audit, bc, k=7, min_matched=None)
+    assert res["size"] >= 100 and res["k_used"] > 7 and res["min_matched"] == 100
+    assert {"a0", "a1", "a2"} <= set(res["barcodes"])  # the truly close cells are in
+    assert len(res["distances"]) == res["size"]
+    wide = matched_negatives(rng.normal(0, 1, size=(20, 2)), audit, bc, k=7, min_matched=20)
+    assert wide["k_used"] == 7
+    with pytest.raises(ScunlearnError, match="audit pool has only 203 cells"):
+        matched_negatives(forget, audit, bc, k=7, min_matched=500)
