@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 from . import ScunlearnError
 from .io import read_json, write_json
@@ -94,7 +95,8 @@ def save_split(obj: dict, path: str | Path) -> None:
 
 
 def _check_barcodes(barcodes, obs_names, path, what) -> None:
-    missing = np.setdiff1d(np.asarray(barcodes), np.asarray(obs_names))
+    barcodes = np.asarray(barcodes)
+    missing = barcodes[pd.Index(obs_names).get_indexer(barcodes) < 0]
     if len(missing):
         raise ScunlearnError(
             f"{path}: {len(missing)} {what} barcodes are not in the data (e.g. {missing[0]}); "

@@ -1,25 +1,6 @@
 # post-hoc audit of every model (fresh attacker each), then the tidy summary
 
 
-def model_of(w):
-    """Checkpoint and its training job's benchmark file for an audited model."""
-    if w.model == "baseline":
-        stem = f"baseline/seed{w.seed}"
-    else:
-        stem = f"{w.model}/{w.forget}/seed{w.seed}"
-    return {"model": f"{OUT}/models/{stem}.pt", "benchmark": f"{OUT}/benchmarks/{stem}.tsv"}
-
-
-def method_of(w):
-    return w.model if w.model in ("baseline", "retrain") else VARIANTS[w.model]["method"]
-
-
-def audited(forget):
-    """Every model audited on one forget set: baseline and retrain seeds, then each variant's seeds."""
-    names = ["baseline", "retrain"] + [v for v, d in VARIANTS.items() if forget in d["forget_sets"]]
-    return [f"{OUT}/audit/{forget}/{m}/seed{s}.json" for m in names for s in SEEDS]
-
-
 rule audit:
     input:
         unpack(model_of),
@@ -27,7 +8,7 @@ rule audit:
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
         matched=rules.matched_negatives.output.matched,
-        markers=config["preprocess"]["markers"],
+        markers=MARKERS,
         code=lib("audit/attack.py", "audit/metrics.py", "audit/utility.py", "model.py", "train.py"),
     output:
         audit=f"{OUT}/audit/{{forget}}/{{model}}/seed{{seed}}.json",

@@ -2,7 +2,8 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+BASE = Path(workflow.basedir)  # the repository root; paths below work from any --directory
+sys.path.insert(0, str(BASE / "src"))
 
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
@@ -14,6 +15,15 @@ FORGET = list(config["forget_sets"])
 SEEDS = [int(s) for s in config["train"]["seeds"]]
 MATCH_SEED = SEEDS[0]  # matched negatives come from the latent of the first baseline seed
 ENV = "../../envs/scunlearn.yaml"
+
+
+def from_base(path):
+    """A config path as given if it exists from the working directory, else relative to the repository."""
+    p = Path(path)
+    return str(p if p.is_absolute() or p.exists() else BASE / p)
+
+
+MARKERS = from_base(config["preprocess"]["markers"])
 
 
 def _variants():
@@ -36,10 +46,10 @@ VARIANTS = _variants()
 
 def lib(*modules):
     """Library modules a rule depends on, declared as inputs so that editing them reruns the rule."""
-    return [f"src/scunlearn/{m}" for m in ("__init__.py", "io.py", "pipeline.py", *modules)]
+    return [from_base(f"src/scunlearn/{m}") for m in ("__init__.py", "io.py", "pipeline.py", *modules)]
 
 
-METHOD_MODULES = sorted(f"methods/{p.name}" for p in Path("src/scunlearn/methods").glob("*.py"))
+METHOD_MODULES = sorted(f"methods/{p.name}" for p in (BASE / "src/scunlearn/methods").glob("*.py"))
 
 
 def res(kind, key, default):
@@ -54,3 +64,33 @@ wildcard_constraints:
     forget=alternatives(FORGET),
     variant=alternatives(VARIANTS),
     seed=r"\d+",
+
+
+# ---- audit helpers
+
+
+def model_of(w):
+    """Checkpoint and its training job's benchmark file for an audited model."""
+    if w.model == "baseline":
+        stem = f"baseline/seed{w.seed}"
+    else:
+        stem = f"{w.model}/{w.forget}/seed{w.seed}"
+    return {"model": f"{OUT}/models/{stem}.pt", "benchmark": f"{OUT}/benchmarks/{stem}.tsv"}
+
+
+def method_of(w):
+    return w.model if w.model in ("baseline", "retrain") else VARIANTS[w.model]["method"]
+
+
+def audited(forget):
+    """Every model audited on one forget set: baseline and retrain seeds, then each variant's seeds."""
+    names = ["baseline", "retrain"] + [v for v, d in VARIANTS.items() if forget in d["forget_sets"]]
+    return [f"{OUT}/audit/{forget}/{m}/seed{s}.json" for m in names for s in SEEDS]
+
+
+TRAJECTORIES = [
+    {"variant": v, "method": d["method"], "forget_set": f, "seed": s}
+    for v, d in VARIANTS.items()
+    for f in d["forget_sets"]
+    for s in SEEDS
+]

@@ -3,14 +3,14 @@
 
 rule acquire:
     input:
-        markers=config["preprocess"]["markers"],
+        markers=MARKERS,
         code=lib("acquire.py", "simulate.py"),
     output:
         raw=f"{OUT}/data/raw.h5ad",
     params:
         dataset=config["dataset"],
-        resources_dir="resources/pbmc33k",
-        checksums="resources/pbmc33k/checksums.tsv",
+        resources_dir=from_base("resources/pbmc33k"),
+        checksums=from_base("resources/pbmc33k/checksums.tsv"),
     log:
         f"{OUT}/logs/acquire.log",
     benchmark:
@@ -27,7 +27,7 @@ rule acquire:
 rule preprocess:
     input:
         raw=rules.acquire.output.raw,
-        markers=config["preprocess"]["markers"],
+        markers=MARKERS,
         code=lib("preprocess.py"),
     output:
         adata=f"{OUT}/data/adata.h5ad",

@@ -1,14 +1,6 @@
 # the HTML report: the paper's tables and figures, regenerated with the noise shown
 
 
-TRAJECTORIES = [
-    {"variant": v, "method": d["method"], "forget_set": f, "seed": s}
-    for v, d in VARIANTS.items()
-    for f in d["forget_sets"]
-    for s in SEEDS
-]
-
-
 REPORT_TABLES = ["table2_adversarial", "table3_fisher", "table4_utility", "table_all"]
 REPORT_FIGURES = [
     "fig1_trajectories",
