@@ -1,4 +1,5 @@
 # Shared definitions: config-derived names, wildcard constraints, tracked library code.
+import json
 import sys
 from pathlib import Path
 
@@ -8,6 +9,12 @@ sys.path.insert(0, str(BASE / "src"))
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
 from scunlearn.methods import resolve_params
+
+# Parameters are compared by their repr to decide reruns: sort every nested key so that
+# reordering keys in a config file (or schema defaults filled in) never reruns a job.
+_canonical = json.loads(json.dumps(config, sort_keys=True))
+config.clear()
+config.update(_canonical)
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
