@@ -89,3 +89,33 @@ def test_floor_band_and_verdicts():
     assert list(out["ci_overlaps_floor_range"]) == [False, True, True, True, False, False]
     assert floor_stats([0.5, 0.54])["floor_max"] == 0.54
     assert verdict(0.55, "m", 0.49, 0.55) == "SUCCESS"  # band edges are in band
+
+
+def _matched_null(seed=3):
+    """Null data with the matched design: 30 neighbourhoods, each one member and six non-members."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, size=(30, 8))
+    pos = centres + rng.normal(0, 0.3, size=(30, 8))
+    neg = np.repeat(centres, 6, axis=0) + rng.normal(0, 0.3, size=(180, 8))
+    X = np.r_[pos, neg]
+    y = np.r_[np.ones(30), np.zeros(180)].astype(int)
+    groups = np.r_[np.arange(30), np.repeat(np.arange(30), 6)]
+    return X, y, groups
+
+
+def test_grouped_folds_remove_the_matched_design_anti_learning_bias():
+    X, y, groups = _matched_null()
+    plain = mia(X, y, ATT, seed=0)
+    grouped = mia(X, y, ATT, seed=0, groups=groups)
+    # ungrouped, a held-out member's own neighbours train the attacker as "non-member": AUC << 0.5
+    assert plain["auc_ci_high"] < 0.5
+    assert grouped["auc_ci_low"] < 0.5 < grouped["auc_ci_high"] and grouped["grouped_folds"]
+
+
+def test_grouped_folds_keep_groups_together():
+    from scunlearn.audit.attack import fold_splits
+
+    _, y, groups = _matched_null()
+    for _, tr, te in fold_splits(y, 5, 2, 0, groups):
+        assert not set(groups[tr]) & set(groups[te])
+        assert y[te].sum() > 0 and y[tr].sum() > 0

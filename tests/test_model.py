@@ -110,10 +110,11 @@ def test_matched_negatives_grow_k_when_neighbourhoods_collapse():
     forget = rng.normal(10, 0.01, size=(20, 2))  # a tight cluster
     audit = np.r_[rng.normal(10, 0.01, size=(3, 2)), rng.normal(0, 1, size=(200, 2))]
     bc = np.array([f"a{i}" for i in range(len(audit))])
-    res = matched_negatives(forget, audit, bc, k=7, min_matched=None)
+    res = matched_negatives(forget, audit, bc, k=7, min_matched=None, forget_barcodes=[f"f{i}" for i in range(20)])
     assert res["size"] >= 100 and res["k_used"] > 7 and res["min_matched"] == 100
     assert {"a0", "a1", "a2"} <= set(res["barcodes"])  # the truly close cells are in
-    assert len(res["distances"]) == res["size"]
+    assert len(res["distances"]) == len(res["nearest_forget"]) == res["size"]
+    assert set(res["nearest_forget"]) <= {f"f{i}" for i in range(20)}
     wide = matched_negatives(rng.normal(0, 1, size=(20, 2)), audit, bc, k=7, min_matched=20)
     assert wide["k_used"] == 7
     with pytest.raises(ScunlearnError, match="audit pool has only 203 cells"):

@@ -19,8 +19,14 @@ log = logging.getLogger(__name__)
 
 
 def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcodes, k: int,
-                      min_matched: int | None = None) -> dict:
-    """Union of k-NN audit cells of every forget cell, k grown until the union reaches ``min_matched``."""
+                      min_matched: int | None = None, forget_barcodes=None) -> dict:
+    """Union of k-NN audit cells of every forget cell, k grown until the union reaches ``min_matched``.
+
+    Each chosen cell also records its nearest forget cell (``nearest_forget``), the
+    group the audit keeps it in when splitting folds.
+    """
+    if forget_barcodes is None:
+        forget_barcodes = np.arange(len(mu_forget)).astype(str)
     audit_barcodes = np.asarray(audit_barcodes)
     n_f, n_a = len(mu_forget), len(mu_audit)
     min_matched = 5 * n_f if min_matched is None else int(min_matched)
@@ -41,6 +47,9 @@ def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcode
     # each chosen cell's distance to its nearest forget cell
     dmin = np.full(n_a, np.inf)
     np.minimum.at(dmin, ind[:, :k_used].ravel(), dist[:, :k_used].ravel())
+    # the forget cell each negative is closest to: the audit groups a negative with it, so that
+    # out-of-fold scoring never trains on a cell's matched neighbours while scoring the cell
+    nearest = NearestNeighbors(n_neighbors=1).fit(mu_forget).kneighbors(mu_audit[chosen])[1][:, 0]
     if k_used != k:
         log.info("matched negatives: k=%d gave %d distinct cells (< %d); grew k to %d",
                  k, len(np.unique(ind[:, :k])), min_matched, k_used)
@@ -51,4 +60,5 @@ def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcode
         "size": int(len(chosen)),
         "barcodes": audit_barcodes[chosen].tolist(),
         "distances": dmin[chosen].tolist(),
+        "nearest_forget": np.asarray(forget_barcodes)[nearest].tolist(),
     }

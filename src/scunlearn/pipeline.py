@@ -166,7 +166,8 @@ def stage_matched(inp, out, params, threads):
     model, _ = load_checkpoint(inp["model"])
     mu_f = cell_terms(model, X, part.forget)["mu"].double().numpy()
     mu_a = cell_terms(model, X, part.audit)["mu"].double().numpy()
-    res = matched_negatives(mu_f, mu_a, adata.obs_names[part.audit], params["k"], params["min_matched"])
+    res = matched_negatives(mu_f, mu_a, adata.obs_names[part.audit], params["k"], params["min_matched"],
+                            forget_barcodes=adata.obs_names[part.forget])
     res["cell_types"] = adata.obs.loc[res["barcodes"], "cell_type"].astype(str).value_counts().to_dict()
     log.info("matched negatives: %d cells (k used %d); cell types %s", res["size"], res["k_used"], res["cell_types"])
     write_json(res, out["matched"])
@@ -233,9 +234,11 @@ def stage_audit(inp, out, params, threads):
     idx = np.r_[part.forget, neg]
     y = np.r_[np.ones(len(part.forget)), np.zeros(len(neg))].astype(int)
     feats = model_features(model, X, idx)
+    # fold groups: each forget cell with the negatives matched to it (see audit.attack.oof_scores)
+    groups = pd.factorize(np.r_[adata.obs_names[part.forget], matched["nearest_forget"]])[0]
     cfg = params["audit"]
     t0 = time.perf_counter()
-    res = mia(feats, y, cfg, seed)
+    res = mia(feats, y, cfg, seed, groups=groups)
     elbo_col = 2 * model.cfg.latent + 2  # ELBO column: higher ELBO = more member-like
     res["loss_attack_auc"] = auc_score(y, feats[:, elbo_col])
     log.info("attack AUC %.3f (CI %.3f-%.3f), LOSS-attack AUC %.3f, %.1fs",

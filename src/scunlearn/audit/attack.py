@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -105,24 +105,48 @@ def attacker_scorer(cfg: dict) -> Callable:
     return fit
 
 
-def oof_scores(feats: np.ndarray, y: np.ndarray, fit: Callable, folds: int, repeats: int, seed: int) -> np.ndarray:
+def fold_splits(y: np.ndarray, folds: int, repeats: int, seed: int, groups=None):
+    """(repeat, train, test) index triples of repeated stratified k-fold, grouped when ``groups`` is given.
+
+    With matched negatives, a forget cell and the negatives chosen next to it must fall
+    in the same fold: otherwise the attacker learns "this neighbourhood is negative" from
+    the training fold and scores the held-out forget cell as negative, an anti-learning
+    bias that drives null AUCs far below 0.5.
+    """
+    if groups is None:
+        splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+        for i, (tr, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            yield i // folds, tr, te
+        return
+    for r in range(repeats):
+        sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+        for tr, te in sgkf.split(np.zeros(len(y)), y, groups):
+            yield r, tr, te
+
+
+def oof_scores(feats: np.ndarray, y: np.ndarray, fit: Callable, folds: int, repeats: int, seed: int,
+               groups=None) -> np.ndarray:
     """Out-of-fold scores, shape (repeats, n): each cell scored only by attackers not trained on it."""
     y = np.asarray(y).astype(int)
     out = np.full((repeats, len(y)), np.nan)
-    rskf = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    for i, (tr, te) in enumerate(rskf.split(feats, y)):
+    for i, (r, tr, te) in enumerate(fold_splits(y, folds, repeats, seed, groups)):
         score = fit(feats[tr], y[tr], seed * 100_003 + i)
-        out[i // folds, te] = score(feats[te])
+        out[r, te] = score(feats[te])
     return out
 
 
-def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | None = None) -> dict:
-    """The post-hoc attack on one model: AUC over repeats, bootstrap CI, TPR at 1% / 5% FPR."""
+def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | None = None,
+        groups=None) -> dict:
+    """The post-hoc attack on one model: AUC over repeats, bootstrap CI, TPR at 1% / 5% FPR.
+
+    ``groups`` (one label per cell) keeps each group within one fold: the audit passes
+    each forget cell with its matched negatives as a group.
+    """
     y = np.asarray(y).astype(int)
     folds = min(cfg["folds"], int(y.sum()), int((1 - y).sum()))
     if folds < 2:
         raise ValueError(f"need at least 2 positives and 2 negatives, got {int(y.sum())} / {int((1 - y).sum())}")
-    scores = oof_scores(feats, y, fit or attacker_scorer(cfg["attacker"]), folds, cfg["repeats"], seed)
+    scores = oof_scores(feats, y, fit or attacker_scorer(cfg["attacker"]), folds, cfg["repeats"], seed, groups)
     per_repeat = np.array([auc_score(y, s) for s in scores])
     mean_scores = scores.mean(0)
     lo, hi = bootstrap_auc_ci(y, mean_scores, cfg["bootstrap"], seed=seed)
@@ -136,6 +160,7 @@ def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | 
         "tpr_at_5pct_fpr": tpr_at_fpr(y, mean_scores, 0.05),
         "folds": folds,
         "repeats": cfg["repeats"],
+        "grouped_folds": groups is not None,
     }
 
 
