@@ -1,7 +1,6 @@
 """The workflow itself: config validation at parse time, and one end-to-end run of a tiny study."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

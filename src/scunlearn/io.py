@@ -67,6 +67,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ScunlearnError(f"{path}: not valid JSON ({e})") from e
 
 
+def read_tsv(path: str | os.PathLike, what: str = "TSV"):
+    """Read a TSV into a DataFrame, raising a ScunlearnError that names the file and what it is."""
+    import pandas as pd
+
+    from . import ScunlearnError
+
+    try:
+        return pd.read_csv(path, sep="\t")
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: {what} not found") from e
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ScunlearnError(f"{path}: not a readable {what} ({e})") from e
+
+
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and atomically move the result onto ``path``."""
     with atomic_path(path) as tmp:

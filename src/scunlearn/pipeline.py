@@ -77,6 +77,16 @@ def _device(spec: str) -> torch.device:
     return dev
 
 
+def _setup(inp: dict, params: dict, threads: int):
+    """Seed, thread count and device of a training-like stage, then its data: (seed, device, adata, X, part)."""
+    from .model import seed_everything
+
+    seed = int(params["seed"])
+    seed_everything(seed, threads)
+    device = _device(params["device"])
+    return (seed, device, *_load_experiment(inp, device))
+
+
 def _load_experiment(inp: dict, device):
     """AnnData, count tensor and partition for one forget set (or just the split)."""
     from .splits import load_partition
@@ -130,13 +140,10 @@ def stage_forget(inp, out, params, threads):
 
 def stage_train(inp, out, params, threads):
     """Baseline (no forget set given) or retrain (forget cells removed) — the same recipe."""
-    from .model import VAEConfig, build_vae, seed_everything
+    from .model import VAEConfig, build_vae
     from .train import fit, save_checkpoint
 
-    seed = int(params["seed"])
-    seed_everything(seed, threads)
-    device = _device(params["device"])
-    adata, X, part = _load_experiment(inp, device)
+    seed, device, adata, X, part = _setup(inp, params, threads)
     train_idx = part.retain  # = train when there is no forget set
     cfg = VAEConfig(n_genes=adata.n_vars, **params["model"])
     model = build_vae(cfg).to(device)
@@ -176,13 +183,9 @@ def stage_matched(inp, out, params, threads):
 def stage_unlearn(inp, out, params, threads):
     from .methods import get_method, resolve_params
     from .methods.context import Trajectory, UnlearnContext
-    from .model import seed_everything
     from .train import check_genes, load_checkpoint, save_checkpoint
 
-    seed = int(params["seed"])
-    seed_everything(seed, threads)
-    device = _device(params["device"])
-    adata, X, part = _load_experiment(inp, device)
+    seed, device, adata, X, part = _setup(inp, params, threads)
     method = get_method(params["method"])
     p = resolve_params(params["method"], params["params"], params["variant"])
     model, base_meta = load_checkpoint(inp["baseline"], device)

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .. import ScunlearnError
-from ..io import write_tsv, write_with
+from ..io import read_tsv, write_tsv, write_with
 from .tables import (aggregate, check_forget_set, forget_set_order, main_forget_set,
                      validate_summary, variant_order)
 
@@ -135,12 +135,7 @@ def read_trajectories(trajectories: Iterable[Mapping]) -> pd.DataFrame:
     frames = []
     for t in trajectories:
         path = Path(t["path"])
-        try:
-            df = pd.read_csv(path, sep="\t")
-        except FileNotFoundError as e:
-            raise ScunlearnError(f"{path}: trajectory file not found") from e
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise ScunlearnError(f"{path}: not a readable trajectory TSV ({e})") from e
+        df = read_tsv(path, "trajectory TSV")
         if "epoch" not in df.columns:
             raise ScunlearnError(f"{path}: trajectory has no 'epoch' column")
         if "shadow_auc" not in df.columns:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .. import ScunlearnError
 from ..audit.verdict import verdict
+from ..io import read_tsv
 
 #: The columns of the public ``report/summary.tsv`` contract (DESIGN.md §2, issue 6).
 SUMMARY_COLUMNS = [
@@ -42,13 +43,7 @@ UTILITY_METRICS = ["recon_mse", "marker_mse", "latent_acc", "val_elbo", "wall_s"
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``summary.tsv`` and check it against the contract, naming the file on error."""
-    try:
-        summary = pd.read_csv(path, sep="\t")
-    except FileNotFoundError as e:
-        raise ScunlearnError(f"{path}: summary table not found") from e
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ScunlearnError(f"{path}: not a readable TSV ({e})") from e
-    return validate_summary(summary, source=str(path))
+    return validate_summary(read_tsv(path, "summary table"), source=str(path))
 
 
 def validate_summary(summary: pd.DataFrame, source: str = "summary") -> pd.DataFrame:
