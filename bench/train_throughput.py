@@ -187,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
                      "train_gflops": round(gflops, 2), "matmul_gflops": round(mm_best, 2),
                      "ratio": round(gflops / mm_best, 3), **machine})
 
-    cols = ["batch_size", "seconds", "cells_per_s", "train_gflops", "matmul_gflops", "ratio"]
     head = ["batch", "seconds", "cells/s", "train GFLOP/s", "matmul GFLOP/s", "ratio"]
     widths = [max(len(h), 8) for h in head]
     print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
