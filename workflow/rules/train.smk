@@ -24,7 +24,7 @@ rule baseline:
         f"{OUT}/benchmarks/baseline/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: res("train", "threads", 2)
     resources:
         mem_mb=res("train", "mem_mb", 16000),
         runtime=res("train", "runtime", 120),

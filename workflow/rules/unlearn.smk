@@ -23,7 +23,7 @@ rule unlearn:
         f"{OUT}/benchmarks/{{variant}}/{{forget}}/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: res("unlearn", "threads", 2)
     resources:
         mem_mb=res("unlearn", "mem_mb", 16000),
         runtime=res("unlearn", "runtime", 120),

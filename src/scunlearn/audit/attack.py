@@ -164,8 +164,8 @@ def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | 
     }
 
 
-def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3) -> float:
+def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3, groups=None) -> float:
     """A quick single-repeat out-of-fold AUC: the shadow attacker used to steer unlearning."""
     folds = min(folds, int(y.sum()), int((1 - y).sum()))
-    s = oof_scores(feats, y, attacker_scorer(cfg), folds, 1, seed)[0]
+    s = oof_scores(feats, y, attacker_scorer(cfg), folds, 1, seed, groups)[0]
     return auc_score(y, s)

@@ -1,10 +1,10 @@
 """Extragradient co-training (paper §IV-C, Chavdarova et al.): the VAE and attackers play a zero-sum game.
 
-Attackers minimise A = balanced BCE of forget (member) vs validation (non-member) cells;
+Attackers minimise A = balanced BCE of forget (member) vs matched validation (non-member) cells;
 the VAE minimises retain_weight · retain ELBO loss − A. Both players take a true
 extragradient step (extrapolate, re-evaluate, update from the saved point), the attackers
 with a learning rate ``attacker_lr_ratio`` × the VAE's (TTUR). A shadow attacker's AUC
-(forget vs validation) is logged every epoch and drives early stopping.
+(forget vs matched validation, grouped folds) is logged every epoch and drives early stopping.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from ..audit.attack import Attacker, bce_balanced, feature_grad
 from ..model import VAE
 from ..optim import ExtraGradient
 from . import register
-from .common import membership_batch, membership_features, retain_batches, shadow
+from .common import MembershipSet, retain_batches
 from .context import UnlearnContext
 from .frozen_critic import SHADOW
 
 
 @register("extragradient", {
     "retain_weight": 10.0, "n_attackers": 3, "epochs": 50, "lr": 1e-4, "attacker_lr_ratio": 5.0,
-    "batch_size": 128, "validation_per_forget": 4,
+    "batch_size": 128, "validation_per_forget": 4, "match_k": 7,
     "attacker": {"hidden": [256, 256], "dropout": 0.3},
     "shadow": SHADOW,
     "early_stop": {"target": 0.5, "tolerance": 0.05, "patience": 10, "min_epochs": 5},
@@ -34,7 +34,8 @@ def extragradient(ctx: UnlearnContext) -> VAE:
     """Co-train VAE and attackers with extragradient steps; keep the epoch whose shadow AUC is nearest target."""
     p, model = ctx.params, ctx.model
     torch.manual_seed(ctx.seed)
-    feats0, _ = membership_features(model, ctx)
+    members = MembershipSet.build(model, ctx, p["match_k"])
+    feats0 = members.features(model)
     attackers = []
     for _ in range(p["n_attackers"]):
         a = Attacker(feats0.shape[1], tuple(p["attacker"]["hidden"]), p["attacker"]["dropout"]).to(ctx.device)
@@ -46,7 +47,7 @@ def extragradient(ctx: UnlearnContext) -> VAE:
     opt_att = torch.optim.Adam(att_params, lr=p["lr"] * p["attacker_lr_ratio"])
     eg = ExtraGradient([opt_vae, opt_att])
     gen = torch.Generator().manual_seed(ctx.seed)
-    n_val = min(len(ctx.validation), p["validation_per_forget"] * len(ctx.forget))
+    n_val = p["validation_per_forget"] * len(ctx.forget)
     es = p["early_stop"]
     best_gap, best_state, best_epoch, bad = np.inf, copy.deepcopy(model.state_dict()), -1, 0
 
@@ -55,7 +56,7 @@ def extragradient(ctx: UnlearnContext) -> VAE:
         batches = retain_batches(len(ctx.retain), p["batch_size"], gen, ctx.device)
         for b in batches:
             xr = ctx.retain[b]
-            xm, ym = membership_batch(ctx, n_val, gen)
+            xm, ym = members.batch(n_val, gen)
             last = {}
 
             def grads():
@@ -75,7 +76,7 @@ def extragradient(ctx: UnlearnContext) -> VAE:
             eg.step(grads)
             tot_r += last["retain"]
             tot_a += last["att"]
-        sa = shadow(model, ctx, p["shadow"], ctx.seed + epoch)
+        sa = members.shadow(model, p["shadow"], ctx.seed + epoch)
         gap = abs(sa - es["target"])
         if gap < best_gap:
             best_gap, best_state, best_epoch, bad = gap, copy.deepcopy(model.state_dict()), epoch, 0

@@ -1,4 +1,8 @@
-"""Frozen-critic adversarial unlearning (paper §IV-C): pre-trained attackers frozen, only the VAE moves."""
+"""Frozen-critic adversarial unlearning (paper §IV-C): pre-trained attackers frozen, only the VAE moves.
+
+Critics are trained on the baseline's features of forget cells vs the validation cells
+matched to them (see :class:`~scunlearn.methods.common.MembershipSet`), then frozen.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,22 @@ from torch.nn import functional as F
 from ..audit.attack import feature_grad, fit_attacker
 from ..model import VAE
 from . import register
-from .common import membership_features, retain_batches, shadow
+from .common import MembershipSet, retain_batches
 from .context import UnlearnContext
 
 ATTACKER = {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 300}
-SHADOW = {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 150}
+SHADOW = {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100}
 
 
 @register("frozen_critic", {
-    "n_critics": 1, "retain_weight": 5.0, "epochs": 10, "lr": 1e-4, "batch_size": 128,
+    "n_critics": 1, "retain_weight": 5.0, "epochs": 10, "lr": 1e-4, "batch_size": 128, "match_k": 7,
     "critic": ATTACKER, "shadow": SHADOW,
 })
 def frozen_critic(ctx: UnlearnContext) -> VAE:
     """Minimise retain_weight · retain ELBO loss + the frozen critics' membership score on forget cells."""
     p, model = ctx.params, ctx.model
-    feats, y = membership_features(model, ctx)
+    members = MembershipSet.build(model, ctx, p["match_k"])
+    feats, y = members.features(model), members.y.cpu().numpy()
     critics = []
     for i in range(p["n_critics"]):
         c = fit_attacker(feats, y, p["critic"], seed=ctx.seed * 1000 + i).to(ctx.device)
@@ -51,6 +56,6 @@ def frozen_critic(ctx: UnlearnContext) -> VAE:
             f = feature_grad(model, ctx.forget)
             score = float(torch.stack([torch.sigmoid(c(f)).mean() for c in critics]).mean())
         ctx.trajectory.log(epoch=epoch, retain_loss=tot_r / len(batches), critic_loss=tot_c / len(batches),
-                           critic_score=score, shadow_auc=shadow(model, ctx, p["shadow"], ctx.seed + epoch))
+                           critic_score=score, shadow_auc=members.shadow(model, p["shadow"], ctx.seed + epoch))
     model.eval()
     return model
