@@ -3,10 +3,15 @@
 F is the diagonal empirical Fisher of the retain set (mean of per-cell squared gradients
 of the per-cell loss, computed with ``torch.func``); L_F is the forget-set loss. The
 update ascends the forget loss, least along directions that matter to the retained cells.
+The per-cell loss is the negative ELBO divided by the number of genes, a per-element
+scale like the reference code's loss: with the NB log-likelihood summed over 2,000 genes
+the paper's α and λ make steps three orders of magnitude too large and the model diverges.
+If the forget loss still becomes non-finite, scrubbing stops at the last finite step.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -16,6 +21,8 @@ from ..model import VAE
 from ..train import fit
 from . import register
 from .context import UnlearnContext
+
+log = logging.getLogger(__name__)
 
 
 def diagonal_fisher(model: torch.nn.Module, loss_fn: Callable, inputs: tuple[torch.Tensor, ...],
@@ -41,8 +48,9 @@ def diagonal_fisher(model: torch.nn.Module, loss_fn: Callable, inputs: tuple[tor
 
 
 def _cell_loss(call, x):
+    """Negative ELBO of the cells, averaged over genes (see module docstring), summed over cells."""
     t = call(x)
-    return (t["nll"] + t["kl"]).sum()
+    return ((t["nll"] + t["kl"]) / x.shape[-1]).sum()
 
 
 @register("fisher", {
@@ -57,9 +65,17 @@ def fisher(ctx: UnlearnContext) -> VAE:
     sub = torch.randperm(len(ctx.retain), generator=gen)[: p["fisher_cells"]].to(ctx.device)
     F = diagonal_fisher(model, _cell_loss, (ctx.retain[sub],), p["chunk_size"])
     params = dict(model.named_parameters())
+    grads = None
     for step in range(p["steps"]):
-        t = model(ctx.forget)
-        loss = (t["nll"] + t["kl"]).mean()
+        loss = _cell_loss(model, ctx.forget) / len(ctx.forget)
+        if not torch.isfinite(loss):
+            if grads is None:
+                raise ValueError("fisher: the forget loss is not finite before scrubbing")
+            with torch.no_grad():
+                for (k, q), g in zip(params.items(), grads):  # undo the step that broke it
+                    q.sub_(p["alpha"] * g / (F[k] + p["damping"]))
+            log.warning("fisher: forget loss non-finite at step %d; stopped scrubbing at step %d", step, step - 1)
+            break
         grads = torch.autograd.grad(loss, list(params.values()))
         with torch.no_grad():
             for (k, q), g in zip(params.items(), grads):
