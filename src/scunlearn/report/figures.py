@@ -32,8 +32,8 @@ TRAJECTORY_COLUMNS = ["variant", "method", "forget_set", "seed", "epoch", "shado
 #: Figure file stem -> (title, caption); used by the HTML page.
 FIGURE_CAPTIONS = {
     "fig1_trajectories": (
-        "Figure 1. Shadow-attacker AUC during extragradient unlearning",
-        "One line per seed: the AUC of the shadow attacker (forget vs validation cells) that "
+        "Figure 1. Shadow-attacker AUC during unlearning",
+        "One line per seed: the AUC of the shadow attacker (forget vs matched validation cells) that "
         "drives early stopping, per epoch. The star after the last epoch is the same seed's "
         "post-hoc audit AUC (forget vs matched negatives, fresh attacker). The shaded band is "
         "the retrain floor ± tolerance, the dashed line the floor."),
