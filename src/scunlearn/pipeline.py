@@ -189,7 +189,7 @@ def stage_unlearn(inp, out, params, threads):
     method = get_method(params["method"])
     p = resolve_params(params["method"], params["params"], params["variant"])
     model, base_meta = load_checkpoint(inp["baseline"], device)
-    check_genes(model, adata, inp["baseline"])
+    check_genes(model, adata, inp["baseline"], base_meta)
     traj = Trajectory(params["variant"])
     ctx = UnlearnContext.build(model, X, part, seed, p, traj)
     log.info("unlearning with %s (%s) from %s: forget %d, retain %d, validation %d; params %s",
@@ -230,7 +230,7 @@ def stage_audit(inp, out, params, threads):
     seed_everything(seed, threads)
     adata, X, part = _load_experiment(inp, torch.device("cpu"))
     model, meta = load_checkpoint(inp["model"])
-    check_genes(model, adata, inp["model"])
+    check_genes(model, adata, inp["model"], meta)
     matched = read_json(inp["matched"])
     _check_barcodes(matched["barcodes"], adata.obs_names[part.audit], inp["matched"], "matched (audit)")
     neg = adata.obs_names.get_indexer(matched["barcodes"])

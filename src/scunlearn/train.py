@@ -118,7 +118,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model, payload.get("meta", {})
 
 
-def check_genes(model: VAE, adata: ad.AnnData, path: str | Path) -> None:
+def check_genes(model: VAE, adata: ad.AnnData, path: str | Path, meta: dict | None = None) -> None:
     """Fail clearly when a checkpoint was trained on another gene set."""
     if model.cfg.n_genes != adata.n_vars:
         raise ScunlearnError(f"{path}: model has {model.cfg.n_genes} genes, data has {adata.n_vars}")
+    genes = (meta or {}).get("genes")
+    if genes and list(genes) != list(map(str, adata.var_names)):
+        raise ScunlearnError(f"{path}: model was trained on another gene set than the data's HVGs; rerun training")

@@ -9,7 +9,14 @@ rule audit:
         forget=rules.forget_set.output.forget,
         matched=rules.matched_negatives.output.matched,
         markers=MARKERS,
-        code=lib("audit/attack.py", "audit/metrics.py", "audit/utility.py", "model.py", "train.py"),
+        code=lib(
+            "audit/attack.py",
+            "audit/metrics.py",
+            "audit/utility.py",
+            "model.py",
+            "train.py",
+            "splits.py",
+        ),
     output:
         audit=f"{OUT}/audit/{{forget}}/{{model}}/seed{{seed}}.json",
     params:
@@ -20,7 +27,7 @@ rule audit:
         method=method_of,
         model_seed=lambda w: int(w.seed),
         seed=config["seed"],
-        audit=config["audit"],
+        audit={k: v for k, v in config["audit"].items() if k != "tolerance"},
         target_sum=config["preprocess"]["target_sum"],
     log:
         f"{OUT}/logs/audit/{{forget}}/{{model}}/seed{{seed}}.log",

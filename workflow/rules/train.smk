@@ -59,7 +59,7 @@ rule matched_negatives:
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
         model=f"{OUT}/models/baseline/seed{MATCH_SEED}.pt",
-        code=lib("matched.py", "model.py", "train.py"),
+        code=lib("matched.py", "model.py", "train.py", "splits.py"),
     output:
         matched=f"{OUT}/splits/matched_{{forget}}.json",
     params:

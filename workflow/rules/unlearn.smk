@@ -7,7 +7,16 @@ rule unlearn:
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
         baseline=f"{OUT}/models/baseline/seed{{seed}}.pt",
-        code=lib("model.py", "train.py", "optim.py", "audit/attack.py", *METHOD_MODULES),
+        code=lib(
+            "model.py",
+            "train.py",
+            "optim.py",
+            "splits.py",
+            "matched.py",
+            "audit/attack.py",
+            "audit/metrics.py",
+            *METHOD_MODULES,
+        ),
     output:
         model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
         trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",

@@ -74,6 +74,11 @@ def bce_balanced(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fit_attacker(feats: np.ndarray | torch.Tensor, y, cfg: dict, seed: int) -> Attacker:
     """Train a fresh attacker full-batch on (feats, y); standardisation from these rows only."""
+    with torch.random.fork_rng(devices=[]):  # seed this attacker without resetting the caller's RNG
+        return _fit_attacker(feats, y, cfg, seed)
+
+
+def _fit_attacker(feats, y, cfg: dict, seed: int) -> Attacker:
     torch.manual_seed(seed)
     Xt = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
