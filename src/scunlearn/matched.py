@@ -1,5 +1,7 @@
-"""Matched negatives: audit cells nearest to the forget cells in the baseline's latent μ.
+"""Matched negatives: audit cells nearest to the forget cells in a representation blind to membership.
 
+The workflow matches in the preprocessed PCA, which no model trained: matching in a
+baseline's latent μ would pick negatives by a representation that saw the forget cells.
 The union of each forget cell's k nearest audit cells (paper k = 7). A tight rare
 cluster collapses those neighbourhoods onto a few audit cells, so k grows until the
 union holds at least ``min_matched`` cells (default 5 × the forget-set size); the k
@@ -62,3 +64,30 @@ def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcode
         "distances": dmin[chosen].tolist(),
         "nearest_forget": np.asarray(forget_barcodes)[nearest].tolist(),
     }
+
+
+def neighbourhood_groups(pca_forget: np.ndarray, nearest_forget_idx: np.ndarray, n_groups: int,
+                         seed: int = 0) -> np.ndarray:
+    """Fold groups for the MLP attack: forget cells clustered into ``n_groups`` neighbourhoods.
+
+    Nearby forget cells share a group (k-means in the matching representation) and each
+    matched negative joins the group of its nearest forget cell, so that no attacker
+    trains on a neighbourhood it is then scored on. Returns labels for the forget cells
+    followed by the negatives.
+    """
+    from sklearn.cluster import KMeans
+
+    n_groups = max(1, min(int(n_groups), len(pca_forget)))
+    km = KMeans(n_clusters=n_groups, n_init=4, random_state=seed).fit(pca_forget)
+    lab = km.labels_
+    return np.r_[lab, lab[np.asarray(nearest_forget_idx, dtype=int)]]
+
+
+def read_matched(path, adata, audit_idx) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The matched-negatives JSON, checked against the data: (record, negative rows, nearest forget barcodes)."""
+    from .io import read_json
+    from .splits import check_barcodes
+
+    rec = read_json(path)
+    check_barcodes(rec["barcodes"], adata.obs_names[audit_idx], path, "matched (audit)")
+    return rec, adata.obs_names.get_indexer(rec["barcodes"]), np.asarray(rec["nearest_forget"])

@@ -160,21 +160,24 @@ def stage_train(inp, out, params, threads):
             "epochs_run": int(len(hist)), "train_seconds": time.perf_counter() - t0,
             "genes": list(map(str, adata.var_names)), "param_hash": param_hash([params["model"], tr])}
     write_tsv(hist, out["history"])
+    _write_cells(model, X, adata, out)
     save_checkpoint(model, out["model"], meta)
 
 
 def stage_matched(inp, out, params, threads):
+    """Matched negatives in the preprocessed PCA: a representation no model trained, blind to membership."""
     from .matched import matched_negatives
-    from .model import cell_terms, seed_everything
-    from .train import load_checkpoint
 
-    seed_everything(params["seed"], threads)
-    adata, X, part = _load_experiment(inp, torch.device("cpu"))
-    model, _ = load_checkpoint(inp["model"])
-    mu_f = cell_terms(model, X, part.forget)["mu"].double().numpy()
-    mu_a = cell_terms(model, X, part.audit)["mu"].double().numpy()
-    res = matched_negatives(mu_f, mu_a, adata.obs_names[part.audit], params["k"], params["min_matched"],
-                            forget_barcodes=adata.obs_names[part.forget])
+    adata = read_adata(inp["adata"])
+    from .splits import load_partition
+
+    part = load_partition(adata, inp["split"], inp.get("forget"))
+    if "X_pca" not in adata.obsm:
+        raise ScunlearnError(f"{inp['adata']}: no obsm['X_pca'] to match negatives in; rerun preprocessing")
+    pca = np.asarray(adata.obsm["X_pca"], dtype=float)
+    res = matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], params["k"],
+                            params["min_matched"], forget_barcodes=adata.obs_names[part.forget])
+    res["representation"] = "X_pca"
     res["cell_types"] = adata.obs.loc[res["barcodes"], "cell_type"].astype(str).value_counts().to_dict()
     log.info("matched negatives: %d cells (k used %d); cell types %s", res["size"], res["k_used"], res["cell_types"])
     write_json(res, out["matched"])
@@ -204,7 +207,16 @@ def stage_unlearn(inp, out, params, threads):
     if frame.empty:
         frame = pd.DataFrame({"epoch": []})
     write_tsv(frame, out["trajectory"])
+    _write_cells(model, X, adata, out)
     save_checkpoint(model, out["model"], meta)
+
+
+def _write_cells(model, X, adata, out) -> None:
+    """The model's per-cell statistics on every cell, for the per-cell audit (see :mod:`scunlearn.cellstats`)."""
+    from .cellstats import write_cell_stats
+
+    if "cells" in out:
+        write_cell_stats(model, X, adata.obs_names, out["cells"])
 
 
 def _benchmark(path) -> tuple[float, float]:
@@ -218,12 +230,14 @@ def _benchmark(path) -> tuple[float, float]:
 
 
 def stage_audit(inp, out, params, threads):
-    """Fresh post-hoc attacker (forget vs matched negatives), LOSS attack and utility for one model."""
-    from .audit.attack import mia, model_features
+    """Audit one model: the per-cell calibrated attack (primary), the paper's MLP attack, LOSS, utility."""
+    from .audit.attack import feature_names, mia, model_features
+    from .audit.calibrated import per_cell_audit
     from .audit.metrics import auc_score
     from .audit.utility import utility
+    from .cellstats import read_cell_stats
+    from .matched import neighbourhood_groups, read_matched
     from .model import seed_everything
-    from .splits import _check_barcodes
     from .train import check_genes, load_checkpoint
 
     seed = int(params["seed"])
@@ -231,21 +245,41 @@ def stage_audit(inp, out, params, threads):
     adata, X, part = _load_experiment(inp, torch.device("cpu"))
     model, meta = load_checkpoint(inp["model"])
     check_genes(model, adata, inp["model"], meta)
-    matched = read_json(inp["matched"])
-    _check_barcodes(matched["barcodes"], adata.obs_names[part.audit], inp["matched"], "matched (audit)")
-    neg = adata.obs_names.get_indexer(matched["barcodes"])
+    matched, neg, nearest = read_matched(inp["matched"], adata, part.audit)
+    cfg = params["audit"]
+    t0 = time.perf_counter()
+
+    # 1. per-cell calibrated attack against the reference models' statistics on the same cells
+    def stats(paths, names):
+        return {n: read_cell_stats(p, adata.obs_names)["elbo"] for n, p in zip(names, paths)}
+
+    types = adata.obs["cell_type"].astype(str).to_numpy()
+    negatives = {"matched": neg, "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))],
+                 "all": part.audit}
+    pc = per_cell_audit(read_cell_stats(inp["cells"], adata.obs_names)["elbo"],
+                        stats(inp["ref_retrain"], params["ref_retrain"]),
+                        stats(inp["ref_baseline"], params["ref_baseline"]), part.forget, negatives,
+                        self_name=params["self_name"], controls=stats(inp["controls"], params["controls"]),
+                        n_boot=cfg["bootstrap"], margin=cfg["equivalence_margin"], alpha=cfg["alpha"], seed=seed)
+    log.info("per-cell attack AUC %.3f (CI %.3f-%.3f) vs %d references; delta vs retrain %+.3f "
+             "(CI %.3f..%.3f, p=%.3g): %s", pc["pc_auc"], pc["pc_auc_ci_low"], pc["pc_auc_ci_high"],
+             pc["n_references"], pc["delta_vs_retrain"], pc["delta_vs_retrain_ci_low"],
+             pc["delta_vs_retrain_ci_high"], pc["delta_vs_retrain_p"], pc["test_vs_retrain"])
+
+    # 2. the paper's MLP attack (forget vs matched negatives), folds grouped by neighbourhood
     idx = np.r_[part.forget, neg]
     y = np.r_[np.ones(len(part.forget)), np.zeros(len(neg))].astype(int)
     feats = model_features(model, X, idx)
-    # fold groups: each forget cell with the negatives matched to it (see audit.attack.oof_scores)
-    groups = pd.factorize(np.r_[adata.obs_names[part.forget], matched["nearest_forget"]])[0]
-    cfg = params["audit"]
-    t0 = time.perf_counter()
+    fpos = {b: i for i, b in enumerate(adata.obs_names[part.forget])}
+    groups = neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
+                                  2 * cfg["folds"], seed)
     res = mia(feats, y, cfg, seed, groups=groups)
-    elbo_col = 2 * model.cfg.latent + 2  # ELBO column: higher ELBO = more member-like
+    elbo_col = feature_names(model.cfg.latent).index("elbo")  # higher ELBO = more member-like
     res["loss_attack_auc"] = auc_score(y, feats[:, elbo_col])
-    log.info("attack AUC %.3f (CI %.3f-%.3f), LOSS-attack AUC %.3f, %.1fs",
+    log.info("MLP attack AUC %.3f (CI %.3f-%.3f), LOSS-attack AUC %.3f; audit %.1fs",
              res["auc"], res["auc_ci_low"], res["auc_ci_high"], res["loss_attack_auc"], time.perf_counter() - t0)
+
+    # 3. utility
     rng = np.random.default_rng(seed)
     uc = cfg["utility"]
     unseen = np.r_[part.validation, part.audit]
@@ -253,7 +287,7 @@ def stage_audit(inp, out, params, threads):
     class_idx = np.sort(rng.permutation(adata.n_obs)[: uc["max_cells"]])
     marker_mask = adata.var_names.isin(read_markers(inp["markers"])["gene"])
     util = utility(model, X, recon_idx=recon_idx, val_idx=part.validation, class_idx=class_idx,
-                   labels=adata.obs["cell_type"].astype(str).to_numpy()[class_idx], marker_mask=marker_mask,
+                   labels=types[class_idx], marker_mask=marker_mask,
                    folds=uc["folds"], seed=seed, target_sum=params["target_sum"])
     log.info("utility: %s", util)
     wall, rss = _benchmark(inp.get("benchmark", ""))
@@ -261,28 +295,48 @@ def stage_audit(inp, out, params, threads):
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],
         "param_hash": meta.get("param_hash", ""), "seed": int(params["model_seed"]),
-        **res, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
+        **pc, **res, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
+        "n_negatives_cell_type": int(len(negatives["cell_type"])), "n_audit": int(len(part.audit)),
         "wall_s": wall, "max_rss_mb": rss, "model": str(inp["model"]),
     }
     write_json(record, out["audit"])
 
 
+#: the public columns of report/summary.tsv, in order (the README's contract table lists them)
 SUMMARY_COLUMNS = [
-    "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed", "auc", "auc_sd",
-    "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "loss_attack_auc", "floor",
-    "floor_sd", "floor_min", "floor_max", "band_low", "band_high", "verdict", "ci_overlaps_floor_range",
-    "n_forget", "n_negatives", "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb",
+    "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed",
+    # primary: per-cell reference-calibrated attack, forget cells vs matched negatives
+    "pc_auc", "pc_auc_ci_low", "pc_auc_ci_high", "pc_auc_cell_type", "pc_auc_all", "pc_lr_auc",
+    "pc_tpr_at_1pct_fpr", "pc_tpr_at_0.1pct_fpr", "pc_forget_score", "forget_gap_closed",
+    "delta_vs_retrain", "delta_ci_low", "delta_ci_high", "delta_se", "p_vs_retrain", "tost_p_vs_retrain",
+    "test_vs_retrain", "n_references", "verdict", "controls_ok",
+    "delta_vs_finetune", "dft_ci_low", "dft_ci_high", "p_vs_finetune",
+    # the paper's MLP attack (unbiased), the LOSS attack and the paper's band rule
+    "auc", "auc_sd", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "loss_attack_auc",
+    "floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high", "paper_verdict",
+    "ci_overlaps_floor_range", "n_forget", "n_negatives",
+    # utility and cost
+    "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb", "cost_vs_retrain",
 ]
+
+#: audit-record keys renamed to their summary column
+_RENAME = {"delta_vs_retrain_ci_low": "delta_ci_low", "delta_vs_retrain_ci_high": "delta_ci_high",
+           "delta_vs_retrain_se": "delta_se", "delta_vs_retrain_p": "p_vs_retrain",
+           "delta_vs_retrain_tost_p": "tost_p_vs_retrain", "delta_vs_finetune_ci_low": "dft_ci_low",
+           "delta_vs_finetune_ci_high": "dft_ci_high", "delta_vs_finetune_p": "p_vs_finetune"}
 
 
 def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
-    """One tidy row per audited model with floor, band and verdict (the summary.tsv contract)."""
+    """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract)."""
     from .audit.verdict import add_verdicts
 
-    df = pd.DataFrame(records)
+    df = pd.DataFrame(records).rename(columns=_RENAME)
     missing = {"baseline", "retrain"} - set(df["method"])
     if missing:
         raise ScunlearnError(f"aggregate: no {sorted(missing)} models among the audits")
+    for col in SUMMARY_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
     df = add_verdicts(df, tolerance)
     order = {"baseline": 0, "retrain": 1}
     df["_o"] = df["method"].map(order).fillna(2)
@@ -293,10 +347,14 @@ def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
 def stage_aggregate(inp, out, params, threads):
     records = [read_json(p) for p in inp["audits"]]
     df = aggregate(records, params["tolerance"])
+    from .audit.verdict import power_summary
+
     for fs, g in df.groupby("forget_set"):
-        log.info("forget set %s: floor %.3f, band [%.3f, %.3f]; %s", fs, g["floor"].iloc[0],
-                 g["band_low"].iloc[0], g["band_high"].iloc[0],
-                 g.groupby("variant")["auc"].mean().round(3).to_dict())
+        log.info("forget set %s: per-cell AUC by variant %s; verdicts %s", fs,
+                 g.groupby("variant")["pc_auc"].mean().round(3).to_dict(),
+                 g.groupby("variant")["verdict"].agg(lambda v: "/".join(v)).to_dict())
+    for row in power_summary(df).to_dict("records"):
+        log.info("audit power: %s", row)
     write_tsv(df, out["summary"])
 
 

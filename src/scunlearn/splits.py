@@ -94,7 +94,8 @@ def save_split(obj: dict, path: str | Path) -> None:
     write_json(obj, path)
 
 
-def _check_barcodes(barcodes, obs_names, path, what) -> None:
+def check_barcodes(barcodes, obs_names, path, what) -> None:
+    """Refuse barcodes that are not in the data, naming the file."""
     barcodes = np.asarray(barcodes)
     missing = barcodes[pd.Index(obs_names).get_indexer(barcodes) < 0]
     if len(missing):
@@ -120,11 +121,11 @@ def load_partition(adata: ad.AnnData, split_path: str | Path, forget_path: str |
     for k in PARTS:
         if k not in split:
             raise ScunlearnError(f"{split_path}: missing '{k}'")
-        _check_barcodes(split[k], adata.obs_names, split_path, k)
+        check_barcodes(split[k], adata.obs_names, split_path, k)
     idx = {k: adata.obs_names.get_indexer(split[k]) for k in PARTS}
     if forget_path is not None:
         forget = read_json(forget_path)["forget"]
-        _check_barcodes(forget, adata.obs_names, forget_path, "forget")
+        check_barcodes(forget, adata.obs_names, forget_path, "forget")
         if not np.isin(forget, split["train"]).all():
             raise ScunlearnError(f"{forget_path}: forget cells must all be train cells")
         f_idx = adata.obs_names.get_indexer(forget)

@@ -11,7 +11,10 @@ rule audit:
         markers=MARKERS,
         code=lib(
             "audit/attack.py",
+            "audit/calibrated.py",
             "audit/metrics.py",
+            "cellstats.py",
+            "matched.py",
             "audit/utility.py",
             "model.py",
             "train.py",
@@ -27,7 +30,11 @@ rule audit:
         method=method_of,
         model_seed=lambda w: int(w.seed),
         seed=config["seed"],
-        audit={k: v for k, v in config["audit"].items() if k != "tolerance"},
+        audit={k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},
+        self_name=lambda w: audit_names(w)["self_name"],
+        ref_retrain=lambda w: audit_names(w)["ref_retrain"],
+        ref_baseline=lambda w: audit_names(w)["ref_baseline"],
+        controls=lambda w: audit_names(w)["controls"],
         target_sum=config["preprocess"]["target_sum"],
     log:
         f"{OUT}/logs/audit/{{forget}}/{{model}}/seed{{seed}}.log",
@@ -47,7 +54,7 @@ rule audit:
 rule aggregate:
     input:
         audits=[a for f in FORGET for a in audited(f)],
-        code=lib("audit/verdict.py"),
+        code=lib("audit/verdict.py", "audit/calibrated.py"),
     output:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
     params:

@@ -20,7 +20,19 @@ RUN = config["run"]
 OUT = f"results/{RUN}"
 FORGET = list(config["forget_sets"])
 SEEDS = [int(s) for s in config["train"]["seeds"]]
-MATCH_SEED = SEEDS[0]  # matched negatives come from the latent of the first baseline seed
+# extra seeds of baseline and retrain models used only as references by the per-cell audit
+REF_SEEDS = [int(s) for s in config["audit"]["reference_seeds"]]
+if set(REF_SEEDS) & set(SEEDS):
+    raise WorkflowError(
+        f"config audit.reference_seeds {sorted(set(REF_SEEDS) & set(SEEDS))} repeat train.seeds: "
+        "reference seeds must be other seeds"
+    )
+ALL_SEEDS = SEEDS + REF_SEEDS
+if len(ALL_SEEDS) < 2:
+    raise WorkflowError(
+        "config: the per-cell audit needs at least 2 retrained models per forget set (a model is never "
+        "its own reference): give train.seeds two seeds or add audit.reference_seeds"
+    )
 ENV = "../../envs/scunlearn.yaml"
 
 
@@ -76,13 +88,40 @@ wildcard_constraints:
 # ---- audit helpers
 
 
+def _stem(model, forget, seed):
+    return f"baseline/seed{seed}" if model == "baseline" else f"{model}/{forget}/seed{seed}"
+
+
 def model_of(w):
-    """Checkpoint and its training job's benchmark file for an audited model."""
-    if w.model == "baseline":
-        stem = f"baseline/seed{w.seed}"
-    else:
-        stem = f"{w.model}/{w.forget}/seed{w.seed}"
-    return {"model": f"{OUT}/models/{stem}.pt", "benchmark": f"{OUT}/benchmarks/{stem}.tsv"}
+    """Checkpoint, per-cell statistics and training benchmark of an audited model, and its references."""
+    stem = _stem(w.model, w.forget, w.seed)
+    return {
+        "model": f"{OUT}/models/{stem}.pt",
+        "cells": f"{OUT}/models/{stem}.cells.npz",
+        "benchmark": f"{OUT}/benchmarks/{stem}.tsv",
+        "ref_retrain": [f"{OUT}/models/retrain/{w.forget}/seed{s}.cells.npz" for s in ALL_SEEDS],
+        "ref_baseline": [f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
+        "controls": [f"{OUT}/models/{v}/{w.forget}/seed{s}.cells.npz" for v in controls_of(w) for s in SEEDS],
+    }
+
+
+def controls_of(w):
+    """Fine-tuning control variants (method retain_finetune) run on this forget set, other than the audited one."""
+    return [
+        v
+        for v, d in VARIANTS.items()
+        if d["method"] == "retain_finetune" and w.forget in d["forget_sets"] and v != w.model
+    ]
+
+
+def audit_names(w):
+    """Names of the audited model and its references, as the audit stage reports them."""
+    return {
+        "self_name": f"{w.model}/seed{w.seed}" if w.model in ("baseline", "retrain") else None,
+        "ref_retrain": [f"retrain/seed{s}" for s in ALL_SEEDS],
+        "ref_baseline": [f"baseline/seed{s}" for s in ALL_SEEDS],
+        "controls": [f"{v}/seed{s}" for v in controls_of(w) for s in SEEDS],
+    }
 
 
 def method_of(w):

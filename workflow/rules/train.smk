@@ -1,4 +1,5 @@
-# baseline VAE per seed, retrained VAE per forget set and seed, matched negatives
+# baseline VAE per seed, retrained VAE per forget set and seed (train.seeds and audit.reference_seeds),
+# matched negatives (in the preprocessed PCA: no model chooses them)
 
 
 TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k != "seeds"}
@@ -8,10 +9,11 @@ rule baseline:
     input:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
-        code=lib("model.py", "train.py", "splits.py"),
+        code=lib("model.py", "train.py", "splits.py", "cellstats.py"),
     output:
         model=f"{OUT}/models/baseline/seed{{seed}}.pt",
         history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
+        cells=f"{OUT}/models/baseline/seed{{seed}}.cells.npz",
     params:
         kind="baseline",
         seed=lambda w: int(w.seed),
@@ -37,10 +39,11 @@ use rule baseline as retrain with:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
-        code=lib("model.py", "train.py", "splits.py"),
+        code=lib("model.py", "train.py", "splits.py", "cellstats.py"),
     output:
         model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
         history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",
+        cells=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.cells.npz",
     params:
         kind="retrain",
         seed=lambda w: int(w.seed),
@@ -58,8 +61,7 @@ rule matched_negatives:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
-        model=f"{OUT}/models/baseline/seed{MATCH_SEED}.pt",
-        code=lib("matched.py", "model.py", "train.py", "splits.py"),
+        code=lib("matched.py", "splits.py"),
     output:
         matched=f"{OUT}/splits/matched_{{forget}}.json",
     params:

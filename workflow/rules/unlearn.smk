@@ -10,6 +10,7 @@ rule unlearn:
         code=lib(
             "model.py",
             "train.py",
+            "cellstats.py",
             "optim.py",
             "splits.py",
             "matched.py",
@@ -20,6 +21,7 @@ rule unlearn:
     output:
         model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
         trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",
+        cells=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.cells.npz",
     params:
         variant=lambda w: w.variant,
         method=lambda w: VARIANTS[w.variant]["method"],

@@ -1,9 +1,20 @@
-"""Retrain floor, target band and per-model verdicts (DESIGN.md §3)."""
+"""Verdicts per model from the per-cell audit's statistics, the study's controls, and the paper's band rule.
+
+``verdict`` (primary) comes from the paired test against retrain in each audit record
+(:mod:`scunlearn.audit.calibrated`): LEAK / FAIL when the model scores significantly
+above the retrained models, OVER-UNLEARN significantly below, SUCCESS only when
+equivalence within the margin is shown *and* this study's controls passed (every
+baseline seed caught, no retrained seed flagged), INCONCLUSIVE otherwise.
+``paper_verdict`` keeps the paper's rule (MLP AUC within the retrain floor ± tolerance)
+for comparison with the paper.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from .calibrated import verdict as stat_verdict
 
 
 def floor_stats(retrain_aucs) -> dict:
@@ -19,35 +30,77 @@ def floor_stats(retrain_aucs) -> dict:
 EDGE_EPS = 1e-9
 
 
-def verdict(auc: float, method: str, band_low: float, band_high: float) -> str:
-    """TARGET for retrain; else SUCCESS in band (edges included), OVER-UNLEARN below,
-    FAIL above (LEAK for the baseline); NA for a missing AUC."""
+def paper_verdict(auc: float, method: str, band_low: float, band_high: float) -> str:
+    """The paper's rule on the MLP AUC: TARGET for retrain; SUCCESS in band (edges included),
+    OVER-UNLEARN below, FAIL above; the baseline (never unlearned) is LEAK above the band, else NO-LEAK."""
     if method == "retrain":
         return "TARGET"
     if pd.isna(auc):
         return "NA"
     if auc > band_high + EDGE_EPS:
         return "LEAK" if method == "baseline" else "FAIL"
+    if method == "baseline":
+        return "NO-LEAK"
     if auc < band_low - EDGE_EPS:
         return "OVER-UNLEARN"
     return "SUCCESS"
 
 
+def controls(g: pd.DataFrame) -> dict:
+    """This forget set's controls: baseline seeds caught (positive) and retrained seeds flagged (negative)."""
+    base = g[g["method"] == "baseline"]
+    ret = g[g["method"] == "retrain"]
+    caught = int((base["test_vs_retrain"] == "ABOVE").sum())
+    alarms = int(ret["test_vs_retrain"].isin(["ABOVE", "BELOW"]).sum())
+    return {"baseline_caught": caught, "n_baseline": len(base), "retrain_false_alarms": alarms,
+            "n_retrain": len(ret), "controls_ok": bool(len(base) and caught == len(base) and alarms == 0)}
+
+
 def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
-    """Add floor, band, verdict and CI-vs-retrain-range columns, per forget set."""
+    """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set."""
     df = df.copy()
-    for col in ("floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high"):
+    for col in ("floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high",
+                "forget_gap_closed", "cost_vs_retrain"):
         df[col] = np.nan
     df["verdict"] = ""
+    df["paper_verdict"] = ""
+    df["controls_ok"] = False
     df["ci_overlaps_floor_range"] = False
-    for fs, g in df.groupby("forget_set"):
+    for _, g in df.groupby("forget_set"):
+        rows = g.index
         st = floor_stats(g.loc[g["method"] == "retrain", "auc"])
         lo, hi = st["floor"] - tolerance, st["floor"] + tolerance
-        rows = g.index
         for k, v in st.items():
             df.loc[rows, k] = v
         df.loc[rows, "band_low"], df.loc[rows, "band_high"] = lo, hi
-        df.loc[rows, "verdict"] = [verdict(a, m, lo, hi) for a, m in zip(g["auc"], g["method"])]
+        df.loc[rows, "paper_verdict"] = [paper_verdict(a, m, lo, hi) for a, m in zip(g["auc"], g["method"])]
         df.loc[rows, "ci_overlaps_floor_range"] = (
             (g["auc_ci_low"] <= st["floor_max"]) & (g["auc_ci_high"] >= st["floor_min"])).values
+        ok = controls(g)["controls_ok"]
+        df.loc[rows, "controls_ok"] = ok
+        df.loc[rows, "verdict"] = [stat_verdict(m, t, ok) for m, t in zip(g["method"], g["test_vs_retrain"])]
+        # share of the baseline's excess forget-cell score that a model removed (1 = as retrain)
+        b = g.loc[g["method"] == "baseline", "pc_forget_score"].mean()
+        r = g.loc[g["method"] == "retrain", "pc_forget_score"].mean()
+        if np.isfinite(b - r) and abs(b - r) > 1e-12:
+            df.loc[rows, "forget_gap_closed"] = ((b - g["pc_forget_score"]) / (b - r)).values
+        ret = g[g["method"] == "retrain"].set_index("seed")["wall_s"]
+        ref = g["seed"].map(ret).fillna(ret.mean())
+        df.loc[rows, "cost_vs_retrain"] = (g["wall_s"] / ref).values
     return df
+
+
+def power_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per forget set: the audit's power on this study (controls and the smallest detectable Δ)."""
+    from .calibrated import minimal_detectable_delta
+
+    rows = []
+    for fs, g in df.groupby("forget_set", sort=False):
+        c = controls(g)
+        ret = g[g["method"] == "retrain"]
+        se = float(ret["delta_se"].median()) if len(ret) else float("nan")
+        rows.append({"forget_set": fs, **c,
+                     "baseline_delta_mean": float(g.loc[g["method"] == "baseline", "delta_vs_retrain"].mean()),
+                     "min_detectable_delta": minimal_detectable_delta(se) if np.isfinite(se) else float("nan"),
+                     "n_references": int(g["n_references"].max())})
+    return pd.DataFrame(rows)

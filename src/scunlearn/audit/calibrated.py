@@ -1,0 +1,258 @@
+"""The primary audit: a per-cell, reference-calibrated membership score and its statistics.
+
+In the line of LiRA (Carlini et al. 2022), U-LiRA (Hayes et al. 2024) and RMIA
+(Zarifzadeh et al. 2024): a per-cell statistic of the audited model (its deterministic
+ELBO) is compared with the same statistic of *reference models* on the same cell. A cell
+the audited model trained on scores higher than the references that never saw it; a
+cell no model saw does not. The references are models the study trains anyway:
+
+* OUT references: retrained models of the forget set (never saw any forget cell, nor any
+  audit cell). The primary score is the offline-LiRA z-score against them.
+* IN references: baseline models (saw every forget cell). They set the expected
+  IN-vs-OUT shift for the likelihood-ratio score (online LiRA).
+
+A model is never its own reference (leave-one-seed-out). Forget cells and negatives are
+calibrated by the same references, so for a model that never saw the forget cells the
+two groups are exchangeable and the AUC's null is exactly 0.5.
+
+Verdicts compare a model's AUC with the retrained models' AUCs on the *same cells and
+the same bootstrap resamples* (paired), with seed-to-seed variation of the retrained
+models added to the uncertainty, and an equivalence test (TOST) against a margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .metrics import auc_score, tpr_at_fpr
+
+#: prior weight (in reference models) of the pooled variance in the per-cell variance
+SHRINK_N0 = 4.0
+
+
+def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndarray | None = None,
+                      n0: float = SHRINK_N0) -> dict[str, np.ndarray]:
+    """Per-cell calibrated scores of ``target`` (n,) against OUT references (k, n) and optional IN ones.
+
+    ``z``: (s − mean_OUT) / σ, σ² a per-cell variance over the OUT references shrunk towards
+    their pooled variance with weight ``n0`` (per-cell where there are many references,
+    pooled where there are few; one reference means pooled variance of nothing: σ = 1).
+    ``lr``: log N(s; μ_OUT+δ, σ) − log N(s; μ_OUT, σ) with δ the mean IN − OUT shift of the
+    IN references over all given cells (the same δ for every cell, so members and
+    non-members are calibrated alike); NaN when no IN references are given.
+    """
+    target = np.asarray(target, dtype=float)
+    out_refs = np.atleast_2d(np.asarray(out_refs, dtype=float))
+    k = out_refs.shape[0]
+    if k == 0:
+        raise ValueError("calibrated_scores: at least one OUT reference model is needed")
+    mu = out_refs.mean(0)
+    if k > 1:
+        v_cell = out_refs.var(0, ddof=1)
+        v_pool = float(v_cell.mean())
+        var = ((k - 1) * v_cell + n0 * v_pool) / (k - 1 + n0)
+    else:
+        var = np.ones_like(mu)
+    var = np.maximum(var, 1e-12)
+    z = (target - mu) / np.sqrt(var)
+    lr = np.full_like(z, np.nan)
+    if in_refs is not None and np.size(in_refs):
+        delta = float(np.atleast_2d(in_refs).mean(0).mean() - mu.mean())
+        lr = (delta * (target - mu) - 0.5 * delta**2) / var
+    return {"z": z, "lr": lr}
+
+
+def _boot_aucs(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, boot_pos: np.ndarray,
+               boot_neg: np.ndarray) -> np.ndarray:
+    """AUCs of every row of ``scores`` (m, n) on each bootstrap resample: shape (m, B).
+
+    ``boot_pos``/``boot_neg`` hold indices into ``pos``/``neg`` (B, n_pos) and (B, n_neg);
+    every model is scored on the same resamples, which pairs the comparisons.
+    """
+    out = np.empty((scores.shape[0], boot_pos.shape[0]))
+    for i, s in enumerate(scores):
+        sp = s[pos][boot_pos]  # (B, n_pos)
+        sn = s[neg][boot_neg]  # (B, n_neg)
+        gt = (sp[:, :, None] > sn[:, None, :]).mean(axis=(1, 2))
+        eq = (sp[:, :, None] == sn[:, None, :]).mean(axis=(1, 2))
+        out[i] = gt + 0.5 * eq
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Δ of a model's AUC against a group of comparator models, with its uncertainty."""
+
+    delta: float
+    se: float
+    df: float
+    ci_low: float
+    ci_high: float
+    p: float
+    tost_p: float
+    n_comparators: int
+
+    def as_dict(self, prefix: str) -> dict:
+        return {f"{prefix}": self.delta, f"{prefix}_se": self.se, f"{prefix}_ci_low": self.ci_low,
+                f"{prefix}_ci_high": self.ci_high, f"{prefix}_p": self.p, f"{prefix}_tost_p": self.tost_p,
+                f"{prefix}_df": self.df, f"{prefix}_n": self.n_comparators}
+
+
+def compare(a_model: float, boot_model: np.ndarray, a_comp: np.ndarray, boot_comp: np.ndarray,
+            margin: float, level: float = 0.95, seed_var: float | None = None,
+            seed_df: float | None = None) -> Comparison:
+    """Paired Δ = AUC(model) − mean AUC(comparators), its CI, two-sided p and TOST p.
+
+    Variance: the larger of the paired cell-bootstrap variance of Δ and the comparators'
+    seed-to-seed variance × (1 + 1/n) (the audited model is one more seed draw and the mean
+    has its own error), with n − 1 degrees of freedom when the seed part is the larger.
+    ``seed_var`` (with its ``seed_df``) overrides the comparators' own spread: a small
+    control group borrows the retrained models' seed variance.
+    """
+    a_comp = np.atleast_1d(np.asarray(a_comp, dtype=float))
+    n = len(a_comp)
+    if n == 0:
+        nan = float("nan")
+        return Comparison(nan, nan, nan, nan, nan, nan, nan, 0)
+    delta = float(a_model - a_comp.mean())
+    v_boot = float(np.var(boot_model - np.atleast_2d(boot_comp).mean(0), ddof=1))
+    if seed_var is None:
+        seed_var, seed_df = (float(a_comp.var(ddof=1)), n - 1) if n > 1 else (0.0, 1)
+    v_seed = seed_var * (1 + 1 / n)
+    # Both estimate Var(Δ) for a model exchangeable with the comparators: the paired cell
+    # bootstrap from the cells, the comparators' spread from the seeds (t with n - 1 df).
+    # Adding them counts the noise twice; the larger one keeps the test honest either way.
+    se = float(np.sqrt(max(v_boot, v_seed)))
+    df = float(max(seed_df or n - 1, 1)) if v_seed > v_boot else float("inf")
+    t = stats.t.ppf(0.5 + level / 2, df)
+    if se == 0:
+        p = 0.0 if delta != 0 else 1.0
+        tost = 0.0 if abs(delta) < margin else 1.0
+    else:
+        p = float(2 * stats.t.sf(abs(delta) / se, df))
+        # TOST: both one-sided tests H0: Δ ≤ −margin and H0: Δ ≥ +margin rejected
+        tost = float(max(stats.t.sf((delta + margin) / se, df), stats.t.sf((margin - delta) / se, df)))
+    return Comparison(delta, se, df, delta - t * se, delta + t * se, p, tost, n)
+
+
+def outcome(c: Comparison, alpha: float) -> str:
+    """ABOVE / BELOW (Δ ≠ 0 significant), EQUIVALENT (TOST within the margin), else UNDECIDED."""
+    if np.isnan(c.delta):
+        return "UNDECIDED"
+    if c.p < alpha:
+        return "ABOVE" if c.delta > 0 else "BELOW"
+    if c.tost_p < alpha:
+        return "EQUIVALENT"
+    return "UNDECIDED"
+
+
+def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
+                   pos: np.ndarray, negatives: dict[str, np.ndarray], *, self_name: str | None = None,
+                   controls: dict[str, np.ndarray] | None = None, n_boot: int = 1000, margin: float = 0.05,
+                   alpha: float = 0.05, seed: int = 0) -> dict:
+    """The per-cell calibrated audit of one model.
+
+    ``target`` and every reference are per-cell statistics (higher = more member-like)
+    over the same cells; ``pos`` indexes the forget cells, ``negatives`` names index sets
+    of non-members (``matched`` first: the one verdicts use; ``all``: every audit cell,
+    for TPR at low FPR). ``self_name`` is the audited model's key in ``retrain`` or
+    ``baselines`` (left out of the references and comparators). ``controls``: models of a
+    control method (fine-tuning) to compare with as well.
+    """
+    out_names = [r for r in retrain if r != self_name]
+    if not out_names:
+        raise ValueError("per-cell audit: no retrained reference model besides the audited one")
+    in_refs = np.array([v for b, v in baselines.items() if b != self_name])
+    out_refs = np.array([retrain[r] for r in out_names])
+    sc = calibrated_scores(target, out_refs, in_refs if len(in_refs) else None)
+    # comparators: every retrained model (but the audited one), each scored leave-one-out
+    comp = []
+    for r in out_names:
+        others = np.array([retrain[o] for o in retrain if o not in (r, self_name)])
+        if len(others) == 0:  # two retrained models, one of them audited: compare with the raw difference
+            others = np.atleast_2d(target)
+        comp.append(calibrated_scores(retrain[r], others)["z"])
+    comp = np.array(comp)
+    ctrl = np.array([calibrated_scores(v, out_refs)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
+
+    rng = np.random.default_rng(seed)
+    neg = negatives["matched"]
+    bp = rng.integers(0, len(pos), size=(n_boot, len(pos)))
+    bn = rng.integers(0, len(neg), size=(n_boot, len(neg)))
+    all_scores = np.vstack([sc["z"][None], comp, ctrl])
+    boots = _boot_aucs(all_scores, pos, neg, bp, bn)
+    aucs = np.array([_auc(s, pos, neg) for s in all_scores])
+    a_m, a_comp, a_ctrl = aucs[0], aucs[1:1 + len(comp)], aucs[1 + len(comp):]
+    b_m, b_comp, b_ctrl = boots[0], boots[1:1 + len(comp)], boots[1 + len(comp):]
+    seed_var = float(a_comp.var(ddof=1)) if len(a_comp) > 1 else None
+    vs_retrain = compare(a_m, b_m, a_comp, b_comp, margin)
+    # the seed-to-seed variance is the training noise of any model: take it from the retrained
+    # models, which are more numerous than a control's seeds
+    vs_ctrl = compare(a_m, b_m, a_ctrl, b_ctrl, margin, seed_var=seed_var or 0.0, seed_df=len(a_comp) - 1)
+    lo, hi = delong_ci(sc["z"][pos], sc["z"][neg])
+    res = {
+        "pc_auc": float(a_m), "pc_auc_ci_low": float(lo), "pc_auc_ci_high": float(hi),
+        "pc_lr_auc": _auc(sc["lr"], pos, neg) if np.isfinite(sc["lr"]).all() else float("nan"),
+        "pc_forget_score": float(sc["z"][pos].mean()),
+        "pc_retrain_aucs": a_comp.tolist(), "pc_retrain_auc_sd": float(np.sqrt(seed_var)) if seed_var else 0.0,
+        "n_references": len(out_names), "n_in_references": int(len(in_refs)),
+        "test_vs_retrain": outcome(vs_retrain, alpha),
+        **vs_retrain.as_dict("delta_vs_retrain"),
+        **vs_ctrl.as_dict("delta_vs_finetune"),
+    }
+    for name, idx in negatives.items():
+        if name != "matched" and len(idx):
+            res[f"pc_auc_{name}"] = _auc(sc["z"], pos, idx)
+    all_neg = negatives.get("all", neg)
+    y = np.r_[np.ones(len(pos)), np.zeros(len(all_neg))]
+    s = np.r_[sc["z"][pos], sc["z"][all_neg]]
+    res["pc_tpr_at_1pct_fpr"] = tpr_at_fpr(y, s, 0.01)
+    res["pc_tpr_at_0.1pct_fpr"] = tpr_at_fpr(y, s, 0.001)
+    return res
+
+
+def delong_ci(pos_scores: np.ndarray, neg_scores: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Normal CI of the AUC with DeLong's variance (structural components), clipped to [0, 1].
+
+    Nearly unbiased for the AUC's variance, where a percentile bootstrap with ~30 members
+    is too narrow (it covered 0.5 in ~89% of null simulations at a nominal 95%).
+    """
+    cmp = (pos_scores[:, None] > neg_scores[None, :]) + 0.5 * (pos_scores[:, None] == neg_scores[None, :])
+    auc = cmp.mean()
+    v10, v01 = cmp.mean(1), cmp.mean(0)
+    var = v10.var(ddof=1) / len(v10) + v01.var(ddof=1) / len(v01)
+    h = stats.norm.ppf(0.5 + level / 2) * np.sqrt(var)
+    return float(max(auc - h, 0.0)), float(min(auc + h, 1.0))
+
+
+def _auc(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    return auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[scores[pos], scores[neg]])
+
+
+def verdict(method: str, outcome: str, controls_ok: bool = True) -> str:
+    """The per-model verdict from the test against retrain (see :func:`outcome`).
+
+    baseline: LEAK when it scores significantly above retrain, else INCONCLUSIVE (the
+    positive control was missed; a baseline is never OVER-UNLEARN or SUCCESS).
+    retrain: TARGET. Methods: FAIL above, OVER-UNLEARN below, SUCCESS only when
+    equivalence is shown *and* the study's controls passed, else INCONCLUSIVE.
+    """
+    if method == "retrain":
+        return "TARGET"
+    if method == "baseline":
+        return "LEAK" if outcome == "ABOVE" else "INCONCLUSIVE"
+    if outcome == "ABOVE":
+        return "FAIL"
+    if outcome == "BELOW":
+        return "OVER-UNLEARN"
+    if outcome == "EQUIVALENT" and controls_ok:
+        return "SUCCESS"
+    return "INCONCLUSIVE"
+
+
+def minimal_detectable_delta(se: float, df: float = float("inf"), alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest Δ a two-sided test at ``alpha`` detects with probability ``power``."""
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.norm.ppf(power)) * se)

@@ -1,0 +1,141 @@
+"""The per-cell calibrated audit: calibration, null behaviour, planted shifts, paired tests, TOST, verdicts."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from scunlearn.audit.calibrated import (calibrated_scores, compare, minimal_detectable_delta, per_cell_audit,
+                                        outcome, verdict)
+from scunlearn.audit.verdict import add_verdicts, paper_verdict, power_summary
+
+
+def _study(rng, n_pos=30, n_neg=150, n_retrain=4, n_base=3, shift=0.0, target_shift=None):
+    """Per-cell statistics of a simulated study: cell level + per-cell seed noise (+ shift on members IN)."""
+    n = n_pos + n_neg
+    level = rng.normal(-500, 60, size=n)  # cells differ a lot (library size)
+    sd = rng.gamma(4.0, 0.5, size=n)  # and so does their seed-to-seed noise
+    pos = np.arange(n_pos)
+    member = np.zeros(n)
+    member[pos] = 1.0
+
+    def model(in_shift):
+        return level + rng.normal(0, 1, size=n) * sd + in_shift * member * sd
+
+    retrain = {f"retrain/seed{i}": model(0.0) for i in range(n_retrain)}
+    base = {f"baseline/seed{i}": model(shift) for i in range(n_base)}
+    target = model(shift if target_shift is None else target_shift)
+    return target, retrain, base, pos, {"matched": np.arange(n_pos, n), "all": np.arange(n_pos, n)}
+
+
+def test_calibration_is_the_per_cell_z_score_with_many_references():
+    rng = np.random.default_rng(0)
+    refs = rng.normal(size=(400, 50)) * np.linspace(1, 5, 50) + np.arange(50)
+    target = np.arange(50) + 2 * np.linspace(1, 5, 50)  # two per-cell SDs above the mean
+    z = calibrated_scores(target, refs)["z"]
+    assert z == pytest.approx(np.full(50, 2.0), abs=0.25)
+    # one reference: the difference, unscaled
+    assert calibrated_scores(np.array([3.0, 1.0]), np.array([[1.0, 1.0]]))["z"] == pytest.approx([2.0, 0.0])
+
+
+def test_likelihood_ratio_uses_the_in_shift_and_ranks_like_z_for_equal_variances():
+    rng = np.random.default_rng(1)
+    out = rng.normal(size=(3, 20))
+    target = rng.normal(size=20)
+    sc = calibrated_scores(target, out, in_refs=out + 1.0)  # IN references sit 1 above OUT
+    assert np.argsort(sc["lr"]).tolist() != [] and np.isfinite(sc["lr"]).all()
+    assert calibrated_scores(target, out)["lr"].tolist() == pytest.approx([np.nan] * 20, nan_ok=True)
+
+
+def test_null_ci_covers_half_at_its_nominal_rate_and_never_leaks_beyond_it():
+    """Members drawn from the non-member distribution: the AUC CI covers 0.5 ~95%, LEAK ≲ α."""
+    covered, leaks, n = 0, 0, 200
+    for s in range(n):
+        rng = np.random.default_rng(100 + s)
+        target, retrain, base, pos, negs = _study(rng, shift=0.0)
+        r = per_cell_audit(target, retrain, base, pos, negs, n_boot=200, seed=s)
+        covered += r["pc_auc_ci_low"] <= 0.5 <= r["pc_auc_ci_high"]
+        leaks += verdict("baseline", r["test_vs_retrain"]) == "LEAK"
+    assert 0.90 <= covered / n <= 0.99
+    assert leaks / n <= 0.08  # α = 0.05, with the binomial noise of 200 draws
+
+
+def test_planted_per_cell_shift_is_detected_and_retrain_left_one_out_is_not():
+    rng = np.random.default_rng(7)
+    target, retrain, base, pos, negs = _study(rng, shift=1.0)
+    r = per_cell_audit(target, retrain, base, pos, negs, n_boot=300, seed=0)
+    assert r["pc_auc"] > 0.7 and r["pc_auc_ci_low"] > 0.5
+    assert r["test_vs_retrain"] == "ABOVE" and verdict("baseline", r["test_vs_retrain"]) == "LEAK"
+    assert r["pc_tpr_at_1pct_fpr"] > 0.0 and np.isfinite(r["pc_lr_auc"]) and r["pc_lr_auc"] > 0.7
+    # a retrained model audited leave-one-out against the other retrained models
+    name = "retrain/seed0"
+    r0 = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name, n_boot=300, seed=0)
+    assert r0["n_references"] == 3 and r0["test_vs_retrain"] in ("EQUIVALENT", "UNDECIDED")
+    assert r0["pc_auc_ci_low"] < 0.5 < r0["pc_auc_ci_high"]
+
+
+def test_fine_tuning_control_comparison():
+    rng = np.random.default_rng(8)
+    target, retrain, base, pos, negs = _study(rng, n_retrain=8, shift=1.0, target_shift=0.0)  # a perfect unlearner
+    ctrl = {"ft/seed0": base["baseline/seed0"], "ft/seed1": base["baseline/seed1"]}  # a control that did nothing
+    r = per_cell_audit(target, retrain, base, pos, negs, controls=ctrl, n_boot=300, seed=0)
+    assert r["delta_vs_finetune"] < -0.15 and r["delta_vs_finetune_ci_high"] < 0
+    assert r["delta_vs_finetune_n"] == 2
+
+
+def test_tost_matches_the_textbook_two_one_sided_t_tests():
+    # Δ = 0.3, SE = 0.1 (seed part only, df = n - 1 = 20), margin 0.5:
+    # t_low = (0.3 + 0.5) / 0.1 = 8, t_high = (0.5 - 0.3) / 0.1 = 2; p_TOST = max of the one-sided p's
+    n = 21
+    seed_var = 0.1**2 / (1 + 1 / n)
+    a_comp = np.zeros(n)
+    c = compare(0.3, np.zeros(50), a_comp, np.zeros((n, 50)), margin=0.5, seed_var=seed_var)
+    assert c.se == pytest.approx(0.1) and c.df == pytest.approx(20)
+    assert c.tost_p == pytest.approx(stats.t.sf(2.0, 20)) and c.tost_p == pytest.approx(0.02963, abs=1e-4)
+    assert c.p == pytest.approx(2 * stats.t.sf(3.0, 20))
+    assert outcome(c, 0.05) == "ABOVE"  # significant difference and equivalent: the difference wins
+    c2 = compare(0.1, np.zeros(50), a_comp, np.zeros((n, 50)), margin=0.5, seed_var=seed_var)
+    assert outcome(c2, 0.05) == "EQUIVALENT"
+    # the 90% CI lies within ±margin exactly when TOST rejects at 5%
+    lo, hi = c2.delta - stats.t.ppf(0.95, c2.df) * c2.se, c2.delta + stats.t.ppf(0.95, c2.df) * c2.se
+    assert (-0.5 < lo and hi < 0.5) == (c2.tost_p < 0.05)
+
+
+def test_seed_variance_widens_the_interval():
+    boot = np.random.default_rng(0).normal(0, 0.02, size=(5, 200))
+    narrow = compare(0.1, boot[0], np.full(4, 0.0), boot[1:], margin=0.05)
+    wide = compare(0.1, boot[0], np.array([-0.1, 0.1, -0.05, 0.05]), boot[1:], margin=0.05)
+    assert wide.se > narrow.se and wide.p > narrow.p
+    assert minimal_detectable_delta(0.05) == pytest.approx((1.959964 + 0.841621) * 0.05, rel=1e-4)
+
+
+def test_verdict_rules():
+    assert verdict("baseline", "BELOW") == "INCONCLUSIVE"  # a baseline is never OVER-UNLEARN
+    assert verdict("baseline", "EQUIVALENT") == "INCONCLUSIVE"  # nor SUCCESS: the control was missed
+    assert verdict("retrain", "ABOVE") == "TARGET"
+    assert [verdict("m", o) for o in ("ABOVE", "BELOW", "EQUIVALENT", "UNDECIDED")] == [
+        "FAIL", "OVER-UNLEARN", "SUCCESS", "INCONCLUSIVE"]
+    assert verdict("m", "EQUIVALENT", controls_ok=False) == "INCONCLUSIVE"
+    assert paper_verdict(0.2, "baseline", 0.4, 0.6) == "NO-LEAK"
+    assert paper_verdict(0.7, "baseline", 0.4, 0.6) == "LEAK"
+    assert paper_verdict(0.6, "m", 0.4, 0.6) == "SUCCESS" and paper_verdict(0.3, "m", 0.4, 0.6) == "OVER-UNLEARN"
+
+
+def test_add_verdicts_gates_success_on_the_study_controls():
+    def frame(baseline_tests):
+        rows = [("baseline", 0, t, 2.0) for t in baseline_tests]
+        rows += [("retrain", 0, "UNDECIDED", 0.0), ("retrain", 1, "EQUIVALENT", 0.0), ("m", 0, "EQUIVALENT", 0.5)]
+        return pd.DataFrame([{"forget_set": "s", "method": m, "variant": m, "seed": s, "test_vs_retrain": t,
+                              "pc_forget_score": f, "auc": 0.5, "auc_ci_low": 0.4, "auc_ci_high": 0.6,
+                              "wall_s": 10.0, "delta_vs_retrain": 0.0, "delta_se": 0.05, "n_references": 3}
+                             for m, s, t, f in rows])
+
+    good = add_verdicts(frame(["ABOVE", "ABOVE"]), 0.03)
+    assert good.loc[good["method"] == "m", "verdict"].item() == "SUCCESS"
+    assert good.loc[good["method"] == "m", "forget_gap_closed"].item() == pytest.approx(0.75)
+    missed = add_verdicts(frame(["ABOVE", "UNDECIDED"]), 0.03)
+    assert missed.loc[missed["method"] == "m", "verdict"].item() == "INCONCLUSIVE"
+    assert list(missed.loc[missed["method"] == "baseline", "verdict"]) == ["LEAK", "INCONCLUSIVE"]
+    p = power_summary(missed).iloc[0]
+    assert (p["baseline_caught"], p["n_baseline"], p["retrain_false_alarms"]) == (1, 2, 0)
+    assert p["min_detectable_delta"] == pytest.approx(minimal_detectable_delta(0.05))
