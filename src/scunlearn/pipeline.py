@@ -302,35 +302,12 @@ def stage_audit(inp, out, params, threads):
     write_json(record, out["audit"])
 
 
-#: the public columns of report/summary.tsv, in order (the README's contract table lists them)
-SUMMARY_COLUMNS = [
-    "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed",
-    # primary: per-cell reference-calibrated attack, forget cells vs matched negatives
-    "pc_auc", "pc_auc_ci_low", "pc_auc_ci_high", "pc_auc_cell_type", "pc_auc_all", "pc_lr_auc",
-    "pc_tpr_at_1pct_fpr", "pc_tpr_at_0.1pct_fpr", "pc_forget_score", "forget_gap_closed",
-    "delta_vs_retrain", "delta_ci_low", "delta_ci_high", "delta_se", "p_vs_retrain", "tost_p_vs_retrain",
-    "test_vs_retrain", "n_references", "verdict", "controls_ok",
-    "delta_vs_finetune", "dft_ci_low", "dft_ci_high", "p_vs_finetune",
-    # the paper's MLP attack (unbiased), the LOSS attack and the paper's band rule
-    "auc", "auc_sd", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "loss_attack_auc",
-    "floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high", "paper_verdict",
-    "ci_overlaps_floor_range", "n_forget", "n_negatives",
-    # utility and cost
-    "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb", "cost_vs_retrain",
-]
-
-#: audit-record keys renamed to their summary column
-_RENAME = {"delta_vs_retrain_ci_low": "delta_ci_low", "delta_vs_retrain_ci_high": "delta_ci_high",
-           "delta_vs_retrain_se": "delta_se", "delta_vs_retrain_p": "p_vs_retrain",
-           "delta_vs_retrain_tost_p": "tost_p_vs_retrain", "delta_vs_finetune_ci_low": "dft_ci_low",
-           "delta_vs_finetune_ci_high": "dft_ci_high", "delta_vs_finetune_p": "p_vs_finetune"}
-
-
 def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
     """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract)."""
+    from .audit.summary import RENAME, SUMMARY_COLUMNS
     from .audit.verdict import add_verdicts
 
-    df = pd.DataFrame(records).rename(columns=_RENAME)
+    df = pd.DataFrame(records).rename(columns=RENAME)
     missing = {"baseline", "retrain"} - set(df["method"])
     if missing:
         raise ScunlearnError(f"aggregate: no {sorted(missing)} models among the audits")

@@ -54,7 +54,7 @@ rule audit:
 rule aggregate:
     input:
         audits=[a for f in FORGET for a in audited(f)],
-        code=lib("audit/verdict.py", "audit/calibrated.py"),
+        code=lib("audit/verdict.py", "audit/calibrated.py", "audit/summary.py"),
     output:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
     params:
