@@ -7,25 +7,12 @@ from scipy import stats
 
 from scunlearn.audit.calibrated import (calibrated_scores, compare, minimal_detectable_delta, per_cell_audit,
                                         outcome, verdict)
+from scunlearn.audit.power import power_table, simulate_cell_stats
 from scunlearn.audit.verdict import add_verdicts, paper_verdict, power_summary
 
 
 def _study(rng, n_pos=30, n_neg=150, n_retrain=4, n_base=3, shift=0.0, target_shift=None):
-    """Per-cell statistics of a simulated study: cell level + per-cell seed noise (+ shift on members IN)."""
-    n = n_pos + n_neg
-    level = rng.normal(-500, 60, size=n)  # cells differ a lot (library size)
-    sd = rng.gamma(4.0, 0.5, size=n)  # and so does their seed-to-seed noise
-    pos = np.arange(n_pos)
-    member = np.zeros(n)
-    member[pos] = 1.0
-
-    def model(in_shift):
-        return level + rng.normal(0, 1, size=n) * sd + in_shift * member * sd
-
-    retrain = {f"retrain/seed{i}": model(0.0) for i in range(n_retrain)}
-    base = {f"baseline/seed{i}": model(shift) for i in range(n_base)}
-    target = model(shift if target_shift is None else target_shift)
-    return target, retrain, base, pos, {"matched": np.arange(n_pos, n), "all": np.arange(n_pos, n)}
+    return simulate_cell_stats(rng, n_pos, n_neg, n_retrain, n_base, shift, target_shift)
 
 
 def test_calibration_is_the_per_cell_z_score_with_many_references():
@@ -139,3 +126,10 @@ def test_add_verdicts_gates_success_on_the_study_controls():
     p = power_summary(missed).iloc[0]
     assert (p["baseline_caught"], p["n_baseline"], p["retrain_false_alarms"]) == (1, 2, 0)
     assert p["min_detectable_delta"] == pytest.approx(minimal_detectable_delta(0.05))
+
+
+def test_power_table_grows_with_references_and_shift():
+    t = power_table(shifts=(1.0,), n_refs=(2, 8), n_forget=(30,), reps=12, n_boot=100)
+    assert list(t["retrain_models"]) == [2, 8]
+    assert t["detection_rate"].iloc[1] >= t["detection_rate"].iloc[0]
+    assert t["detection_rate"].iloc[1] >= 0.5 and (t["false_alarm_rate"] <= 0.25).all()
