@@ -169,13 +169,12 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     out_refs = np.array([retrain[r] for r in out_names])
     sc = calibrated_scores(target, out_refs, in_refs if len(in_refs) else None)
     # comparators: every retrained model (but the audited one), each scored leave-one-out
-    comp = []
-    for r in out_names:
-        others = np.array([retrain[o] for o in retrain if o not in (r, self_name)])
-        if len(others) == 0:  # two retrained models, one of them audited: compare with the raw difference
-            others = np.atleast_2d(target)
-        comp.append(calibrated_scores(retrain[r], others)["z"])
-    comp = np.array(comp)
+    # (a comparator needs a reference of its own besides the audited model: with only two
+    # retrained models, a retrained model audited leave-one-out has no comparator and its
+    # test is UNDECIDED)
+    comp = [calibrated_scores(retrain[r], np.array([retrain[o] for o in out_names if o != r]))["z"]
+            for r in out_names if len(out_names) > 1]
+    comp = np.array(comp).reshape(-1, len(target))
     ctrl = np.array([calibrated_scores(v, out_refs)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
 
     rng = np.random.default_rng(seed)
