@@ -133,3 +133,14 @@ def test_power_table_grows_with_references_and_shift():
     assert list(t["retrain_models"]) == [2, 8]
     assert t["detection_rate"].iloc[1] >= t["detection_rate"].iloc[0]
     assert t["detection_rate"].iloc[1] >= 0.5 and (t["false_alarm_rate"] <= 0.25).all()
+
+
+def test_readme_contract_table_lists_exactly_the_summary_columns(root):
+    import re
+
+    from scunlearn.audit.summary import SUMMARY_COLUMNS
+
+    text = (root / "README.md").read_text()
+    table = text.split("<!-- summary-contract:start -->")[1].split("<!-- summary-contract:end -->")[0]
+    listed = [c for row in table.splitlines()[2:] for c in re.findall(r"`([^`]+)`", row.split("|")[1])]
+    assert listed == SUMMARY_COLUMNS
