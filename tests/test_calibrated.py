@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from scunlearn.audit.calibrated import (calibrated_scores, compare, minimal_detectable_delta, per_cell_audit,
-                                        outcome, verdict)
+                                        outcome, structural, verdict)
 from scunlearn.audit.power import power_table, simulate_cell_stats
 from scunlearn.audit.verdict import add_verdicts, paper_verdict, power_summary
 
@@ -40,7 +40,7 @@ def test_null_ci_covers_half_at_its_nominal_rate_and_never_leaks_beyond_it():
     for s in range(n):
         rng = np.random.default_rng(100 + s)
         target, retrain, base, pos, negs = _study(rng, shift=0.0)
-        r = per_cell_audit(target, retrain, base, pos, negs, n_boot=200, seed=s)
+        r = per_cell_audit(target, retrain, base, pos, negs)
         covered += r["pc_auc_ci_low"] <= 0.5 <= r["pc_auc_ci_high"]
         leaks += verdict("baseline", r["test_vs_retrain"]) == "LEAK"
     assert 0.90 <= covered / n <= 0.99
@@ -50,13 +50,13 @@ def test_null_ci_covers_half_at_its_nominal_rate_and_never_leaks_beyond_it():
 def test_planted_per_cell_shift_is_detected_and_retrain_left_one_out_is_not():
     rng = np.random.default_rng(7)
     target, retrain, base, pos, negs = _study(rng, shift=1.0)
-    r = per_cell_audit(target, retrain, base, pos, negs, n_boot=300, seed=0)
+    r = per_cell_audit(target, retrain, base, pos, negs)
     assert r["pc_auc"] > 0.7 and r["pc_auc_ci_low"] > 0.5
     assert r["test_vs_retrain"] == "ABOVE" and verdict("baseline", r["test_vs_retrain"]) == "LEAK"
     assert r["pc_tpr_at_1pct_fpr"] > 0.0 and np.isfinite(r["pc_lr_auc"]) and r["pc_lr_auc"] > 0.7
     # a retrained model audited leave-one-out against the other retrained models
     name = "retrain/seed0"
-    r0 = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name, n_boot=300, seed=0)
+    r0 = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name)
     assert r0["n_references"] == 3 and r0["test_vs_retrain"] in ("EQUIVALENT", "UNDECIDED")
     assert r0["pc_auc_ci_low"] < 0.5 < r0["pc_auc_ci_high"]
 
@@ -65,34 +65,47 @@ def test_fine_tuning_control_comparison():
     rng = np.random.default_rng(8)
     target, retrain, base, pos, negs = _study(rng, n_retrain=8, shift=1.0, target_shift=0.0)  # a perfect unlearner
     ctrl = {"ft/seed0": base["baseline/seed0"], "ft/seed1": base["baseline/seed1"]}  # a control that did nothing
-    r = per_cell_audit(target, retrain, base, pos, negs, controls=ctrl, n_boot=300, seed=0)
+    r = per_cell_audit(target, retrain, base, pos, negs, controls=ctrl)
     assert r["delta_vs_finetune"] < -0.15 and r["delta_vs_finetune_ci_high"] < 0
     assert r["delta_vs_finetune_n"] == 2
 
 
+def _fixed(auc, n=40):
+    """Structural components of an AUC with no cell noise (every component equal)."""
+    return auc, np.full(n, auc), np.full(n, auc)
+
+
 def test_tost_matches_the_textbook_two_one_sided_t_tests():
-    # Δ = 0.3, SE = 0.1 (seed part only, df = n - 1 = 20), margin 0.5:
+    # Δ = 0.3, SE = 0.1 (seed part only, df = 20), margin 0.5:
     # t_low = (0.3 + 0.5) / 0.1 = 8, t_high = (0.5 - 0.3) / 0.1 = 2; p_TOST = max of the one-sided p's
     n = 21
     seed_var = 0.1**2 / (1 + 1 / n)
-    a_comp = np.zeros(n)
-    c = compare(0.3, np.zeros(50), a_comp, np.zeros((n, 50)), margin=0.5, seed_var=seed_var)
+    group = [_fixed(0.0)] * n
+    c = compare(_fixed(0.3), group, margin=0.5, seed_var=seed_var, seed_df=20)
     assert c.se == pytest.approx(0.1) and c.df == pytest.approx(20)
     assert c.tost_p == pytest.approx(stats.t.sf(2.0, 20)) and c.tost_p == pytest.approx(0.02963, abs=1e-4)
     assert c.p == pytest.approx(2 * stats.t.sf(3.0, 20))
     assert outcome(c, 0.05) == "ABOVE"  # significant difference and equivalent: the difference wins
-    c2 = compare(0.1, np.zeros(50), a_comp, np.zeros((n, 50)), margin=0.5, seed_var=seed_var)
+    c2 = compare(_fixed(0.1), group, margin=0.5, seed_var=seed_var, seed_df=20)
     assert outcome(c2, 0.05) == "EQUIVALENT"
     # the 90% CI lies within ±margin exactly when TOST rejects at 5%
     lo, hi = c2.delta - stats.t.ppf(0.95, c2.df) * c2.se, c2.delta + stats.t.ppf(0.95, c2.df) * c2.se
     assert (-0.5 < lo and hi < 0.5) == (c2.tost_p < 0.05)
 
 
-def test_seed_variance_widens_the_interval():
-    boot = np.random.default_rng(0).normal(0, 0.02, size=(5, 200))
-    narrow = compare(0.1, boot[0], np.full(4, 0.0), boot[1:], margin=0.05)
-    wide = compare(0.1, boot[0], np.array([-0.1, 0.1, -0.05, 0.05]), boot[1:], margin=0.05)
-    assert wide.se > narrow.se and wide.p > narrow.p
+def test_paired_delong_variance_and_seed_excess():
+    """Paired Δ variance equals the DeLong formula; seed spread beyond cell noise widens it."""
+    rng = np.random.default_rng(0)
+    pos, neg = np.arange(30), np.arange(30, 180)
+    scores = rng.normal(size=(5, 180))
+    m, group = structural(scores[0], pos, neg), [structural(s, pos, neg) for s in scores[1:]]
+    d10 = m[1] - np.mean([g[1] for g in group], 0)
+    d01 = m[2] - np.mean([g[2] for g in group], 0)
+    c = compare(m, group, margin=0.05, seed_var=0.0, seed_df=3)
+    assert c.se**2 == pytest.approx(d10.var(ddof=1) / 30 + d01.var(ddof=1) / 150) and c.df == np.inf
+    spread = [(0.5 + d, *g[1:]) for d, g in zip([-0.15, 0.15, -0.1, 0.1], group)]  # AUCs far apart
+    wide = compare(m, spread, margin=0.05)
+    assert wide.se > c.se and np.isfinite(wide.df) and wide.df >= 3
     assert minimal_detectable_delta(0.05) == pytest.approx((1.959964 + 0.841621) * 0.05, rel=1e-4)
 
 
@@ -129,7 +142,7 @@ def test_add_verdicts_gates_success_on_the_study_controls():
 
 
 def test_power_table_grows_with_references_and_shift():
-    t = power_table(shifts=(1.0,), n_refs=(2, 8), n_forget=(30,), reps=12, n_boot=100)
+    t = power_table(shifts=(1.0,), n_refs=(2, 8), n_forget=(30,), reps=12)
     assert list(t["retrain_models"]) == [2, 8]
     assert t["detection_rate"].iloc[1] >= t["detection_rate"].iloc[0]
     assert t["detection_rate"].iloc[1] >= 0.5 and (t["false_alarm_rate"] <= 0.25).all()

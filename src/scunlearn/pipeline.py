@@ -260,7 +260,7 @@ def stage_audit(inp, out, params, threads):
                         stats(inp["ref_retrain"], params["ref_retrain"]),
                         stats(inp["ref_baseline"], params["ref_baseline"]), part.forget, negatives,
                         self_name=params["self_name"], controls=stats(inp["controls"], params["controls"]),
-                        n_boot=cfg["bootstrap"], margin=cfg["equivalence_margin"], alpha=cfg["alpha"], seed=seed)
+                        margin=cfg["equivalence_margin"], alpha=cfg["alpha"])
     log.info("per-cell attack AUC %.3f (CI %.3f-%.3f) vs %d references; delta vs retrain %+.3f "
              "(CI %.3f..%.3f, p=%.3g): %s", pc["pc_auc"], pc["pc_auc_ci_low"], pc["pc_auc_ci_high"],
              pc["n_references"], pc["delta_vs_retrain"], pc["delta_vs_retrain_ci_low"],

@@ -15,9 +15,9 @@ A model is never its own reference (leave-one-seed-out). Forget cells and negati
 calibrated by the same references, so for a model that never saw the forget cells the
 two groups are exchangeable and the AUC's null is exactly 0.5.
 
-Verdicts compare a model's AUC with the retrained models' AUCs on the *same cells and
-the same bootstrap resamples* (paired), with seed-to-seed variation of the retrained
-models added to the uncertainty, and an equivalence test (TOST) against a margin.
+Verdicts compare a model's AUC with the retrained models' AUCs on the *same cells*
+(paired DeLong variance), with the retrained models' seed-to-seed variation added to the
+uncertainty, and an equivalence test (TOST) against a margin.
 """
 
 from __future__ import annotations
@@ -65,21 +65,20 @@ def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndar
     return {"z": z, "lr": lr}
 
 
-def _boot_aucs(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, boot_pos: np.ndarray,
-               boot_neg: np.ndarray) -> np.ndarray:
-    """AUCs of every row of ``scores`` (m, n) on each bootstrap resample: shape (m, B).
+def structural(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC of forget cells ``pos`` vs negatives ``neg`` and its DeLong structural components.
 
-    ``boot_pos``/``boot_neg`` hold indices into ``pos``/``neg`` (B, n_pos) and (B, n_neg);
-    every model is scored on the same resamples, which pairs the comparisons.
+    V10[i] = P(score of member i > a random negative), V01[j] = P(a random member > negative j)
+    (ties count one half); AUC = mean V10 = mean V01. Differences of components of several
+    models on the same cells give the variance of paired AUC differences (DeLong et al. 1988).
     """
-    out = np.empty((scores.shape[0], boot_pos.shape[0]))
-    for i, s in enumerate(scores):
-        sp = s[pos][boot_pos]  # (B, n_pos)
-        sn = s[neg][boot_neg]  # (B, n_neg)
-        gt = (sp[:, :, None] > sn[:, None, :]).mean(axis=(1, 2))
-        eq = (sp[:, :, None] == sn[:, None, :]).mean(axis=(1, 2))
-        out[i] = gt + 0.5 * eq
-    return out
+    sp, sn = scores[pos], scores[neg]
+    cmp = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+    return float(cmp.mean()), cmp.mean(1), cmp.mean(0)
+
+
+def _cell_var(v10: np.ndarray, v01: np.ndarray) -> float:
+    return float(v10.var(ddof=1) / len(v10) + v01.var(ddof=1) / len(v01))
 
 
 @dataclass(frozen=True)
@@ -101,32 +100,30 @@ class Comparison:
                 f"{prefix}_df": self.df, f"{prefix}_n": self.n_comparators}
 
 
-def compare(a_model: float, boot_model: np.ndarray, a_comp: np.ndarray, boot_comp: np.ndarray,
-            margin: float, level: float = 0.95, seed_var: float | None = None,
-            seed_df: float | None = None) -> Comparison:
-    """Paired Δ = AUC(model) − mean AUC(comparators), its CI, two-sided p and TOST p.
+def compare(model: tuple, group: list[tuple], margin: float, level: float = 0.95,
+            seed_var: float | None = None, seed_df: float | None = None) -> Comparison:
+    """Paired Δ = AUC(model) − mean AUC(group) on the same cells: CI, two-sided p and TOST p.
 
-    Variance: the larger of the paired cell-bootstrap variance of Δ and the comparators'
-    seed-to-seed variance × (1 + 1/n) (the audited model is one more seed draw and the mean
-    has its own error), with n − 1 degrees of freedom when the seed part is the larger.
-    ``seed_var`` (with its ``seed_df``) overrides the comparators' own spread: a small
-    control group borrows the retrained models' seed variance.
+    ``model`` and each ``group`` member are :func:`structural` triples. Var(Δ) = the
+    paired DeLong variance over cells + the group's seed-to-seed variance × (1 + 1/n) (the
+    audited model is one more seed draw and the mean has its own error). The seed part is
+    what the group's AUC spread shows beyond its own cell noise, with n − 1 degrees of
+    freedom (Welch–Satterthwaite for the total); ``seed_var`` with ``seed_df`` overrides it
+    (a small control group borrows the retrained models' seed variance).
     """
-    a_comp = np.atleast_1d(np.asarray(a_comp, dtype=float))
-    n = len(a_comp)
+    n = len(group)
     if n == 0:
         nan = float("nan")
         return Comparison(nan, nan, nan, nan, nan, nan, nan, 0)
-    delta = float(a_model - a_comp.mean())
-    v_boot = float(np.var(boot_model - np.atleast_2d(boot_comp).mean(0), ddof=1))
+    a_m, v10, v01 = model
+    a_g = np.array([g[0] for g in group])
+    delta = float(a_m - a_g.mean())
+    v_cell = _cell_var(v10 - np.mean([g[1] for g in group], 0), v01 - np.mean([g[2] for g in group], 0))
     if seed_var is None:
-        seed_var, seed_df = (float(a_comp.var(ddof=1)), n - 1) if n > 1 else (0.0, 1)
+        seed_var, seed_df = seed_excess(group)
     v_seed = seed_var * (1 + 1 / n)
-    # Both estimate Var(Δ) for a model exchangeable with the comparators: the paired cell
-    # bootstrap from the cells, the comparators' spread from the seeds (t with n - 1 df).
-    # Adding them counts the noise twice; the larger one keeps the test honest either way.
-    se = float(np.sqrt(max(v_boot, v_seed)))
-    df = float(max(seed_df or n - 1, 1)) if v_seed > v_boot else float("inf")
+    se = float(np.sqrt(v_cell + v_seed))
+    df = float(se**4 / (v_seed**2 / max(seed_df, 1))) if v_seed > 0 else float("inf")
     t = stats.t.ppf(0.5 + level / 2, df)
     if se == 0:
         p = 0.0 if delta != 0 else 1.0
@@ -136,6 +133,15 @@ def compare(a_model: float, boot_model: np.ndarray, a_comp: np.ndarray, boot_com
         # TOST: both one-sided tests H0: Δ ≤ −margin and H0: Δ ≥ +margin rejected
         tost = float(max(stats.t.sf((delta + margin) / se, df), stats.t.sf((margin - delta) / se, df)))
     return Comparison(delta, se, df, delta - t * se, delta + t * se, p, tost, n)
+
+
+def seed_excess(group: list[tuple]) -> tuple[float, int]:
+    """(seed-to-seed variance of a group's AUCs beyond their cell noise, its df): never negative."""
+    if len(group) < 2:
+        return 0.0, 1
+    a = np.array([g[0] for g in group])
+    noise = np.mean([_cell_var(g[1], g[2]) for g in group])
+    return max(float(a.var(ddof=1)) - float(noise), 0.0), len(group) - 1
 
 
 def outcome(c: Comparison, alpha: float) -> str:
@@ -151,8 +157,8 @@ def outcome(c: Comparison, alpha: float) -> str:
 
 def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
                    pos: np.ndarray, negatives: dict[str, np.ndarray], *, self_name: str | None = None,
-                   controls: dict[str, np.ndarray] | None = None, n_boot: int = 1000, margin: float = 0.05,
-                   alpha: float = 0.05, seed: int = 0) -> dict:
+                   controls: dict[str, np.ndarray] | None = None, margin: float = 0.05,
+                   alpha: float = 0.05) -> dict:
     """The per-cell calibrated audit of one model.
 
     ``target`` and every reference are per-cell statistics (higher = more member-like)
@@ -177,26 +183,22 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     comp = np.array(comp).reshape(-1, len(target))
     ctrl = np.array([calibrated_scores(v, out_refs)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
 
-    rng = np.random.default_rng(seed)
     neg = negatives["matched"]
-    bp = rng.integers(0, len(pos), size=(n_boot, len(pos)))
-    bn = rng.integers(0, len(neg), size=(n_boot, len(neg)))
-    all_scores = np.vstack([sc["z"][None], comp, ctrl])
-    boots = _boot_aucs(all_scores, pos, neg, bp, bn)
-    aucs = np.array([_auc(s, pos, neg) for s in all_scores])
-    a_m, a_comp, a_ctrl = aucs[0], aucs[1:1 + len(comp)], aucs[1 + len(comp):]
-    b_m, b_comp, b_ctrl = boots[0], boots[1:1 + len(comp)], boots[1 + len(comp):]
-    seed_var = float(a_comp.var(ddof=1)) if len(a_comp) > 1 else None
-    vs_retrain = compare(a_m, b_m, a_comp, b_comp, margin)
+    m = structural(sc["z"], pos, neg)
+    g_ret = [structural(z, pos, neg) for z in comp]
+    g_ctl = [structural(z, pos, neg) for z in ctrl]
+    a_m, a_comp = m[0], np.array([g[0] for g in g_ret])
+    seed_var, seed_df = seed_excess(g_ret)
+    vs_retrain = compare(m, g_ret, margin)
     # the seed-to-seed variance is the training noise of any model: take it from the retrained
     # models, which are more numerous than a control's seeds
-    vs_ctrl = compare(a_m, b_m, a_ctrl, b_ctrl, margin, seed_var=seed_var or 0.0, seed_df=len(a_comp) - 1)
+    vs_ctrl = compare(m, g_ctl, margin, seed_var=seed_var, seed_df=seed_df)
     lo, hi = delong_ci(sc["z"][pos], sc["z"][neg])
     res = {
         "pc_auc": float(a_m), "pc_auc_ci_low": float(lo), "pc_auc_ci_high": float(hi),
         "pc_lr_auc": _auc(sc["lr"], pos, neg) if np.isfinite(sc["lr"]).all() else float("nan"),
         "pc_forget_score": float(sc["z"][pos].mean()),
-        "pc_retrain_aucs": a_comp.tolist(), "pc_retrain_auc_sd": float(np.sqrt(seed_var)) if seed_var else 0.0,
+        "pc_retrain_aucs": a_comp.tolist(), "pc_seed_sd": float(np.sqrt(seed_var)),
         "n_references": len(out_names), "n_in_references": int(len(in_refs)),
         "test_vs_retrain": outcome(vs_retrain, alpha),
         **vs_retrain.as_dict("delta_vs_retrain"),

@@ -36,7 +36,7 @@ def simulate_cell_stats(rng: np.random.Generator, n_pos: int = 30, n_neg: int = 
 
 
 def power_table(shifts=(0.5, 1.0), n_refs=(2, 4, 8), n_forget=(15, 30, 60), reps: int = 40,
-                n_boot: int = 200, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+                alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Detection rate of the baseline and false-alarm rate of retrain, per shift × references × forget size.
 
     ``n_refs`` counts the retrained models of the forget set (train seeds + reference seeds).
@@ -51,11 +51,10 @@ def power_table(shifts=(0.5, 1.0), n_refs=(2, 4, 8), n_forget=(15, 30, 60), reps
                     rng = np.random.default_rng([seed, int(shift * 100), k, nf, r])
                     target, retrain, base, pos, negs = simulate_cell_stats(rng, n_pos=nf, n_neg=5 * nf,
                                                                            n_retrain=k, shift=shift)
-                    b = per_cell_audit(target, retrain, base, pos, negs, n_boot=n_boot, alpha=alpha, seed=r)
+                    b = per_cell_audit(target, retrain, base, pos, negs, alpha=alpha)
                     det += b["test_vs_retrain"] == "ABOVE"
                     name = next(iter(retrain))
-                    o = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name, n_boot=n_boot,
-                                       alpha=alpha, seed=r)
+                    o = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name, alpha=alpha)
                     alarm += o["test_vs_retrain"] in ("ABOVE", "BELOW")
                     ses.append(o["delta_vs_retrain_se"])
                 rows.append({"shift_sd": shift, "retrain_models": k, "forget_cells": nf,
