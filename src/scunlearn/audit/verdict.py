@@ -82,7 +82,7 @@ def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
         # share of the baseline's excess forget-cell score that a model removed (1 = as retrain)
         b = g.loc[g["method"] == "baseline", "pc_forget_score"].mean()
         r = g.loc[g["method"] == "retrain", "pc_forget_score"].mean()
-        if np.isfinite(b - r) and abs(b - r) > 1e-12:
+        if np.isfinite(b - r) and b - r > 1e-12:  # only meaningful when the baseline scores above retrain
             df.loc[rows, "forget_gap_closed"] = ((b - g["pc_forget_score"]) / (b - r)).values
         ret = g[g["method"] == "retrain"].set_index("seed")["wall_s"]
         ref = g["seed"].map(ret).fillna(ret.mean())
