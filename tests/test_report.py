@@ -284,6 +284,7 @@ def test_vs_finetune_labels(report):
     assert by[("structured", "finetune")] == "control"
     assert by[("structured", "baseline")] == "" and by[("structured", "retrain")] == ""
     page = index.read_text()
+    assert "This study has no fine-tuning control" not in page
     better = _html_row(page, "method_comparison", ">structured<", ">extragradient_l10<")
     assert '<td class="txt good">better than fine-tuning</td>' in better
     assert "costs more than retraining" in better
@@ -304,6 +305,9 @@ def test_vs_finetune_rule_and_missing_control(tmp_path):
     comp = _table(index, "method_comparison").set_index(["forget_set", "variant"])
     assert comp.loc[("structured", "extragradient_l10"), "vs_finetune"] == "no control in this study"
     assert comp["dft_mean"].isna().all()
+    page = index.read_text()
+    assert "This study has no fine-tuning control" in page
+    assert "vs fine-tuning</th>" not in page.split('<table id="method_comparison"')[1].split("</thead>")[0]
 
 
 def _paper_expected(fs, variant):

@@ -182,7 +182,7 @@ def _loss_panel(ax, panel: pd.DataFrame, colours: dict) -> None:
 
 
 #: Figure 2's panel rows per forget set: (metric shown, y-axis label).
-_TRAJ_ROWS = {"shadow_auc": "shadow AUC", "forget_loss": "loss per gene (−ELBO)"}
+_TRAJ_ROWS = {"shadow_auc": "shadow AUC", "forget_loss": "loss (−ELBO)"}
 
 
 @_styled
@@ -223,7 +223,7 @@ def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
             metrics = ["forget_loss", "val_loss"] if kind == "forget_loss" else [kind]
             panel = data[sel & data["metric"].isin(metrics)]
             if panel.empty:
-                _placeholder(ax, f"{_TRAJ_ROWS[kind]} not logged")
+                _placeholder(ax, f"{_TRAJ_ROWS[kind]} not logged" if sel.any() else "no trajectory")
                 continue
             if kind == "shadow_auc":
                 _shadow_panel(ax, panel, bands.loc[fs], colours, seeds)
@@ -267,17 +267,21 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
     data["retrain_pc_auc_min"] = data["forget_set"].map(ret.min())
     data["retrain_pc_auc_max"] = data["forget_set"].map(ret.max())
     sets = forget_set_order(summary)
-    order = variant_order(summary)
     palette = variant_palette(summary)
     seeds = sorted(data["seed"].unique())
     offsets = dict(zip(seeds, np.linspace(-0.25, 0.25, len(seeds)) if len(seeds) > 1 else [0.0]))
-    fig = Figure(figsize=(12, (0.45 * len(order) + 1.1) * len(sets)), layout="constrained")
-    axes = fig.subplots(len(sets), 2, sharey="row", squeeze=False)
+    n_rows = [data.loc[data["forget_set"] == fs, "variant"].nunique() for fs in sets]
+    fig = Figure(figsize=(12, sum(0.45 * n + 1.1 for n in n_rows)), layout="constrained")
+    axes = fig.subplots(len(sets), 2, sharey="row", squeeze=False,
+                        gridspec_kw={"height_ratios": [n + 2 for n in n_rows]})
     for (ax_auc, ax_d), fs in zip(axes, sets):
         panel = data[data["forget_set"] == fs]
+        order = [v for v in variant_order(summary) if v in set(panel["variant"])]
         lo, hi = panel["retrain_pc_auc_min"].iloc[0], panel["retrain_pc_auc_max"].iloc[0]
-        if pd.notna(lo):
-            ax_auc.axvspan(lo, hi if hi > lo else lo + 1e-3, color=RETRAIN_COLOR, alpha=0.3, lw=0, zorder=0)
+        if pd.notna(lo) and hi > lo:
+            ax_auc.axvspan(lo, hi, color=RETRAIN_COLOR, alpha=0.3, lw=0, zorder=0)
+        elif pd.notna(lo):  # one retrained model: its value
+            ax_auc.axvline(lo, color=RETRAIN_COLOR, lw=3, alpha=0.6, zorder=0)
         ax_auc.axvline(0.5, color="0.4", ls=":", lw=1)
         for row in panel.itertuples(index=False):
             ax_auc.scatter(row.pc_auc, order.index(row.variant) + offsets[row.seed], s=36,
@@ -300,6 +304,12 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
             ax_d.errorbar(row.delta_vs_retrain, y, xerr=None if np.isnan(err).any() else err, fmt="o",
                           ms=6, color=VERDICT_COLORS.get(row.verdict, "0.5"), mec="black", mew=0.4,
                           capsize=2, lw=1.3)
+        # a difference of AUCs lies in [-1, 1]: wider CIs are cut at the axis (the TSV keeps them)
+        span = panel[["delta_ci_low", "delta_ci_high", "delta_vs_retrain"]].to_numpy(dtype=float)
+        if np.isfinite(span).any():
+            lo_d, hi_d = np.nanmin(span), np.nanmax(span)
+            pad = 0.05 * max(hi_d - lo_d, 0.1)
+            ax_d.set_xlim(max(lo_d - pad, -1.05), min(hi_d + pad, 1.05))
         ax_d.set_title(f"{fs}: Δ vs retrain (95% CI)", loc="left", fontsize=10)
         ax_d.set_xlabel("Δ per-cell AUC vs retrained models (0 = as retrain)")
     handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black", label="one seed"),

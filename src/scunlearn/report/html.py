@@ -42,7 +42,7 @@ LABELS = {
 }
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1200px;margin:2em auto;
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1400px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 .sub{color:#666;margin-top:0}
@@ -57,6 +57,8 @@ td.warn{color:#a15c00;font-weight:600}td.good{color:#1e6b2a;font-weight:600}
 .alert{background:#f8d7da;border:1px solid #e0a4aa;padding:.6em .9em;border-radius:4px}
 .ok{background:#e8f4ea;border:1px solid #b6d9bd;padding:.6em .9em;border-radius:4px}
 .rule{color:#555;font-size:.92em}
+.scroll{overflow-x:auto}#method_comparison{font-size:.84em}#method_comparison td.num{white-space:nowrap}
+#method_comparison small{display:block;white-space:nowrap}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.92em;color:#333;max-width:900px}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.8em;overflow-x:auto;font-size:.85em}
@@ -245,6 +247,9 @@ def render_comparison(comp: pd.DataFrame) -> str:
     head = ["forget set", "variant", "seeds", "per-cell AUC [mean 95% CI]", "Δ vs retrain [mean 95% CI]",
             "p vs retrain (seeds)", "Δ vs fine-tuning [mean 95% CI]", "vs fine-tuning", "forget gap closed",
             "verdicts (seeds)", "latent accuracy", "recon MSE", "val ELBO", "cost vs retrain"]
+    # without a control in the study the two fine-tuning columns would say so on every row: say it once
+    has_control = bool((comp["method"] == CONTROL_METHOD).any() or comp["dft_mean"].notna().any())
+    keep = [i for i in range(len(head)) if has_control or i not in (6, 7)]
     rows, last_fs = [], None
     for r in comp.to_dict("records"):
         classes = []
@@ -259,16 +264,16 @@ def render_comparison(comp: pd.DataFrame) -> str:
         kinds = {v.split(" ", 1)[1] for v in verdicts.split(", ") if " " in v}
         v_cls = f" v-{kinds.pop()}" if len(kinds) == 1 else ""
         cost = _cell(r["cost_vs_retrain"], "")
-        cost_td = (f'<td class="warn" title="wall time above retraining\'s">{cost} ▲ costs more than '
-                   f"retraining</td>" if r["costs_more_than_retrain"] else f"<td>{cost}</td>")
+        cost_td = (f'<td class="warn num">{cost} ▲<small>costs more than retraining</small></td>'
+                   if r["costs_more_than_retrain"] else f'<td class="num">{cost}</td>')
         cells = [
             f'<td class="txt">{html.escape(str(r["forget_set"]))}</td>',
             f'<td class="txt" title="method: {html.escape(str(r["method"]))}">{html.escape(str(r["variant"]))}</td>',
             f"<td>{_cell(r['n_seeds'], 'n_')}</td>",
-            f"<td>{_interval(r['pc_auc_mean'], r['pc_auc_ci_low_mean'], r['pc_auc_ci_high_mean'])}</td>",
-            f"<td>{_interval(r['delta_mean'], r['delta_ci_low_mean'], r['delta_ci_high_mean'], True)}</td>",
-            f"<td>{_p_range(r['p_vs_retrain_min'], r['p_vs_retrain_max'])}</td>",
-            f"<td>{_interval(r['dft_mean'], r['dft_ci_low_mean'], r['dft_ci_high_mean'], True)}</td>",
+            f"<td class=\"num\">{_interval(r['pc_auc_mean'], r['pc_auc_ci_low_mean'], r['pc_auc_ci_high_mean'])}</td>",
+            f"<td class=\"num\">{_interval(r['delta_mean'], r['delta_ci_low_mean'], r['delta_ci_high_mean'], True)}</td>",
+            f"<td class=\"num\">{_p_range(r['p_vs_retrain_min'], r['p_vs_retrain_max'])}</td>",
+            f"<td class=\"num\">{_interval(r['dft_mean'], r['dft_ci_low_mean'], r['dft_ci_high_mean'], True)}</td>",
             f'<td class="txt {label_cls}">{html.escape(label) or "—"}</td>',
             f"<td>{_cell(r['forget_gap_closed'], '')}</td>",
             f'<td class="txt{v_cls}">{html.escape(verdicts)}</td>',
@@ -278,10 +283,14 @@ def render_comparison(comp: pd.DataFrame) -> str:
             cost_td,
         ]
         cls = f' class="{" ".join(classes)}"' if classes else ""
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    thead = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    return (f'<table id="method_comparison"><thead><tr>{thead}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            f'</table><p class="rule">{html.escape(TABLES["method_comparison"][1])} Italic rows: the '
+        rows.append(f"<tr{cls}>{''.join(cells[i] for i in keep)}</tr>")
+    thead = "".join(f"<th>{html.escape(head[i])}</th>" for i in keep)
+    no_control = ("" if has_control else
+                  f'<p class="alert">This study has no fine-tuning control (a variant of method '
+                  f"<code>{CONTROL_METHOD}</code>), so no method is compared with merely fine-tuning on "
+                  f"the retain cells; add one to the config to see whether a method does more.</p>")
+    return (f'{no_control}<div class="scroll"><table id="method_comparison"><thead><tr>{thead}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div><p class="rule">{html.escape(TABLES["method_comparison"][1])} Italic rows: the '
             f"fine-tuning control and retrain, for reference. "
             f'<a href="tables/method_comparison.tsv">tables/method_comparison.tsv</a></p>')
 
@@ -394,7 +403,7 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
     datasets = ", ".join(map(str, summary["dataset"].dropna().unique())) or "—"
     paper_html = "".join(
         f'<h3>{html.escape(TABLE_TITLES[stem].format(forget_set=fs))}</h3>'
-        f'{render_table(tables[stem], stem)}<p class="rule">{html.escape(TABLES[stem][1])} '
+        f'<div class="scroll">{render_table(tables[stem], stem)}</div><p class="rule">{html.escape(TABLES[stem][1])} '
         f'<a href="tables/{stem}.tsv">tables/{stem}.tsv</a></p>'
         for stem in PAPER_TABLES)
     main_fig = "fig1_per_cell_audit"
