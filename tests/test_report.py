@@ -286,7 +286,7 @@ def test_vs_finetune_labels(report):
     page = index.read_text()
     assert "This study has no fine-tuning control" not in page
     better = _html_row(page, "method_comparison", ">structured<", ">extragradient_l10<")
-    assert '<td class="txt good">better than fine-tuning</td>' in better
+    assert '<td class="txt lbl good">better than fine-tuning</td>' in better
     assert "costs more than retraining" in better
     assert "−0.130 [−0.200, −0.060]" in better           # Δ vs fine-tuning, rounded in HTML only
     assert "+0.015 [−0.025, +0.055]" in better           # Δ vs retrain

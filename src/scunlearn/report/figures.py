@@ -32,7 +32,7 @@ RETRAIN_COLOR = "0.55"
 DPI = 150
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 #: Verdict -> colour in the per-cell figure (the same hues as the HTML table cells).
-VERDICT_COLORS = {"SUCCESS": "#2e8b3a", "FAIL": "#c0392b", "LEAK": "#c0392b", "OVER-UNLEARN": "#e08a00",
+VERDICT_COLORS = {"SUCCESS": "#2e8b3a", "FAIL": "#c0392b", "LEAK": "#7b1010", "OVER-UNLEARN": "#e08a00",
                   "TARGET": "#2c6fb3", "INCONCLUSIVE": "#7f7f7f"}
 #: Per-epoch columns of a trajectory TSV that Figure 2 plots (others, e.g. grad_share_*, are ignored).
 TRAJECTORY_METRICS = ("shadow_auc", "forget_loss", "val_loss")
@@ -65,8 +65,9 @@ def _placeholder(ax, text: str) -> None:
     """Say why a panel is empty instead of drawing blank axes."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
             fontsize=11, color="0.35", wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    # hide this panel's ticks only: set_xticks([]) would clear the ticks of axes it shares
+    ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
+    ax.grid(False)
 
 
 def _band(ax, floor: float, low: float, high: float, vertical: bool = False) -> None:

@@ -58,7 +58,7 @@ td.warn{color:#a15c00;font-weight:600}td.good{color:#1e6b2a;font-weight:600}
 .ok{background:#e8f4ea;border:1px solid #b6d9bd;padding:.6em .9em;border-radius:4px}
 .rule{color:#555;font-size:.92em}
 .scroll{overflow-x:auto}#method_comparison{font-size:.84em}#method_comparison td.num{white-space:nowrap}
-#method_comparison small{display:block;white-space:nowrap}
+#method_comparison small{display:block;white-space:nowrap}#method_comparison td.lbl{min-width:9em}
 figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.92em;color:#333;max-width:900px}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.8em;overflow-x:auto;font-size:.85em}
@@ -77,6 +77,8 @@ def _cell(value: Any, label: str) -> str:
             return "—"
         if label.startswith("n_") and float(value).is_integer():
             return str(int(value))
+        if abs(value) < 1e-12:  # float noise around 0 (e.g. the baseline's gap closed)
+            return "0.000"
         return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
     return html.escape(str(value))
 
@@ -226,6 +228,11 @@ def _interval(mean: Any, low: Any, high: Any, signed: bool = False) -> str:
     return f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
 
 
+def _fixed(v: Any) -> str:
+    """3 decimals, always (so float noise around 0 reads 0.000, not 1e-16), NaN as a dash."""
+    return "—" if v is None or pd.isna(v) else f"{float(v):.3f}".replace("-0.000", "0.000")
+
+
 def _p(v: Any) -> str:
     """A p value: 3 decimals, '<0.001' below."""
     if v is None or pd.isna(v):
@@ -274,12 +281,12 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f"<td class=\"num\">{_interval(r['delta_mean'], r['delta_ci_low_mean'], r['delta_ci_high_mean'], True)}</td>",
             f"<td class=\"num\">{_p_range(r['p_vs_retrain_min'], r['p_vs_retrain_max'])}</td>",
             f"<td class=\"num\">{_interval(r['dft_mean'], r['dft_ci_low_mean'], r['dft_ci_high_mean'], True)}</td>",
-            f'<td class="txt {label_cls}">{html.escape(label) or "—"}</td>',
-            f"<td>{_cell(r['forget_gap_closed'], '')}</td>",
+            f'<td class="txt lbl {label_cls}">{html.escape(label) or "—"}</td>',
+            f"<td>{_fixed(r['forget_gap_closed'])}</td>",
             f'<td class="txt{v_cls}">{html.escape(verdicts)}</td>',
-            f"<td>{_cell(r['latent_acc'], '')}</td>",
+            f"<td>{_fixed(r['latent_acc'])}</td>",
             f"<td>{_cell(r['recon_mse'], '')}</td>",
-            f"<td>{_cell(r['val_elbo'], '')}</td>",
+            f"<td>{_fixed(r['val_elbo'])}</td>",
             cost_td,
         ]
         cls = f' class="{" ".join(classes)}"' if classes else ""

@@ -50,7 +50,7 @@ UTILITY_METRICS = ["recon_mse", "marker_mse", "latent_acc", "val_elbo", "wall_s"
                    "max_rss_mb", "cost_vs_retrain", "n_models"]
 #: Labels of the "vs fine-tuning" column.
 BETTER, NO_BETTER = "better than fine-tuning", "no better than fine-tuning"
-BELOW_BOTH = "below fine-tuning and below retrain (over-unlearned)"
+BELOW_BOTH = "below fine-tuning, but over-unlearned"
 
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:
