@@ -18,8 +18,7 @@ import pytest
 
 from scunlearn import ScunlearnError
 from scunlearn.audit.summary import SUMMARY_COLUMNS
-from scunlearn.report import build_report, status, table_adversarial, vs_finetune
-from scunlearn.report import captions
+from scunlearn.report import build_report, captions, status, table_adversarial, vs_finetune
 from scunlearn.report.figures import FIGURE_CAPTIONS, read_trajectories
 from scunlearn.report.tables import BELOW_BOTH, BETTER, NO_BETTER
 

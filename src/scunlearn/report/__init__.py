@@ -9,8 +9,18 @@ captions are written once, in :mod:`.captions`.
 from .captions import FIGURES, TABLES
 from .figures import FIGURE_CAPTIONS, make_figures
 from .html import build_report
-from .tables import (build_tables, read_summary, status, table_adversarial, table_all,
-                     table_comparison, table_fisher, table_power, table_utility, vs_finetune)
+from .tables import (
+                     build_tables,
+                     read_summary,
+                     status,
+                     table_adversarial,
+                     table_all,
+                     table_comparison,
+                     table_fisher,
+                     table_power,
+                     table_utility,
+                     vs_finetune,
+)
 
 __all__ = [
     "FIGURES", "FIGURE_CAPTIONS", "TABLES", "build_report", "build_tables", "make_figures", "read_summary",

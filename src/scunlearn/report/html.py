@@ -23,15 +23,27 @@ import yaml
 from ..io import write_tsv, write_with
 from .captions import TABLES
 from .figures import FIGURE_CAPTIONS, make_figures
-from .tables import (BETTER, CONTROL_METHOD, PAPER_TABLES, PAPER_VERDICTS, TABLE_TITLES, VERDICTS,
-                     build_tables, forget_set_order, main_forget_set, read_summary, validate_summary)
+from .tables import (
+    BETTER,
+    CONTROL_METHOD,
+    PAPER_TABLES,
+    PAPER_VERDICTS,
+    TABLE_TITLES,
+    VERDICTS,
+    build_tables,
+    forget_set_order,
+    main_forget_set,
+    read_summary,
+    validate_summary,
+)
 
 #: Column (and Table IV row) names -> header text; the TSV name shows on hover.
 LABELS = {
     "forget_set": "forget set", "floor": "floor",
     "gap_to_floor": "gap to floor", "success_rate": "success rate", "n_seeds": "n seeds",
     "band_low": "band low", "band_high": "band high", "auc_ci_low_mean": "mean CI low",
-    "auc_ci_high_mean": "mean CI high", "loss_attack_auc": "LOSS-attack AUC", "recon_mse": "recon MSE", "marker_mse": "marker MSE",
+    "auc_ci_high_mean": "mean CI high", "loss_attack_auc": "LOSS-attack AUC", "recon_mse": "recon MSE",
+    "marker_mse": "marker MSE",
     "latent_acc": "latent accuracy", "val_elbo": "val ELBO", "wall_s": "wall time (s)",
     "max_rss_mb": "peak memory (MB)", "cost_vs_retrain": "cost vs retrain",
     "n_models": "n models", "paper_status": "paper status (mean)",
@@ -249,6 +261,11 @@ def _p_range(lo: Any, hi: Any) -> str:
     return f"{_p(lo)}–{_p(hi)}"
 
 
+def _num(text: str) -> str:
+    """A numeric cell that does not wrap (an estimate with its interval stays on one line)."""
+    return f'<td class="num">{text}</td>'
+
+
 def render_comparison(comp: pd.DataFrame) -> str:
     """The method comparison table (HTML): intervals, labels and marks composed from the exact TSV columns."""
     head = ["forget set", "variant", "seeds", "per-cell AUC [mean 95% CI]", "Δ vs retrain [mean 95% CI]",
@@ -277,10 +294,10 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f'<td class="txt">{html.escape(str(r["forget_set"]))}</td>',
             f'<td class="txt" title="method: {html.escape(str(r["method"]))}">{html.escape(str(r["variant"]))}</td>',
             f"<td>{_cell(r['n_seeds'], 'n_')}</td>",
-            f"<td class=\"num\">{_interval(r['pc_auc_mean'], r['pc_auc_ci_low_mean'], r['pc_auc_ci_high_mean'])}</td>",
-            f"<td class=\"num\">{_interval(r['delta_mean'], r['delta_ci_low_mean'], r['delta_ci_high_mean'], True)}</td>",
-            f"<td class=\"num\">{_p_range(r['p_vs_retrain_min'], r['p_vs_retrain_max'])}</td>",
-            f"<td class=\"num\">{_interval(r['dft_mean'], r['dft_ci_low_mean'], r['dft_ci_high_mean'], True)}</td>",
+            _num(_interval(r["pc_auc_mean"], r["pc_auc_ci_low_mean"], r["pc_auc_ci_high_mean"])),
+            _num(_interval(r["delta_mean"], r["delta_ci_low_mean"], r["delta_ci_high_mean"], signed=True)),
+            _num(_p_range(r["p_vs_retrain_min"], r["p_vs_retrain_max"])),
+            _num(_interval(r["dft_mean"], r["dft_ci_low_mean"], r["dft_ci_high_mean"], signed=True)),
             f'<td class="txt lbl {label_cls}">{html.escape(label) or "—"}</td>',
             f"<td>{_fixed(r['forget_gap_closed'])}</td>",
             f'<td class="txt{v_cls}">{html.escape(verdicts)}</td>',
@@ -297,7 +314,8 @@ def render_comparison(comp: pd.DataFrame) -> str:
                   f"<code>{CONTROL_METHOD}</code>), so no method is compared with merely fine-tuning on "
                   f"the retain cells; add one to the config to see whether a method does more.</p>")
     return (f'{no_control}<div class="scroll"><table id="method_comparison"><thead><tr>{thead}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div><p class="rule">{html.escape(TABLES["method_comparison"][1])} Italic rows: the '
+            f'<tbody>{"".join(rows)}</tbody></table></div>'
+            f'<p class="rule">{html.escape(TABLES["method_comparison"][1])} Italic rows: the '
             f"fine-tuning control and retrain, for reference. "
             f'<a href="tables/method_comparison.tsv">tables/method_comparison.tsv</a></p>')
 
