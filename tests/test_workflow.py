@@ -99,7 +99,8 @@ def test_tiny_study_end_to_end(tmp_path):
     assert {"epoch", "shadow_auc"} <= set(traj.columns) and len(traj) >= 1
 
     html = (out / "report/index.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "Table II" in html
+    assert html.count("data:image/png;base64,") == 6 and "Table II" in html
+    assert "Audit power on this study" in html and 'id="method_comparison"' in html
 
     # nothing left to do: a second run is a no-op; a changed method parameter reruns only its jobs
     r = _smk(["-n", "--configfile", str(cfg), "--directory", str(tmp_path)], tmp_path, timeout=120)

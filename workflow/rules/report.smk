@@ -1,13 +1,23 @@
-# the HTML report: the paper's tables and figures, regenerated with the noise shown
+# the HTML report: audit power, the per-cell method comparison, the paper's tables and the figures
+# These lists must equal scunlearn.report.captions.TABLES / FIGURES (tests/test_report.py checks);
+# the caption files ../report/<stem>.rst are generated: python -m scunlearn.report workflow/report
 
 
-REPORT_TABLES = ["table2_adversarial", "table3_fisher", "table4_utility", "table_all"]
+REPORT_TABLES = [
+    "audit_power",
+    "method_comparison",
+    "table2_adversarial",
+    "table3_fisher",
+    "table4_utility",
+    "table_all",
+]
 REPORT_FIGURES = [
-    "fig1_trajectories",
-    "fig2_method_comparison",
-    "fig3_summary",
-    "fig4_privacy_utility",
-    "fig5_seed_cis",
+    "fig1_per_cell_audit",
+    "fig2_trajectories",
+    "fig3_mlp_method_comparison",
+    "fig4_mlp_summary",
+    "fig5_privacy_utility",
+    "fig6_mlp_seed_cis",
 ]
 
 
@@ -16,7 +26,16 @@ rule report:
         summary=rules.aggregate.output.summary,
         adata=rules.preprocess.output.adata,
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
-        code=lib("report/__init__.py", "report/tables.py", "report/figures.py", "report/html.py"),
+        code=lib(
+            "report/__init__.py",
+            "report/captions.py",
+            "report/tables.py",
+            "report/figures.py",
+            "report/html.py",
+            "audit/summary.py",
+            "audit/verdict.py",
+            "audit/calibrated.py",
+        ),
     output:
         html=report(f"{OUT}/report/index.html", caption="../report/index.rst", category="Report"),
         tables=[

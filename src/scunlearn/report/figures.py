@@ -1,8 +1,10 @@
 """The report's figures: each saved as a PNG plus, beside it, the TSV of the data it plots.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects (the Agg canvas, no pyplot
-state), so the module works headless and in parallel jobs. Every figure shows the retrain
-floor and its target band, and degrades to a readable placeholder when its data is missing.
+state), so the module works headless and in parallel jobs. Every figure shows what the
+retrained models score (their range for the per-cell audit, the paper's floor and band for
+the paper's MLP attack), and degrades to a readable placeholder when its data is missing.
+Titles and captions come from :mod:`.captions`.
 """
 
 from __future__ import annotations
@@ -21,41 +23,23 @@ from matplotlib.ticker import MaxNLocator
 
 from .. import ScunlearnError
 from ..io import read_tsv, write_tsv, write_with
-from .tables import (aggregate, check_forget_set, forget_set_order, main_forget_set,
-                     validate_summary, variant_order)
+from .captions import FIGURES
+from .tables import aggregate, check_forget_set, forget_set_order, main_forget_set, validate_summary, variant_order
 
 BAND_COLOR = "#2ca02c"
+RETRAIN_COLOR = "0.55"
 DPI = 150
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-TRAJECTORY_COLUMNS = ["variant", "method", "forget_set", "seed", "epoch", "shadow_auc", "posthoc_auc"]
-
-#: Figure file stem -> (title, caption); used by the HTML page.
-FIGURE_CAPTIONS = {
-    "fig1_trajectories": (
-        "Figure 1. Shadow-attacker AUC during unlearning",
-        "One line per seed: the AUC of the shadow attacker (forget vs matched validation cells) that "
-        "drives early stopping, per epoch. The star after the last epoch is the same seed's "
-        "post-hoc audit AUC (forget vs matched negatives, fresh attacker). The shaded band is "
-        "the retrain floor ± tolerance, the dashed line the floor."),
-    "fig2_method_comparison": (
-        "Figure 2. Method comparison",
-        "Post-hoc MIA AUC of every variant on one forget set: one point per seed, the black bar "
-        "is the mean over seeds. Shaded: target band (retrain floor ± tolerance); dashed: floor."),
-    "fig3_summary": (
-        "Figure 3. Summary by forget set",
-        "Mean post-hoc AUC per variant (error bar: SD over seeds) for each forget set, with "
-        "the status of the mean on the right. Shaded: target band; dashed: retrain floor."),
-    "fig4_privacy_utility": (
-        "Figure 4. Privacy-utility trade-off",
-        "Each point is one model: post-hoc AUC (lower is more private, the floor is the goal) "
-        "against latent cell-type classification accuracy (higher is more useful). Colour: "
-        "variant; marker: forget set; horizontal lines: each forget set's retrain floor."),
-    "fig5_seed_cis": (
-        "Figure 5. Per-seed AUCs with bootstrap 95% CIs",
-        "Every audited model's AUC with its bootstrap 95% confidence interval; markers "
-        "distinguish seeds. With about 30 forget cells the interval is roughly ±0.1, "
-        "wider than the band: compare intervals, not single digits."),
-}
+#: Verdict -> colour in the per-cell figure (the same hues as the HTML table cells).
+VERDICT_COLORS = {"SUCCESS": "#2e8b3a", "FAIL": "#c0392b", "LEAK": "#7b1010", "OVER-UNLEARN": "#e08a00",
+                  "TARGET": "#2c6fb3", "INCONCLUSIVE": "#7f7f7f"}
+#: Per-epoch columns of a trajectory TSV that Figure 2 plots (others, e.g. grad_share_*, are ignored).
+TRAJECTORY_METRICS = ("shadow_auc", "forget_loss", "val_loss")
+#: Columns of Figure 2's data (long format: one row per logged value).
+TRAJECTORY_COLUMNS = ["variant", "method", "forget_set", "seed", "row", "epoch", "phase", "metric", "value",
+                      "posthoc_auc"]
+#: Figure file stem -> (title, caption), from :mod:`.captions` (the one place they are written).
+FIGURE_CAPTIONS = FIGURES
 
 
 def _styled(fn: Callable) -> Callable:
@@ -80,8 +64,9 @@ def _placeholder(ax, text: str) -> None:
     """Say why a panel is empty instead of drawing blank axes."""
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes,
             fontsize=11, color="0.35", wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    # hide this panel's ticks only: set_xticks([]) would clear the ticks of axes it shares
+    ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
+    ax.grid(False)
 
 
 def _band(ax, floor: float, low: float, high: float, vertical: bool = False) -> None:
@@ -127,10 +112,14 @@ def _legend_outside(fig: Figure, handles: list) -> None:
 
 
 def read_trajectories(trajectories: Iterable[Mapping]) -> pd.DataFrame:
-    """Stack the trajectory TSVs that log ``shadow_auc`` into one long table.
+    """Stack the methods' trajectory TSVs into one long table of the values Figure 2 plots.
 
-    Each item is a dict {variant, method, forget_set, seed, path}; files without a
-    ``shadow_auc`` column (methods that log other things) are skipped.
+    Each item is a dict {variant, method, forget_set, seed, path}. A TSV needs an ``epoch``
+    column; of its other columns only :data:`TRAJECTORY_METRICS` are kept (methods log
+    more, e.g. ``step``, ``grad_share_*``, ``loss_gap``, and add columns over time), and a
+    file with none of them is skipped. ``row`` keeps the file's order (several rows can
+    share an epoch: the epoch-0 baseline, Fisher's scrub steps, the ``final`` kept model);
+    ``phase`` is the file's ``phase`` column, or "" when it has none.
     """
     frames = []
     for t in trajectories:
@@ -138,14 +127,19 @@ def read_trajectories(trajectories: Iterable[Mapping]) -> pd.DataFrame:
         df = read_tsv(path, "trajectory TSV")
         if "epoch" not in df.columns:
             raise ScunlearnError(f"{path}: trajectory has no 'epoch' column")
-        if "shadow_auc" not in df.columns:
+        metrics = [m for m in TRAJECTORY_METRICS if m in df.columns]
+        if not metrics:
             continue
-        frames.append(df[["epoch", "shadow_auc"]].dropna().assign(
-            variant=str(t["variant"]), method=str(t["method"]),
-            forget_set=str(t["forget_set"]), seed=int(t["seed"])))
+        df = df.assign(row=np.arange(len(df)),
+                       phase=df["phase"].fillna("").astype(str) if "phase" in df.columns else "")
+        long = df.melt(id_vars=["row", "epoch", "phase"], value_vars=metrics, var_name="metric",
+                       value_name="value").dropna(subset=["value", "epoch"])
+        frames.append(long.assign(variant=str(t["variant"]), method=str(t["method"]),
+                                  forget_set=str(t["forget_set"]), seed=int(t["seed"])))
     if not frames:
         return pd.DataFrame(columns=TRAJECTORY_COLUMNS[:-1])
-    return pd.concat(frames, ignore_index=True)[TRAJECTORY_COLUMNS[:-1]]
+    out = pd.concat(frames, ignore_index=True)[TRAJECTORY_COLUMNS[:-1]]
+    return out.sort_values(["forget_set", "variant", "seed", "metric", "row"], kind="stable").reset_index(drop=True)
 
 
 def _audit_tick(ax, x_end: float, x_audit: float) -> None:
@@ -157,54 +151,176 @@ def _audit_tick(ax, x_end: float, x_audit: float) -> None:
     ax.axvline(x_end - 0.5, color="0.6", ls=":", lw=1)
 
 
+def _shadow_panel(ax, panel: pd.DataFrame, band: pd.Series, colours: dict, seeds: list) -> None:
+    """Shadow AUC per epoch and seed, the paper's band, and each seed's post-hoc MLP AUC starred."""
+    _band(ax, *band[["floor", "band_low", "band_high"]])
+    x_end = panel["epoch"].max() + 1
+    step = max(0.2, 0.015 * x_end)  # spread the stars of close AUCs sideways
+    x_audit = x_end + step * (len(seeds) - 1) / 2
+    for seed, run in panel.groupby("seed"):
+        ax.plot(run["epoch"], run["value"], color=colours[seed], marker=".", lw=1.4)
+        auc = run["posthoc_auc"].iloc[0]
+        if pd.notna(auc):
+            dx = (seeds.index(seed) - (len(seeds) - 1) / 2) * step
+            ax.scatter([x_audit + dx], [auc], marker="*", s=160, color=colours[seed],
+                       edgecolor="black", linewidth=0.6, zorder=5)
+    _audit_tick(ax, x_end, x_audit)
+
+
+def _loss_panel(ax, panel: pd.DataFrame, colours: dict) -> None:
+    """Forget loss (solid) and matched validation loss (dotted) per seed, in logged order;
+    the ``final`` row (the model the method kept) as an open circle."""
+    for (seed, metric), run in panel.groupby(["seed", "metric"]):
+        final = run["phase"] == "final"
+        solid = metric == "forget_loss"
+        ax.plot(run.loc[~final, "epoch"], run.loc[~final, "value"], color=colours[seed],
+                ls="-" if solid else ":", lw=1.4 if solid else 1.1, marker="." if solid else None)
+        if solid and final.any():
+            ax.scatter(run.loc[final, "epoch"], run.loc[final, "value"], s=70, facecolor="none",
+                       edgecolor=colours[seed], linewidth=1.4, zorder=5)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+
+
+#: Figure 2's panel rows per forget set: (metric shown, y-axis label).
+_TRAJ_ROWS = {"shadow_auc": "shadow AUC", "forget_loss": "loss (−ELBO)"}
+
+
 @_styled
 def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
                      out_dir: str | os.PathLike) -> Path:
-    """Fig. 1: shadow-AUC per epoch and seed, post-hoc AUC starred, one panel per variant x set."""
-    stem = "fig1_trajectories"
+    """Fig. 2: per epoch and seed, the shadow AUC and the forget loss each method logged.
+
+    One column per variant with a trajectory, per forget set one row for the shadow AUC
+    and one for the forget loss, each only where some variant logged it; a panel whose
+    variant did not log that value says so. Trajectories with new columns work: only
+    :data:`TRAJECTORY_METRICS` are read.
+    """
+    stem = "fig2_trajectories"
     traj = read_trajectories(trajectories)
     posthoc = summary[["forget_set", "variant", "seed", "auc"]].rename(columns={"auc": "posthoc_auc"})
     data = traj.merge(posthoc, on=["forget_set", "variant", "seed"], how="left")[TRAJECTORY_COLUMNS]
     if data.empty:
         fig = Figure(figsize=(6, 3), layout="constrained")
         ax = fig.add_subplot()
-        _placeholder(ax, "No shadow-AUC trajectories in this run\n(no extragradient variants).")
+        _placeholder(ax, "No trajectories with a shadow AUC or forget loss in this run.")
         ax.set_title(FIGURE_CAPTIONS[stem][0])
         return _save(fig, data, out_dir, stem)
 
     sets = [f for f in forget_set_order(summary) if f in set(data["forget_set"])]
     variants = [v for v in variant_order(summary) if v in set(data["variant"])]
+    rows = [(fs, kind) for fs in sets for kind in _TRAJ_ROWS
+            if ((data["forget_set"] == fs) & (data["metric"] == kind)).any()]
     seeds = sorted(data["seed"].unique().tolist())
     colours = dict(zip(seeds, sns.color_palette("deep", len(seeds))))
     bands = _bands(summary)
-    fig = Figure(figsize=(4.2 * len(variants) + 1.8, 3.2 * len(sets)), layout="constrained")
-    axes = fig.subplots(len(sets), len(variants), sharey=True, squeeze=False)
-    for (i, fs), (j, var) in ((a, b) for a in enumerate(sets) for b in enumerate(variants)):
-        ax = axes[i, j]
-        ax.set_title(f"{var} — {fs}")
-        panel = data[(data["forget_set"] == fs) & (data["variant"] == var)]
-        if panel.empty:
-            _placeholder(ax, "no trajectory")
-            continue
-        _band(ax, *bands.loc[fs, ["floor", "band_low", "band_high"]])
-        x_end = panel["epoch"].max() + 1
-        step = max(0.2, 0.015 * x_end)  # spread the stars of close AUCs sideways
-        x_audit = x_end + step * (len(seeds) - 1) / 2
-        for seed, run in panel.groupby("seed"):
-            ax.plot(run["epoch"], run["shadow_auc"], color=colours[seed], marker=".", lw=1.4)
-            auc = run["posthoc_auc"].iloc[0]
-            if pd.notna(auc):
-                dx = (seeds.index(seed) - (len(seeds) - 1) / 2) * step
-                ax.scatter([x_audit + dx], [auc], marker="*", s=160, color=colours[seed],
-                           edgecolor="black", linewidth=0.6, zorder=5)
-        _audit_tick(ax, x_end, x_audit)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("AUC" if j == 0 else "")
-    handles = [Line2D([], [], color=colours[s], marker=".", label=f"seed {s}: shadow AUC")
-               for s in seeds]
-    handles.append(Line2D([], [], ls="", marker="*", ms=12, color="0.6", mec="black",
-                          label="post-hoc audit AUC"))
-    _legend_outside(fig, handles + _band_handles(_tolerance(bands)))
+    fig = Figure(figsize=(4.2 * len(variants) + 2.2, 3.0 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(variants), sharey="row", squeeze=False)
+    for i, (fs, kind) in enumerate(rows):
+        for j, var in enumerate(variants):
+            ax = axes[i, j]
+            ax.set_title(f"{var} — {fs}", fontsize=10)
+            sel = (data["forget_set"] == fs) & (data["variant"] == var)
+            metrics = ["forget_loss", "val_loss"] if kind == "forget_loss" else [kind]
+            panel = data[sel & data["metric"].isin(metrics)]
+            if panel.empty:
+                _placeholder(ax, f"{_TRAJ_ROWS[kind]} not logged" if sel.any() else "no trajectory")
+                continue
+            if kind == "shadow_auc":
+                _shadow_panel(ax, panel, bands.loc[fs], colours, seeds)
+            else:
+                _loss_panel(ax, panel, colours)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(_TRAJ_ROWS[kind] if j == 0 else "")
+    handles = [Line2D([], [], color=colours[s], marker=".", label=f"seed {s}") for s in seeds]
+    kinds = {k for _, k in rows}
+    if "shadow_auc" in kinds:
+        handles.append(Line2D([], [], ls="", marker="*", ms=12, color="0.6", mec="black",
+                              label="post-hoc MLP-attack AUC"))
+        handles += _band_handles(_tolerance(bands))
+    if "forget_loss" in kinds:
+        handles += [Line2D([], [], color="0.3", lw=1.4, label="forget loss"),
+                    Line2D([], [], color="0.3", ls=":", lw=1.1, label="matched validation loss"),
+                    Line2D([], [], ls="", marker="o", mfc="none", mec="0.3", label="kept model")]
+    _legend_outside(fig, handles)
+    fig.suptitle(FIGURE_CAPTIONS[stem][0])
+    return _save(fig, data, out_dir, stem)
+
+
+#: Columns of Figure 1's data.
+PER_CELL_COLUMNS = ["forget_set", "variant", "method", "seed", "pc_auc", "pc_auc_ci_low", "pc_auc_ci_high",
+                    "delta_vs_retrain", "delta_ci_low", "delta_ci_high", "p_vs_retrain", "verdict",
+                    "retrain_pc_auc_min", "retrain_pc_auc_max"]
+
+
+@_styled
+def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
+                       margin: float | None = None) -> Path:
+    """Fig. 1 (main): per forget set, the per-cell AUC of every variant (seed points, mean bar,
+    retrain's range) and a forest plot of every model's Δ vs retrain with its 95% CI.
+
+    ``margin``: the equivalence margin (config ``audit.equivalence_margin``), shaded around 0
+    in the forest plot when given. Points in the forest plot are coloured by verdict.
+    """
+    stem = "fig1_per_cell_audit"
+    data = summary[PER_CELL_COLUMNS[:-2]].reset_index(drop=True)
+    ret = summary[summary["method"] == "retrain"].groupby("forget_set")["pc_auc"]
+    data["retrain_pc_auc_min"] = data["forget_set"].map(ret.min())
+    data["retrain_pc_auc_max"] = data["forget_set"].map(ret.max())
+    sets = forget_set_order(summary)
+    palette = variant_palette(summary)
+    seeds = sorted(data["seed"].unique())
+    offsets = dict(zip(seeds, np.linspace(-0.25, 0.25, len(seeds)) if len(seeds) > 1 else [0.0]))
+    n_rows = [data.loc[data["forget_set"] == fs, "variant"].nunique() for fs in sets]
+    fig = Figure(figsize=(12, sum(0.45 * n + 1.1 for n in n_rows)), layout="constrained")
+    axes = fig.subplots(len(sets), 2, sharey="row", squeeze=False,
+                        gridspec_kw={"height_ratios": [n + 2 for n in n_rows]})
+    for (ax_auc, ax_d), fs in zip(axes, sets):
+        panel = data[data["forget_set"] == fs]
+        order = [v for v in variant_order(summary) if v in set(panel["variant"])]
+        lo, hi = panel["retrain_pc_auc_min"].iloc[0], panel["retrain_pc_auc_max"].iloc[0]
+        if pd.notna(lo) and hi > lo:
+            ax_auc.axvspan(lo, hi, color=RETRAIN_COLOR, alpha=0.3, lw=0, zorder=0)
+        elif pd.notna(lo):  # one retrained model: its value
+            ax_auc.axvline(lo, color=RETRAIN_COLOR, lw=3, alpha=0.6, zorder=0)
+        ax_auc.axvline(0.5, color="0.4", ls=":", lw=1)
+        for row in panel.itertuples(index=False):
+            ax_auc.scatter(row.pc_auc, order.index(row.variant) + offsets[row.seed], s=36,
+                           color=palette[row.variant], edgecolor="black", linewidth=0.4, zorder=3)
+        means = panel.groupby("variant")["pc_auc"].mean()
+        for var, m in means.items():
+            y = order.index(var)
+            ax_auc.vlines(m, y - 0.35, y + 0.35, color="black", lw=2.2, zorder=4)
+        _variant_axis(ax_auc, order)
+        ax_auc.set_title(f"{fs} forget set: per-cell AUC", loc="left", fontsize=10)
+        ax_auc.set_xlabel("per-cell attack AUC (forget vs matched negatives)")
+
+        if margin is not None and np.isfinite(margin):
+            ax_d.axvspan(-margin, margin, color=BAND_COLOR, alpha=0.18, lw=0, zorder=0)
+        ax_d.axvline(0, color="black", lw=1)
+        for row in panel.itertuples(index=False):
+            y = order.index(row.variant) + offsets[row.seed]
+            err = np.clip([[row.delta_vs_retrain - row.delta_ci_low],
+                           [row.delta_ci_high - row.delta_vs_retrain]], 0, None)
+            ax_d.errorbar(row.delta_vs_retrain, y, xerr=None if np.isnan(err).any() else err, fmt="o",
+                          ms=6, color=VERDICT_COLORS.get(row.verdict, "0.5"), mec="black", mew=0.4,
+                          capsize=2, lw=1.3)
+        # a difference of AUCs lies in [-1, 1]: wider CIs are cut at the axis (the TSV keeps them)
+        span = panel[["delta_ci_low", "delta_ci_high", "delta_vs_retrain"]].to_numpy(dtype=float)
+        if np.isfinite(span).any():
+            lo_d, hi_d = np.nanmin(span), np.nanmax(span)
+            pad = 0.05 * max(hi_d - lo_d, 0.1)
+            ax_d.set_xlim(max(lo_d - pad, -1.05), min(hi_d + pad, 1.05))
+        ax_d.set_title(f"{fs}: Δ vs retrain (95% CI)", loc="left", fontsize=10)
+        ax_d.set_xlabel("Δ per-cell AUC vs retrained models (0 = as retrain)")
+    handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black", label="one seed"),
+               Line2D([], [], color="black", lw=2.2, label="mean over seeds"),
+               Line2D([], [], color=RETRAIN_COLOR, alpha=0.5, lw=8, label="retrained models' range"),
+               Line2D([], [], color="0.4", ls=":", label="chance (0.5)")]
+    if margin is not None and np.isfinite(margin):
+        handles.append(Line2D([], [], color=BAND_COLOR, alpha=0.35, lw=8, label=f"equivalence margin ±{margin:g}"))
+    present = [v for v in VERDICT_COLORS if v in set(data["verdict"])]
+    handles += [Line2D([], [], ls="", marker="o", color=VERDICT_COLORS[v], mec="black", label=v) for v in present]
+    _legend_outside(fig, handles)
     fig.suptitle(FIGURE_CAPTIONS[stem][0])
     return _save(fig, data, out_dir, stem)
 
@@ -212,8 +328,8 @@ def fig_trajectories(summary: pd.DataFrame, trajectories: Iterable[Mapping],
 @_styled
 def fig_method_comparison(summary: pd.DataFrame, out_dir: str | os.PathLike,
                           forget_set: str) -> Path:
-    """Fig. 2: AUC per variant on one forget set, one point per seed plus the mean."""
-    stem = "fig2_method_comparison"
+    """Fig. 3: the paper's MLP-attack AUC per variant on one forget set, one point per seed plus the mean."""
+    stem = "fig3_mlp_method_comparison"
     check_forget_set(summary, forget_set)
     cols = ["forget_set", "variant", "method", "seed", "auc", "floor", "band_low", "band_high"]
     data = summary.loc[summary["forget_set"] == forget_set, cols].reset_index(drop=True)
@@ -229,7 +345,7 @@ def fig_method_comparison(summary: pd.DataFrame, out_dir: str | os.PathLike,
     ax.hlines([means[v] for v in order], np.arange(len(order)) - 0.3, np.arange(len(order)) + 0.3,
               color="black", lw=2.2, zorder=4)
     ax.set_xlabel("variant")
-    ax.set_ylabel("post-hoc MIA AUC")
+    ax.set_ylabel("MLP-attack AUC (paper's attack)")
     ax.set_title(f"{FIGURE_CAPTIONS[stem][0]} ({forget_set} forget set)")
     if len(order) > 4:
         ax.tick_params(axis="x", labelrotation=30)
@@ -250,10 +366,10 @@ def _variant_axis(ax, order: list[str]) -> None:
 
 @_styled
 def fig_summary(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
-    """Fig. 3: mean AUC ± SD per variant, one panel per forget set, status of the mean shown."""
-    stem = "fig3_summary"
+    """Fig. 4: mean MLP-attack AUC ± SD per variant, one panel per forget set, the paper's rule on the mean shown."""
+    stem = "fig4_mlp_summary"
     cols = ["forget_set", "variant", "method", "n_seeds", "auc_mean", "auc_sd", "floor",
-            "band_low", "band_high", "status"]
+            "band_low", "band_high", "paper_status"]
     data = aggregate(summary)[cols]
     sets = forget_set_order(summary)
     order = variant_order(summary)
@@ -267,11 +383,11 @@ def fig_summary(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
             y = order.index(row.variant)
             ax.errorbar(row.auc_mean, y, xerr=0 if pd.isna(row.auc_sd) else row.auc_sd,
                         fmt="o", ms=8, color=palette[row.variant], mec="black", capsize=3)
-            ax.text(1.02, y, row.status, transform=ax.get_yaxis_transform(), va="center",
+            ax.text(1.02, y, row.paper_status, transform=ax.get_yaxis_transform(), va="center",
                     fontsize=9)
         _variant_axis(ax, order)
         ax.set_title(f"{fs} forget set", loc="left")
-    axes[-1].set_xlabel("mean post-hoc MIA AUC (± SD over seeds)")
+    axes[-1].set_xlabel("mean MLP-attack AUC (± SD over seeds)")
     handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black",
                       label="mean ± SD")] + _band_handles(_tolerance(_bands(summary)))
     _legend_outside(fig, handles)
@@ -281,41 +397,44 @@ def fig_summary(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
 
 @_styled
 def fig_privacy_utility(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
-    """Fig. 4: AUC vs latent accuracy per model; colour = variant, marker = forget set."""
-    stem = "fig4_privacy_utility"
-    data = summary[["forget_set", "variant", "method", "seed", "auc", "latent_acc", "floor"]]
-    data = data.reset_index(drop=True)
+    """Fig. 5: per-cell audit AUC vs latent accuracy per model; colour = variant, marker = forget set.
+
+    Horizontal lines: each forget set's mean per-cell AUC of the retrained models (the goal).
+    """
+    stem = "fig5_privacy_utility"
+    data = summary[["forget_set", "variant", "method", "seed", "pc_auc", "latent_acc"]].reset_index(drop=True)
+    retrain = summary[summary["method"] == "retrain"].groupby("forget_set", sort=False)["pc_auc"].mean()
+    data["retrain_pc_auc_mean"] = data["forget_set"].map(retrain)
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(FIGURE_CAPTIONS[stem][0])
-    plotted = data.dropna(subset=["auc", "latent_acc"])
+    plotted = data.dropna(subset=["pc_auc", "latent_acc"])
     if plotted.empty:
         _placeholder(ax, "No latent accuracy in the summary.")
         return _save(fig, data, out_dir, stem)
     sets = forget_set_order(summary)
     styles = ["--", ":", "-.", (0, (5, 2, 1, 2))]
-    for k, (fs, floor) in enumerate(_bands(summary)["floor"].items()):
-        ax.axhline(floor, color=BAND_COLOR, ls=styles[k % len(styles)], lw=1.3,
-                   label=f"floor ({fs})")
+    for k, (fs, goal) in enumerate(retrain.items()):
+        ax.axhline(goal, color=BAND_COLOR, ls=styles[k % len(styles)], lw=1.3, label=f"retrain ({fs})")
     order = [v for v in variant_order(summary) if v in set(plotted["variant"])]
     sns.scatterplot(data=plotted.rename(columns={"forget_set": "forget set"}), x="latent_acc",
-                    y="auc", hue="variant", hue_order=order, palette=variant_palette(summary),
+                    y="pc_auc", hue="variant", hue_order=order, palette=variant_palette(summary),
                     style="forget set", style_order=sets,
                     s=80, edgecolor="black", linewidth=0.4, ax=ax, zorder=3)
     handles, _ = ax.get_legend_handles_labels()
     ax.get_legend().remove()
     _legend_outside(fig, handles)
     ax.set_xlabel("latent cell-type accuracy (utility, higher is better)")
-    ax.set_ylabel("post-hoc MIA AUC (privacy, floor is the goal)")
+    ax.set_ylabel("per-cell audit AUC (privacy; retrain is the goal)")
     return _save(fig, data, out_dir, stem)
 
 
 @_styled
 def fig_seed_cis(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
-    """Fig. 5: every model's AUC with its bootstrap 95% CI, one panel per forget set."""
-    stem = "fig5_seed_cis"
+    """Fig. 6: every model's MLP-attack AUC with its bootstrap 95% CI, one panel per forget set."""
+    stem = "fig6_mlp_seed_cis"
     cols = ["forget_set", "variant", "method", "seed", "auc", "auc_ci_low", "auc_ci_high",
-            "floor", "band_low", "band_high", "verdict", "ci_overlaps_floor_range"]
+            "floor", "band_low", "band_high", "paper_verdict", "ci_overlaps_floor_range"]
     data = summary[cols].reset_index(drop=True)
     sets = forget_set_order(summary)
     order = variant_order(summary)
@@ -336,7 +455,7 @@ def fig_seed_cis(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
                         color=palette[row.variant], mec="black", mew=0.4, capsize=2, lw=1.2)
         _variant_axis(ax, order)
         ax.set_title(f"{fs} forget set")
-        ax.set_xlabel("post-hoc MIA AUC (95% bootstrap CI)")
+        ax.set_xlabel("MLP-attack AUC (95% bootstrap CI)")
     handles = [Line2D([], [], ls="", marker=markers[s], color="0.5", mec="black",
                       label=f"seed {s}") for s in seeds]
     _legend_outside(fig, handles + _band_handles(_tolerance(_bands(summary))))
@@ -345,18 +464,24 @@ def fig_seed_cis(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
 
 
 def make_figures(summary: pd.DataFrame, trajectories: Iterable[Mapping],
-                 out_dir: str | os.PathLike, forget_set: str | None = None) -> dict[str, Path]:
-    """Draw all five figures into ``out_dir``; returns {stem: png path} in figure order.
+                 out_dir: str | os.PathLike, forget_set: str | None = None,
+                 margin: float | None = None) -> dict[str, Path]:
+    """Draw every figure of :data:`FIGURE_CAPTIONS` into ``out_dir``; returns {stem: png path} in that order.
 
-    ``forget_set`` picks Fig. 2's set (default: structured if present, else the first).
+    ``forget_set`` picks the MLP comparison figure's set (default: structured if present,
+    else the first); ``margin`` is the equivalence margin shaded in Figure 1.
     """
     summary = validate_summary(summary)
     fs = main_forget_set(summary, forget_set)
     paths = [
+        fig_per_cell_audit(summary, out_dir, margin),
         fig_trajectories(summary, trajectories, out_dir),
         fig_method_comparison(summary, out_dir, fs),
         fig_summary(summary, out_dir),
         fig_privacy_utility(summary, out_dir),
         fig_seed_cis(summary, out_dir),
     ]
-    return {p.stem: p for p in paths}
+    out = {p.stem: p for p in paths}
+    if list(out) != list(FIGURE_CAPTIONS):
+        raise AssertionError(f"figures {list(out)} and captions {list(FIGURE_CAPTIONS)} disagree")
+    return out

@@ -1,10 +1,17 @@
-"""The paper's tables (II, III, IV) and one table of everything, computed from ``summary.tsv``.
+"""The report's tables, computed from ``summary.tsv``: the audit's power, the per-cell
+method comparison (primary), the paper's tables (II, III, IV) and one table of everything.
 
 Every table is a plain DataFrame with exact numbers (no rounding; the HTML page rounds).
 Aggregates are over seeds: means, and the sample SD (ddof=1, NaN with a single seed).
-A group's ``status`` applies the per-model verdict rule to the group's *mean* AUC, while
-``success_rate`` is the fraction of its seeds whose own verdict (from the summary) is
-SUCCESS; it is NaN for the baseline and retrain, which are not unlearning methods.
+Per-seed CIs are summarised by the mean of their bounds (the CI of a typical seed, not a
+CI of the mean: the seeds share the cells and the retrained comparators, so they are not
+independent), per-seed p values by their range.
+
+Two rules sit side by side. The primary ``verdict`` of each model comes from the per-cell
+audit (:mod:`scunlearn.audit.verdict`); tables show how many seeds got each verdict. The
+paper's band rule (:func:`scunlearn.audit.verdict.paper_verdict`) is kept for the paper's
+tables: their ``paper_status`` applies it to the group's *mean* MLP-attack AUC and
+``paper_success_rate`` is the fraction of seeds whose own ``paper_verdict`` is SUCCESS.
 """
 
 from __future__ import annotations
@@ -12,33 +19,38 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from .. import ScunlearnError
-from ..audit.verdict import verdict
+from ..audit.summary import SUMMARY_COLUMNS, VERDICTS
+from ..audit.verdict import paper_verdict, power_summary
 from ..io import read_tsv
+from .captions import TABLES
 
-#: The columns of the public ``report/summary.tsv`` contract (DESIGN.md §2, issue 6).
-SUMMARY_COLUMNS = [
-    "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed",
-    "auc", "auc_sd", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
-    "loss_attack_auc", "floor", "floor_sd", "floor_min", "floor_max", "band_low",
-    "band_high", "verdict", "ci_overlaps_floor_range", "n_forget", "n_negatives",
-    "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb",
-]
-#: Columns the report needs; the rest of the contract is carried through untouched.
+#: Values ``paper_verdict`` can take (NA: no MLP AUC).
+PAPER_VERDICTS = ("LEAK", "NO-LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "NA")
+#: Outcomes of the per-cell test against retrain.
+TEST_OUTCOMES = ("ABOVE", "BELOW", "EQUIVALENT", "UNDECIDED")
+#: Columns the report needs; the rest of the contract is added as NaN when absent.
 REQUIRED_COLUMNS = [
-    "forget_set", "method", "variant", "seed", "auc", "auc_ci_low", "auc_ci_high",
-    "floor", "band_low", "band_high", "verdict",
+    "forget_set", "method", "variant", "seed",
+    "pc_auc", "pc_auc_ci_low", "pc_auc_ci_high", "delta_vs_retrain", "delta_ci_low", "delta_ci_high",
+    "delta_se", "test_vs_retrain", "n_references", "verdict",
+    "auc", "auc_ci_low", "auc_ci_high", "floor", "band_low", "band_high", "paper_verdict",
 ]
-VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN")
+#: The fine-tuning control's method: every method is compared with it.
+CONTROL_METHOD = "retain_finetune"
 #: Methods left out of Table II (adversarial methods): Fisher has its own Table III.
-NON_ADVERSARIAL = ("fisher",)
+NON_ADVERSARIAL = ("fisher", "fisher_noise", CONTROL_METHOD)
 #: Unlearned methods shown in Table IV besides the baseline and retrain (the paper's choice).
 UTILITY_METHODS = ("extragradient", "fisher")
 #: Rows of Table IV, in order.
 UTILITY_METRICS = ["recon_mse", "marker_mse", "latent_acc", "val_elbo", "wall_s",
                    "max_rss_mb", "cost_vs_retrain", "n_models"]
+#: Labels of the "vs fine-tuning" column.
+BETTER, NO_BETTER = "better than fine-tuning", "no better than fine-tuning"
+BELOW_BOTH = "below fine-tuning, but over-unlearned"
 
 
 def read_summary(path: str | os.PathLike) -> pd.DataFrame:
@@ -46,44 +58,70 @@ def read_summary(path: str | os.PathLike) -> pd.DataFrame:
     return validate_summary(read_tsv(path, "summary table"), source=str(path))
 
 
+def _check_values(summary: pd.DataFrame, col: str, allowed: Iterable[str], source: str) -> None:
+    """Raise, naming ``source``, when ``col`` holds a value outside ``allowed``."""
+    bad = sorted(set(summary[col].astype(str)) - set(allowed))
+    if bad:
+        raise ScunlearnError(f"{source}: unknown {col} value(s) {bad}; expected one of {tuple(allowed)}")
+
+
 def validate_summary(summary: pd.DataFrame, source: str = "summary") -> pd.DataFrame:
     """Check required columns, verdict values and one band per forget set; return a clean copy.
 
-    Optional contract columns that are absent are added as NaN so every table can be built.
+    ``source`` (the file) is named in every error. Optional contract columns that are
+    absent are added as NaN so every table can be built; a missing ``paper_verdict`` (read
+    as NaN from the TSV's ``NA``) becomes ``"NA"``.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in summary.columns]
     if missing:
         raise ScunlearnError(f"{source}: missing required column(s) {', '.join(missing)}")
     if summary.empty:
         raise ScunlearnError(f"{source}: no rows (no audited models)")
-    bad = sorted(set(summary["verdict"]) - set(VERDICTS))
-    if bad:
-        raise ScunlearnError(f"{source}: unknown verdict(s) {bad}; expected one of {VERDICTS}")
-    bands = summary.groupby("forget_set", sort=False)[["floor", "band_low", "band_high"]].nunique()
+    out = summary.copy()
+    out["paper_verdict"] = out["paper_verdict"].fillna("NA")
+    _check_values(out, "verdict", VERDICTS, source)
+    _check_values(out, "paper_verdict", PAPER_VERDICTS, source)
+    _check_values(out, "test_vs_retrain", TEST_OUTCOMES, source)
+    for needed in ("baseline", "retrain"):
+        if needed not in set(out["method"]):
+            raise ScunlearnError(f"{source}: no {needed} models (the audit's controls)")
+    bands = out.groupby("forget_set", sort=False)[["floor", "band_low", "band_high"]].nunique()
     if (bands > 1).any().any():
         sets = list(bands.index[(bands > 1).any(axis=1)])
         raise ScunlearnError(f"{source}: floor/band differ within forget set(s) {sets}")
-    out = summary.copy()
+    no_refs = [fs for fs, g in out.groupby("forget_set", sort=False) if g["n_references"].isna().all()]
+    if no_refs:
+        raise ScunlearnError(f"{source}: n_references missing for forget set(s) {no_refs}")
     for col in SUMMARY_COLUMNS:
         if col not in out.columns:
             out[col] = float("nan")
     out["variant"] = out["variant"].astype(str)
     out["forget_set"] = out["forget_set"].astype(str)
+    out["controls_ok"] = out["controls_ok"].map(_truth)
     return out
 
 
+def _truth(v) -> bool | float:
+    """A boolean read from a TSV (True/False/'true'/1), NaN when unknown."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, str):
+        return v.strip().lower() in ("true", "1", "yes")
+    return float("nan") if pd.isna(v) else bool(v)
+
+
 def status(auc: float, band_low: float, band_high: float, method: str) -> str:
-    """The verdict rule (DESIGN.md §3) applied to one AUC — the audit's own rule, reused."""
-    return verdict(auc, method, band_low, band_high)
+    """The paper's band rule applied to one (mean) MLP-attack AUC: the audit's ``paper_verdict``, reused."""
+    return paper_verdict(auc, method, band_low, band_high)
 
 
 def _rank(method: str) -> int:
-    """Display order of a model group: baseline, unlearned variants, retrain."""
-    return {"baseline": 0, "retrain": 2}.get(method, 1)
+    """Display order of a model group: baseline, unlearned variants, the control, retrain."""
+    return {"baseline": 0, CONTROL_METHOD: 2, "retrain": 3}.get(method, 1)
 
 
 def variant_order(summary: pd.DataFrame) -> list[str]:
-    """Variants in display order: baseline, then unlearned variants as they appear, retrain last."""
+    """Variants in display order: baseline, unlearned variants as they appear, the control, retrain."""
     first = summary.drop_duplicates("variant")[["variant", "method"]]
     ranked = sorted(enumerate(first.itertuples(index=False)), key=lambda t: (_rank(t[1].method), t[0]))
     return [row.variant for _, row in ranked]
@@ -102,40 +140,123 @@ def _sort(df: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
                           key=lambda s: s.map(pos[s.name])).reset_index(drop=True)
 
 
-def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (forget set, variant): means/SDs over seeds, status, success rate, cost.
+def verdict_counts(verdicts: Iterable[str]) -> str:
+    """Seeds per verdict, in the order of :data:`VERDICTS`: e.g. ``"2 SUCCESS, 1 INCONCLUSIVE"``."""
+    v = pd.Series(list(verdicts), dtype=object)
+    counts = v.value_counts()
+    return ", ".join(f"{int(counts[k])} {k}" for k in VERDICTS if k in counts.index)
 
-    ``cost_vs_retrain`` is the variant's mean wall time over the mean wall time of the
-    retrain models of the same forget set (NaN where either is unknown).
+
+def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (forget set, variant): means/SDs over seeds of both attacks, verdicts, utility, cost.
+
+    ``paper_status`` is the paper's rule on the mean MLP AUC; ``paper_success_rate`` the share of
+    seeds whose ``paper_verdict`` is SUCCESS (NaN for baseline and retrain, which are not
+    unlearning methods). ``cost_vs_retrain`` is the mean of the models' own ratios (summary).
     """
     g = summary.groupby(["forget_set", "variant"], sort=False)
     agg = g.agg(
         method=("method", "first"),
         n_seeds=("seed", "size"),
+        pc_auc_mean=("pc_auc", "mean"),
+        pc_auc_sd=("pc_auc", "std"),
+        pc_auc_ci_low_mean=("pc_auc_ci_low", "mean"),
+        pc_auc_ci_high_mean=("pc_auc_ci_high", "mean"),
+        delta_mean=("delta_vs_retrain", "mean"),
+        delta_ci_low_mean=("delta_ci_low", "mean"),
+        delta_ci_high_mean=("delta_ci_high", "mean"),
+        p_vs_retrain_min=("p_vs_retrain", "min"),
+        p_vs_retrain_max=("p_vs_retrain", "max"),
+        dft_mean=("delta_vs_finetune", "mean"),
+        dft_ci_low_mean=("dft_ci_low", "mean"),
+        dft_ci_high_mean=("dft_ci_high", "mean"),
+        p_vs_finetune_max=("p_vs_finetune", "max"),
+        forget_gap_closed=("forget_gap_closed", "mean"),
+        verdicts=("verdict", verdict_counts),
+        n_success=("verdict", lambda v: int((v == "SUCCESS").sum())),
         auc_mean=("auc", "mean"),
         auc_sd=("auc", "std"),
         auc_ci_low_mean=("auc_ci_low", "mean"),
         auc_ci_high_mean=("auc_ci_high", "mean"),
         tpr_at_1pct_fpr=("tpr_at_1pct_fpr", "mean"),
+        pc_tpr_at_1pct_fpr=("pc_tpr_at_1pct_fpr", "mean"),
         loss_attack_auc=("loss_attack_auc", "mean"),
         floor=("floor", "first"),
         band_low=("band_low", "first"),
         band_high=("band_high", "first"),
-        success_rate=("verdict", lambda v: float((v == "SUCCESS").mean())),
+        paper_success_rate=("paper_verdict", lambda v: float((v == "SUCCESS").mean())),
         recon_mse=("recon_mse", "mean"),
         marker_mse=("marker_mse", "mean"),
         latent_acc=("latent_acc", "mean"),
         val_elbo=("val_elbo", "mean"),
         wall_s=("wall_s", "mean"),
         max_rss_mb=("max_rss_mb", "mean"),
+        cost_vs_retrain=("cost_vs_retrain", "mean"),
     ).reset_index()
     agg["gap_to_floor"] = agg["auc_mean"] - agg["floor"]
-    agg["status"] = [status(a, lo, hi, m) for a, lo, hi, m in
-                     agg[["auc_mean", "band_low", "band_high", "method"]].itertuples(index=False)]
-    agg.loc[agg["method"].isin(["baseline", "retrain"]), "success_rate"] = float("nan")
-    retrain_wall = summary[summary["method"] == "retrain"].groupby("forget_set")["wall_s"].mean()
-    agg["cost_vs_retrain"] = agg["wall_s"] / agg["forget_set"].map(retrain_wall)
+    agg["paper_status"] = [status(a, lo, hi, m) for a, lo, hi, m in
+                           agg[["auc_mean", "band_low", "band_high", "method"]].itertuples(index=False)]
+    agg.loc[agg["method"].isin(["baseline", "retrain"]), "paper_success_rate"] = float("nan")
     return _sort(agg, summary)
+
+
+def vs_finetune(method: str, dft_ci_low: float, dft_ci_high: float, delta_ci_high: float = float("nan")) -> str:
+    """The "vs fine-tuning" label of a variant from its Δ vs the fine-tuning control's CI.
+
+    Δ = AUC(method) − AUC(control), so lower is closer to forgetting. "better than
+    fine-tuning" only when the CI lies wholly below 0; when the variant is also wholly
+    below retrain (``delta_ci_high`` < 0) it went past the goal, which is not better.
+    Baseline and retrain get "", the control itself "control", a study without a
+    control "no control in this study".
+    """
+    if method in ("baseline", "retrain"):
+        return ""
+    if method == CONTROL_METHOD:
+        return "control"
+    if pd.isna(dft_ci_low) or pd.isna(dft_ci_high):
+        return "no control in this study"
+    if dft_ci_high < 0:
+        return BELOW_BOTH if (pd.notna(delta_ci_high) and delta_ci_high < 0) else BETTER
+    return NO_BETTER
+
+
+def costs_more(cost_vs_retrain: float) -> bool:
+    """True when a variant's wall time exceeds retraining's (then unlearning is not worth it)."""
+    return bool(pd.notna(cost_vs_retrain) and cost_vs_retrain > 1)
+
+
+#: Columns of the method comparison table, in order.
+COMPARISON_COLUMNS = [
+    "forget_set", "variant", "method", "n_seeds",
+    "pc_auc_mean", "pc_auc_sd", "pc_auc_ci_low_mean", "pc_auc_ci_high_mean",
+    "delta_mean", "delta_ci_low_mean", "delta_ci_high_mean", "p_vs_retrain_min", "p_vs_retrain_max",
+    "dft_mean", "dft_ci_low_mean", "dft_ci_high_mean", "p_vs_finetune_max", "vs_finetune",
+    "forget_gap_closed", "verdicts", "n_success",
+    "latent_acc", "recon_mse", "val_elbo", "wall_s", "cost_vs_retrain", "costs_more_than_retrain",
+]
+
+
+def table_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """The primary table: per forget set × variant, the per-cell audit against retrain and the
+    fine-tuning control, the share of the forget gap closed, the seeds' verdicts, utility and cost.
+
+    Rows run baseline, unlearning variants, the control, retrain within each forget set, so
+    every variant's utility stands beside the control's and retrain's.
+    """
+    agg = aggregate(validate_summary(summary))
+    agg["vs_finetune"] = [vs_finetune(m, lo, hi, d) for m, lo, hi, d in
+                          agg[["method", "dft_ci_low_mean", "dft_ci_high_mean",
+                               "delta_ci_high_mean"]].itertuples(index=False)]
+    # only unlearning (and the control) can be weighed against retraining; the baseline is a given
+    agg["costs_more_than_retrain"] = [costs_more(c) and m not in ("baseline", "retrain")
+                                      for m, c in zip(agg["method"], agg["cost_vs_retrain"])]
+    return agg[COMPARISON_COLUMNS]
+
+
+def table_power(summary: pd.DataFrame) -> pd.DataFrame:
+    """The audit's power on this study, one row per forget set (:func:`scunlearn.audit.verdict.power_summary`)."""
+    summary = validate_summary(summary)
+    return power_summary(summary).reset_index(drop=True)
 
 
 def check_forget_set(summary: pd.DataFrame, forget_set: str) -> None:
@@ -146,12 +267,17 @@ def check_forget_set(summary: pd.DataFrame, forget_set: str) -> None:
 
 
 def main_forget_set(summary: pd.DataFrame, forget_set: str | None = None) -> str:
-    """The forget set of Table II / Fig. 2: the one asked for, else structured, else the first."""
+    """The forget set of Table II / the MLP comparison figure: the one asked for, else structured, else the first."""
     if forget_set is not None:
         check_forget_set(summary, forget_set)
         return forget_set
     sets = forget_set_order(summary)
     return "structured" if "structured" in sets else sets[0]
+
+
+#: Columns shared by the paper's tables: the paper's numbers, then the per-cell audit beside them.
+_PAPER_COLS = ["auc_mean", "auc_sd", "floor", "gap_to_floor", "paper_status", "paper_success_rate",
+               "pc_auc_mean", "verdicts", "n_seeds"]
 
 
 def table_adversarial(summary: pd.DataFrame, forget_set: str = "structured",
@@ -164,16 +290,17 @@ def table_adversarial(summary: pd.DataFrame, forget_set: str = "structured",
     check_forget_set(summary, forget_set)
     agg = aggregate(summary)
     keep = (agg["forget_set"] == forget_set) & ~agg["method"].isin(list(exclude_methods))
-    cols = ["variant", "method", "auc_mean", "auc_sd", "floor", "gap_to_floor", "status",
-            "success_rate", "n_seeds"]
-    return agg.loc[keep, cols].reset_index(drop=True)
+    return agg.loc[keep, ["variant", "method", *_PAPER_COLS]].reset_index(drop=True)
 
 
-def table_fisher(summary: pd.DataFrame, methods: Iterable[str] = ("fisher",)) -> pd.DataFrame:
+#: Methods of Table III (Fisher scrubbing and its noisy variant).
+FISHER_METHODS = ("fisher", "fisher_noise")
+
+
+def table_fisher(summary: pd.DataFrame, methods: Iterable[str] = FISHER_METHODS) -> pd.DataFrame:
     """Paper Table III: per forget set, mean and SD over seeds of the AUC of Fisher variants."""
     agg = aggregate(validate_summary(summary))
-    cols = ["forget_set", "variant", "auc_mean", "auc_sd", "floor", "band_low", "band_high",
-            "gap_to_floor", "status", "success_rate", "n_seeds"]
+    cols = ["forget_set", "variant", *_PAPER_COLS[:3], "band_low", "band_high", *_PAPER_COLS[3:]]
     return agg.loc[agg["method"].isin(list(methods)), cols].reset_index(drop=True)
 
 
@@ -200,31 +327,34 @@ def table_utility(summary: pd.DataFrame, methods: Iterable[str] = UTILITY_METHOD
 
 
 def table_all(summary: pd.DataFrame) -> pd.DataFrame:
-    """Every variant x forget set: AUC with mean CI, success rate, utility and cost vs retrain."""
-    cols = ["forget_set", "variant", "method", "n_seeds", "auc_mean", "auc_sd",
-            "auc_ci_low_mean", "auc_ci_high_mean", "floor", "band_low", "band_high", "status",
-            "success_rate", "tpr_at_1pct_fpr", "loss_attack_auc", "recon_mse", "marker_mse",
-            "latent_acc", "wall_s", "cost_vs_retrain"]
+    """Every variant × forget set: both attacks side by side, utility and cost vs retrain."""
+    cols = ["forget_set", "variant", "method", "n_seeds",
+            "pc_auc_mean", "pc_auc_sd", "delta_mean", "verdicts", "forget_gap_closed",
+            "auc_mean", "auc_sd", "auc_ci_low_mean", "auc_ci_high_mean", "floor", "band_low",
+            "band_high", "paper_status", "paper_success_rate", "pc_tpr_at_1pct_fpr", "tpr_at_1pct_fpr",
+            "loss_attack_auc", "recon_mse", "marker_mse", "latent_acc", "val_elbo", "wall_s",
+            "cost_vs_retrain"]
     return aggregate(validate_summary(summary))[cols]
 
 
-#: Table file stem -> title shown on the HTML page.
-TABLE_TITLES = {
-    "table2_adversarial": "Table II. Adversarial unlearning on the {forget_set} forget set",
-    "table3_fisher": "Table III. Fisher scrubbing by forget set",
-    "table4_utility": "Table IV. Utility and cost (means over models, forget sets pooled)",
-    "table_all": "Every variant × forget set: AUC, CI, success rate, utility and cost",
-}
+#: Table file stem -> title shown on the HTML page (from :mod:`.captions`).
+TABLE_TITLES = {stem: title for stem, (title, _) in TABLES.items()}
+#: The paper's tables, in page order.
+PAPER_TABLES = ["table2_adversarial", "table3_fisher", "table4_utility", "table_all"]
 
 
 def build_tables(summary: pd.DataFrame, forget_set: str | None = None) -> dict[str, pd.DataFrame]:
-    """All report tables keyed by file stem; Table II uses ``forget_set`` (default: structured
-    if present, else the first forget set)."""
+    """All report tables keyed by file stem, in :data:`TABLES` order; Table II uses ``forget_set``
+    (default: structured if present, else the first)."""
     summary = validate_summary(summary)
     fs = main_forget_set(summary, forget_set)
-    return {
+    tables = {
+        "audit_power": table_power(summary),
+        "method_comparison": table_comparison(summary),
         "table2_adversarial": table_adversarial(summary, fs),
         "table3_fisher": table_fisher(summary),
         "table4_utility": table_utility(summary),
         "table_all": table_all(summary),
     }
+    assert list(tables) == list(TABLES), "captions.TABLES and build_tables disagree"
+    return tables
