@@ -230,10 +230,9 @@ def _benchmark(path) -> tuple[float, float]:
 
 
 def stage_audit(inp, out, params, threads):
-    """Audit one model: the per-cell calibrated attack (primary), the paper's MLP attack, LOSS, utility."""
-    from .audit.attack import feature_names, mia, model_features
-    from .audit.calibrated import per_cell_audit
-    from .audit.metrics import auc_score
+    """Audit one model: every configured attack (the per-cell calibrated one first), then utility."""
+    from .audit.attacks import get_attack
+    from .audit.data import AuditData
     from .audit.utility import utility
     from .cellstats import read_cell_stats
     from .matched import neighbourhood_groups, read_matched
@@ -247,39 +246,33 @@ def stage_audit(inp, out, params, threads):
     check_genes(model, adata, inp["model"], meta)
     matched, neg, nearest = read_matched(inp["matched"], adata, part.audit)
     cfg = params["audit"]
-    t0 = time.perf_counter()
 
-    # 1. per-cell calibrated attack against the reference models' statistics on the same cells
     def stats(paths, names):
-        return {n: read_cell_stats(p, adata.obs_names)["elbo"] for n, p in zip(names, paths)}
+        return {n: read_cell_stats(p, adata.obs_names) for n, p in zip(names, paths)}
 
     types = adata.obs["cell_type"].astype(str).to_numpy()
-    negatives = {"matched": neg, "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))],
-                 "all": part.audit}
-    pc = per_cell_audit(read_cell_stats(inp["cells"], adata.obs_names)["elbo"],
-                        stats(inp["ref_retrain"], params["ref_retrain"]),
-                        stats(inp["ref_baseline"], params["ref_baseline"]), part.forget, negatives,
-                        self_name=params["self_name"], controls=stats(inp["controls"], params["controls"]),
-                        margin=cfg["equivalence_margin"], alpha=cfg["alpha"])
-    log.info("per-cell attack AUC %.3f (CI %.3f-%.3f) vs %d references; delta vs retrain %+.3f "
-             "(CI %.3f..%.3f, p=%.3g): %s", pc["pc_auc"], pc["pc_auc_ci_low"], pc["pc_auc_ci_high"],
-             pc["n_references"], pc["delta_vs_retrain"], pc["delta_vs_retrain_ci_low"],
-             pc["delta_vs_retrain_ci_high"], pc["delta_vs_retrain_p"], pc["test_vs_retrain"])
-
-    # 2. the paper's MLP attack (forget vs matched negatives), folds grouped by neighbourhood
-    idx = np.r_[part.forget, neg]
-    y = np.r_[np.ones(len(part.forget)), np.zeros(len(neg))].astype(int)
-    feats = model_features(model, X, idx)
     fpos = {b: i for i, b in enumerate(adata.obs_names[part.forget])}
-    groups = neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
-                                  2 * cfg["folds"], seed)
-    res = mia(feats, y, cfg, seed, groups=groups)
-    elbo_col = feature_names(model.cfg.latent).index("elbo")  # higher ELBO = more member-like
-    res["loss_attack_auc"] = auc_score(y, feats[:, elbo_col])
-    log.info("MLP attack AUC %.3f (CI %.3f-%.3f), LOSS-attack AUC %.3f; audit %.1fs",
-             res["auc"], res["auc_ci_low"], res["auc_ci_high"], res["loss_attack_auc"], time.perf_counter() - t0)
+    data = AuditData(
+        model=model, X=X, forget=part.forget,
+        negatives={"matched": neg, "all": part.audit,
+                   "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
+        # the MLP attack's folds keep neighbourhoods together: forget cells clustered in PCA,
+        # each matched negative with its nearest forget cell
+        groups=neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
+                                    2 * cfg["attacks"].get("mlp", {}).get("folds", 5), seed),
+        seed=seed, alpha=cfg["alpha"], margin=cfg["equivalence_margin"], bootstrap=cfg["bootstrap"],
+        target_stats=read_cell_stats(inp["cells"], adata.obs_names),
+        retrain_stats=stats(inp["ref_retrain"], params["ref_retrain"]),
+        baseline_stats=stats(inp["ref_baseline"], params["ref_baseline"]),
+        control_stats=stats(inp["controls"], params["controls"]), self_name=params["self_name"])
+    record: dict = {}
+    for name, p in cfg["attacks"].items():
+        t0 = time.perf_counter()
+        res = get_attack(name).fn(data, p)
+        record.update(res)
+        log.info("attack %s (%.1fs): %s", name, time.perf_counter() - t0,
+                 {k: round(v, 4) for k, v in res.items() if isinstance(v, float)})
 
-    # 3. utility
     rng = np.random.default_rng(seed)
     uc = cfg["utility"]
     unseen = np.r_[part.validation, part.audit]
@@ -295,8 +288,8 @@ def stage_audit(inp, out, params, threads):
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],
         "param_hash": meta.get("param_hash", ""), "seed": int(params["model_seed"]),
-        **pc, **res, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
-        "n_negatives_cell_type": int(len(negatives["cell_type"])), "n_audit": int(len(part.audit)),
+        **record, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
+        "n_negatives_cell_type": int(len(data.negatives["cell_type"])), "n_audit": int(len(part.audit)),
         "wall_s": wall, "max_rss_mb": rss, "model": str(inp["model"]),
     }
     write_json(record, out["audit"])
@@ -304,10 +297,12 @@ def stage_audit(inp, out, params, threads):
 
 def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
     """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract)."""
+    from .audit.attacks import ATTACKS
     from .audit.summary import RENAME, SUMMARY_COLUMNS
     from .audit.verdict import add_verdicts
 
     df = pd.DataFrame(records).rename(columns=RENAME)
+    extra = [c for a in ATTACKS.values() for c in a.columns if c in df.columns]  # user attacks' columns
     missing = {"baseline", "retrain"} - set(df["method"])
     if missing:
         raise ScunlearnError(f"aggregate: no {sorted(missing)} models among the audits")
@@ -318,7 +313,7 @@ def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
     order = {"baseline": 0, "retrain": 1}
     df["_o"] = df["method"].map(order).fillna(2)
     df = df.sort_values(["forget_set", "_o", "variant", "seed"]).drop(columns="_o")
-    return df[SUMMARY_COLUMNS].reset_index(drop=True)
+    return df[SUMMARY_COLUMNS + extra].reset_index(drop=True)
 
 
 def stage_aggregate(inp, out, params, threads):

@@ -11,7 +11,11 @@ rule audit:
         markers=MARKERS,
         code=lib(
             "audit/attack.py",
+            "audit/attacks/__init__.py",
+            *[f"audit/attacks/{ATTACK_REGISTRY[a].module}.py" for a in ATTACKS],
             "audit/calibrated.py",
+            "audit/data.py",
+            "params.py",
             "audit/metrics.py",
             "cellstats.py",
             "matched.py",
@@ -30,7 +34,10 @@ rule audit:
         method=method_of,
         model_seed=lambda w: int(w.seed),
         seed=config["seed"],
-        audit={k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},
+        audit={
+            **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},
+            "attacks": ATTACKS,
+        },
         self_name=lambda w: audit_names(w)["self_name"],
         ref_retrain=lambda w: audit_names(w)["ref_retrain"],
         ref_baseline=lambda w: audit_names(w)["ref_baseline"],

@@ -8,6 +8,7 @@ sys.path.insert(0, str(BASE / "src"))
 
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
+from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, resolve_attacks
 from scunlearn.methods import resolve_params
 
 # Parameters are compared by their repr to decide reruns: sort every nested key so that
@@ -28,6 +29,10 @@ if set(REF_SEEDS) & set(SEEDS):
         "reference seeds must be other seeds"
     )
 ALL_SEEDS = SEEDS + REF_SEEDS
+try:  # every configured attack's parameters, defaults filled and checked now
+    ATTACKS = resolve_attacks(config["audit"]["attacks"])
+except ScunlearnError as e:
+    raise WorkflowError(f"config: {e}") from None
 if len(ALL_SEEDS) < 2:
     raise WorkflowError(
         "config: the per-cell audit needs at least 2 retrained models per forget set (a model is never "

@@ -158,7 +158,7 @@ def outcome(c: Comparison, alpha: float) -> str:
 def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
                    pos: np.ndarray, negatives: dict[str, np.ndarray], *, self_name: str | None = None,
                    controls: dict[str, np.ndarray] | None = None, margin: float = 0.05,
-                   alpha: float = 0.05) -> dict:
+                   alpha: float = 0.05, n0: float = SHRINK_N0) -> dict:
     """The per-cell calibrated audit of one model.
 
     ``target`` and every reference are per-cell statistics (higher = more member-like)
@@ -173,15 +173,15 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
         raise ValueError("per-cell audit: no retrained reference model besides the audited one")
     in_refs = np.array([v for b, v in baselines.items() if b != self_name])
     out_refs = np.array([retrain[r] for r in out_names])
-    sc = calibrated_scores(target, out_refs, in_refs if len(in_refs) else None)
+    sc = calibrated_scores(target, out_refs, in_refs if len(in_refs) else None, n0)
     # comparators: every retrained model (but the audited one), each scored leave-one-out
     # (a comparator needs a reference of its own besides the audited model: with only two
     # retrained models, a retrained model audited leave-one-out has no comparator and its
     # test is UNDECIDED)
-    comp = [calibrated_scores(retrain[r], np.array([retrain[o] for o in out_names if o != r]))["z"]
+    comp = [calibrated_scores(retrain[r], np.array([retrain[o] for o in out_names if o != r]), n0=n0)["z"]
             for r in out_names if len(out_names) > 1]
     comp = np.array(comp).reshape(-1, len(target))
-    ctrl = np.array([calibrated_scores(v, out_refs)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
+    ctrl = np.array([calibrated_scores(v, out_refs, n0=n0)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
 
     neg = negatives["matched"]
     m = structural(sc["z"], pos, neg)

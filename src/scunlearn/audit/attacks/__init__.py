@@ -37,8 +37,12 @@ class AttackSpec:
 
     @property
     def fn(self) -> Callable:
-        """``run(data, params) -> dict`` (imports its module, and torch, on first use)."""
-        return importlib.import_module(f"{__name__}.{self.module}").run
+        """``run(data, params) -> dict`` (imports its module, and torch, on first use).
+
+        ``module`` is a module of this package, or a full dotted path for an attack kept elsewhere.
+        """
+        path = self.module if "." in self.module else f"{__name__}.{self.module}"
+        return importlib.import_module(path).run
 
 
 ATTACKS: dict[str, AttackSpec] = {}

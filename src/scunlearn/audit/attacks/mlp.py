@@ -1,0 +1,11 @@
+"""The paper's MLP attack, unbiased: see :func:`scunlearn.audit.attack.mia`."""
+
+from __future__ import annotations
+
+from ..attack import mia
+from ..data import AuditData
+
+
+def run(data: AuditData, params: dict) -> dict:
+    cfg = {**params, "bootstrap": data.bootstrap}
+    return mia(data.features, data.labels, cfg, data.seed, groups=data.groups)

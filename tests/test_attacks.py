@@ -1,0 +1,125 @@
+"""The attack registry: parse-time parameter checks, and a toy attack run through the audit stage."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from scunlearn import ScunlearnError
+from scunlearn.audit.attacks import ATTACKS, resolve_attacks, spec
+from scunlearn.params import number, obj
+
+
+def test_resolve_attacks_fills_defaults_and_names_bad_keys():
+    out = resolve_attacks({"per_cell": {}, "mlp": {"repeats": 2}})
+    assert list(out) == ["per_cell", "mlp"] and out["mlp"]["folds"] == 5 and out["mlp"]["repeats"] == 2
+    with pytest.raises(ScunlearnError, match=r"audit.attacks.mlp.repeats"):
+        resolve_attacks({"per_cell": {}, "mlp": {"repeats": 0}})
+    with pytest.raises(ScunlearnError, match=r"audit.attacks.per_cell: unknown parameter 'stat'"):
+        resolve_attacks({"per_cell": {"stat": "elbo"}})
+    with pytest.raises(ScunlearnError, match="unknown attack 'lira'"):
+        resolve_attacks({"per_cell": {}, "lira": {}})
+    with pytest.raises(ScunlearnError, match="'per_cell' is required"):
+        resolve_attacks({"mlp": {}})
+
+
+@pytest.fixture(scope="module")
+def audit_study(tmp_path_factory, processed):
+    """A micro study on disk: data, split, forget set, matched negatives, 3 baselines and 3 retrains."""
+    from scunlearn.cellstats import write_cell_stats
+    from scunlearn.io import write_json
+    from scunlearn.matched import matched_negatives
+    from scunlearn.model import VAEConfig, build_vae, seed_everything
+    from scunlearn.pipeline import write_h5ad
+    from scunlearn.splits import load_partition, make_forget_set, make_split
+    from scunlearn.train import counts_tensor, fit, save_checkpoint
+
+    d = tmp_path_factory.mktemp("audit")
+    adata = processed.copy()
+    write_h5ad(adata, d / "adata.h5ad")
+    split = make_split(adata.obs_names, 0.6, 0.25, seed=0)
+    write_json(split, d / "split.json")
+    write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
+    part = load_partition(adata, d / "split.json", d / "forget.json")
+    pca = np.asarray(adata.obsm["X_pca"])
+    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
+                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
+    X = counts_tensor(adata)
+    paths = {}
+    for kind, train in (("baseline", part.train), ("retrain", part.retain)):
+        for s in range(3):
+            seed_everything(s, 1)
+            model = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
+            fit(model, X, train, part.validation, lr=3e-3, batch_size=256, max_epochs=2, kl_warmup_epochs=1,
+                patience=2, seed=s)
+            save_checkpoint(model, d / f"{kind}{s}.pt", {"genes": list(map(str, adata.var_names))})
+            write_cell_stats(model, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
+            paths[f"{kind}/seed{s}"] = str(d / f"{kind}{s}.cells.npz")
+    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
+    return d, paths
+
+
+def _run_audit(d, paths, attacks, out):
+    from scunlearn.pipeline import stage_audit
+
+    names = sorted(paths)
+    inp = {"model": str(d / "baseline0.pt"), "cells": paths["baseline/seed0"], "adata": str(d / "adata.h5ad"),
+           "split": str(d / "split.json"), "forget": str(d / "forget.json"), "matched": str(d / "matched.json"),
+           "markers": str(d / "markers.tsv"),
+           "ref_retrain": [paths[n] for n in names if n.startswith("retrain")],
+           "ref_baseline": [paths[n] for n in names if n.startswith("baseline")], "controls": []}
+    params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "baseline", "method": "baseline",
+              "model_seed": 0, "seed": 0, "target_sum": 1e4, "self_name": "baseline/seed0",
+              "ref_retrain": [n for n in names if n.startswith("retrain")],
+              "ref_baseline": [n for n in names if n.startswith("baseline")], "controls": [],
+              "audit": {"alpha": 0.05, "equivalence_margin": 0.1, "bootstrap": 50,
+                        "attacks": resolve_attacks(attacks), "utility": {"max_cells": 300, "folds": 3}}}
+    stage_audit(inp, {"audit": str(out)}, params, 1)
+    return json.loads(out.read_text())
+
+
+def test_a_toy_attack_is_one_module_and_one_config_entry(audit_study, tmp_path, monkeypatch):
+    d, paths = audit_study
+    # the module: a file defining run(data, params)
+    pkg = tmp_path / "toyattacks"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "norm.py").write_text(
+        "import numpy as np\n"
+        "from scunlearn.audit.metrics import auc_score\n\n"
+        "def run(data, params):\n"
+        "    mu = data.features[:, : data.model.cfg.latent]\n"
+        "    return {'toy_auc': auc_score(data.labels, params['sign'] * np.linalg.norm(mu, axis=1))}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ATTACKS, "toy", ATTACKS["loss"])  # placeholder replaced below by spec()
+    del ATTACKS["toy"]
+    spec("toy", {"sign": 1.0}, obj(sign=number()), "latent norm as the score", module="toyattacks.norm",
+         columns=("toy_auc",))
+    try:
+        # the config entry
+        rec = _run_audit(d, paths, {"per_cell": {}, "toy": {"sign": -1.0}}, tmp_path / "a.json")
+        assert 0.0 <= rec["toy_auc"] <= 1.0
+        flipped = _run_audit(d, paths, {"per_cell": {}, "toy": {"sign": 1.0}}, tmp_path / "b.json")
+        assert flipped["toy_auc"] == pytest.approx(1.0 - rec["toy_auc"])
+        # the primary attack ran too; the MLP and LOSS attacks did not (not configured)
+        assert 0.0 <= rec["pc_auc"] <= 1.0 and rec["n_references"] == 3 and "auc" not in rec
+        # the summary keeps the attack's declared column after the contract
+        from scunlearn.audit.summary import SUMMARY_COLUMNS
+        from scunlearn.pipeline import aggregate
+
+        other = dict(rec, method="retrain", variant="retrain", test_vs_retrain="UNDECIDED")
+        df = aggregate([rec, other], 0.03)
+        assert list(df.columns) == SUMMARY_COLUMNS + ["toy_auc"]
+    finally:
+        ATTACKS.pop("toy", None)
+        sys.modules.pop("toyattacks.norm", None)
+
+
+def test_every_builtin_attack_runs_through_the_audit_stage(audit_study, tmp_path):
+    d, paths = audit_study
+    rec = _run_audit(d, paths, {"per_cell": {"statistic": "nll"}, "mlp": {"folds": 3, "repeats": 1,
+                                "attacker": {"hidden": [8], "epochs": 10}}, "loss": {}}, tmp_path / "c.json")
+    for key in ("pc_auc", "delta_vs_retrain", "auc", "auc_ci_low", "loss_attack_auc", "recon_mse"):
+        assert np.isfinite(rec[key]), key
+    assert rec["n_references"] == 3 and rec["n_in_references"] == 2  # a model is never its own reference
