@@ -14,14 +14,17 @@ import logging
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
 from . import ScunlearnError
 from .io import read_json, setup_logging, write_json, write_tsv, write_with
+
+if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
+    import torch
 
 log = logging.getLogger("scunlearn.pipeline")
 
@@ -164,6 +167,8 @@ def stage_train(inp, out, params, threads):
 
 
 def stage_matched(inp, out, params, threads):
+    import torch
+
     from .matched import matched_negatives
     from .model import cell_terms, seed_everything
     from .train import load_checkpoint
@@ -219,6 +224,8 @@ def _benchmark(path) -> tuple[float, float]:
 
 def stage_audit(inp, out, params, threads):
     """Fresh post-hoc attacker (forget vs matched negatives), LOSS attack and utility for one model."""
+    import torch
+
     from .audit.attack import mia, model_features
     from .audit.metrics import auc_score
     from .audit.utility import utility

@@ -21,7 +21,13 @@ OUT = f"results/{RUN}"
 FORGET = list(config["forget_sets"])
 SEEDS = [int(s) for s in config["train"]["seeds"]]
 MATCH_SEED = SEEDS[0]  # matched negatives come from the latent of the first baseline seed
-ENV = "../../envs/scunlearn.yaml"
+# Conda environments (--sdm conda), one per rule group; the rules import the library from src/
+# (workflow/scripts/_stage.py puts it on sys.path), so the environments hold only third-party packages.
+ENV_DATA = "../../envs/data.yaml"  # acquire, preprocess, split, forget sets: scanpy, no torch
+ENV_REPORT = "../../envs/report.yaml"  # aggregate, report: pandas, matplotlib, no torch
+# training, unlearning, matched negatives, audit: PyTorch; its CUDA build when config asks for CUDA
+ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cuda") else "../../envs/torch.yaml"
+ENV = ENV_TORCH
 
 
 def from_base(path):
