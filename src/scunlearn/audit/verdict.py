@@ -1,4 +1,4 @@
-"""Retrain floor, target band and per-model verdicts (DESIGN.md §3)."""
+"""Retrain floor, target band and per-model verdicts (README, "What the audit does")."""
 
 from __future__ import annotations
 

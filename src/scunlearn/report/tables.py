@@ -18,7 +18,7 @@ from .. import ScunlearnError
 from ..audit.verdict import verdict
 from ..io import read_tsv
 
-#: The columns of the public ``report/summary.tsv`` contract (DESIGN.md §2, issue 6).
+#: The columns of the public ``report/summary.tsv`` contract (README, "Outputs").
 SUMMARY_COLUMNS = [
     "run", "dataset", "forget_set", "method", "variant", "param_hash", "seed",
     "auc", "auc_sd", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr",
@@ -73,7 +73,7 @@ def validate_summary(summary: pd.DataFrame, source: str = "summary") -> pd.DataF
 
 
 def status(auc: float, band_low: float, band_high: float, method: str) -> str:
-    """The verdict rule (DESIGN.md §3) applied to one AUC — the audit's own rule, reused."""
+    """The verdict rule (README, "What the audit does") applied to one AUC — the audit's own rule, reused."""
     return verdict(auc, method, band_low, band_high)
 
 
