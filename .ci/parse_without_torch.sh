@@ -7,7 +7,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$(mktemp -d /tmp/scunlearn-smk-only.XXXXXX)"
 trap 'rm -rf "$VENV"' EXIT
 python3.11 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet "snakemake>=9,<10" jsonschema pyyaml
+"$VENV/bin/python" -m pip install --quiet "snakemake>=9,<10" jsonschema pyyaml 2> >(grep -v "is ignored: it is neither" >&2)
 for pkg in torch numpy scanpy pandas; do
     if "$VENV/bin/python" -c "import $pkg" 2>/dev/null; then
         echo "parse_without_torch.sh: $pkg is importable in the Snakemake-only venv; the check would prove nothing" >&2
