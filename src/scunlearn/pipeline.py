@@ -14,14 +14,17 @@ import logging
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
 from . import ScunlearnError
 from .io import read_json, setup_logging, write_json, write_tsv, write_with
+
+if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
+    import torch
 
 log = logging.getLogger("scunlearn.pipeline")
 
@@ -231,6 +234,8 @@ def _benchmark(path) -> tuple[float, float]:
 
 def stage_audit(inp, out, params, threads):
     """Audit one model: every configured attack (the per-cell calibrated one first), then utility."""
+    import torch
+
     from .audit.attacks import get_attack
     from .audit.data import AuditData
     from .audit.utility import utility

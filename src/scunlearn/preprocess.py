@@ -72,7 +72,7 @@ def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str
 
 
 def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -> ad.AnnData:
-    """Run the whole preprocessing of DESIGN.md §3 and return the HVG-subset AnnData.
+    """Run the whole preprocessing (README, "The PBMC-33k study") and return the HVG-subset AnnData.
 
     Returns ``X`` = log1p(normalised), ``layers['counts']`` = raw counts, obs with QC
     metrics, ``leiden`` and ``cell_type``, ``obsm['X_pca']``.

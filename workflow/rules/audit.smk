@@ -50,10 +50,11 @@ rule audit:
     wildcard_constraints:
         model=alternatives(["baseline", "retrain", *VARIANTS]),
     conda:
-        ENV
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=8000,
+        runtime=60,
     script:
         "../scripts/audit.py"
 
@@ -71,7 +72,9 @@ rule aggregate:
     benchmark:
         f"{OUT}/benchmarks/aggregate.tsv"
     conda:
-        ENV
+        ENV_REPORT
     threads: 1
+    resources:
+        runtime=10,
     script:
         "../scripts/aggregate.py"

@@ -38,7 +38,13 @@ if len(ALL_SEEDS) < 2:
         "config: the per-cell audit needs at least 2 retrained models per forget set (a model is never "
         "its own reference): give train.seeds two seeds or add audit.reference_seeds"
     )
-ENV = "../../envs/scunlearn.yaml"
+# Conda environments (--sdm conda), one per rule group; the rules import the library from src/
+# (workflow/scripts/_stage.py puts it on sys.path), so the environments hold only third-party packages.
+ENV_DATA = "../../envs/data.yaml"  # acquire, preprocess, split, forget sets: scanpy, no torch
+ENV_REPORT = "../../envs/report.yaml"  # aggregate, report: pandas, matplotlib, no torch
+# training, unlearning, matched negatives, audit: PyTorch; its CUDA build when config asks for CUDA
+ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cuda") else "../../envs/torch.yaml"
+ENV = ENV_TORCH
 
 
 def from_base(path):

@@ -16,10 +16,11 @@ rule acquire:
     benchmark:
         f"{OUT}/benchmarks/acquire.tsv"
     conda:
-        ENV
+        ENV_DATA
     threads: 1
     resources:
         mem_mb=8000,
+        runtime=60,
     script:
         "../scripts/acquire.py"
 
@@ -39,10 +40,11 @@ rule preprocess:
     benchmark:
         f"{OUT}/benchmarks/preprocess.tsv"
     conda:
-        ENV
+        ENV_DATA
     threads: 2
     resources:
         mem_mb=16000,
+        runtime=60,
     script:
         "../scripts/preprocess.py"
 
@@ -61,8 +63,10 @@ rule split:
     benchmark:
         f"{OUT}/benchmarks/split.tsv"
     conda:
-        ENV
+        ENV_DATA
     threads: 1
+    resources:
+        runtime=10,
     script:
         "../scripts/split.py"
 
@@ -83,7 +87,9 @@ rule forget_set:
     benchmark:
         f"{OUT}/benchmarks/forget_set/{{forget}}.tsv"
     conda:
-        ENV
+        ENV_DATA
     threads: 1
+    resources:
+        runtime=10,
     script:
         "../scripts/forget.py"

@@ -54,7 +54,9 @@ rule report:
     benchmark:
         f"{OUT}/benchmarks/report.tsv"
     conda:
-        ENV
+        ENV_REPORT
     threads: 1
+    resources:
+        runtime=30,
     script:
         "../scripts/report.py"

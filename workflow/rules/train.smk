@@ -25,7 +25,7 @@ rule baseline:
     benchmark:
         f"{OUT}/benchmarks/baseline/seed{{seed}}.tsv"
     conda:
-        ENV
+        ENV_TORCH
     threads: res("train", "threads", 2)
     resources:
         mem_mb=res("train", "mem_mb", 16000),
@@ -73,7 +73,9 @@ rule matched_negatives:
     benchmark:
         f"{OUT}/benchmarks/matched/{{forget}}.tsv"
     conda:
-        ENV
+        ENV_TORCH
     threads: 1
+    resources:
+        runtime=30,
     script:
         "../scripts/matched.py"

@@ -33,7 +33,7 @@ rule unlearn:
     benchmark:
         f"{OUT}/benchmarks/{{variant}}/{{forget}}/seed{{seed}}.tsv"
     conda:
-        ENV
+        ENV_TORCH
     threads: res("unlearn", "threads", 2)
     resources:
         mem_mb=res("unlearn", "mem_mb", 16000),

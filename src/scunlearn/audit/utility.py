@@ -45,7 +45,7 @@ def latent_accuracy(model: VAE, X: torch.Tensor, idx, labels, folds: int = 5, se
 
 def utility(model: VAE, X: torch.Tensor, *, recon_idx, val_idx, class_idx, labels, marker_mask,
             folds: int, seed: int, target_sum: float = 1e4) -> dict:
-    """All utility metrics of one model (see DESIGN.md §3 / the audit issue)."""
+    """All utility metrics of one model (README, "What the audit does")."""
     return {
         "recon_mse": reconstruction_mse(model, X, recon_idx, None, target_sum),
         "marker_mse": reconstruction_mse(model, X, recon_idx, marker_mask, target_sum)

@@ -1,0 +1,292 @@
+"""The conda environments (envs/*.yaml), checked offline: conda channels are not reachable from CI.
+
+A rule's conda environment must hold every third-party package its code imports. Snakemake's
+script preamble adds the calling environment's ``sys.path``, so a run launched from the project
+venv would hide a missing package; these tests compare the files with the imports instead.
+"""
+
+import ast
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+from rattler import MatchSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
+
+#: import name -> conda-forge package name, where they differ
+CONDA_NAME = {
+    "sklearn": "scikit-learn",
+    "skmisc": "scikit-misc",
+    "yaml": "pyyaml",
+    "torch": "pytorch",
+    "igraph": "python-igraph",
+}
+#: pip (pyproject) name -> conda-forge name, where they differ
+PIP_TO_CONDA = {"torch": "pytorch", "igraph": "python-igraph"}
+#: pyproject dependencies no rule imports: Snakemake runs the workflow and validates the config
+#: (jsonschema) outside the rule environments
+NOT_IN_RULE_ENVS = {"snakemake", "jsonschema"}
+#: packages a module needs without importing them: scanpy loads them for the flavours used
+HIDDEN_IMPORTS = {"scunlearn.preprocess": {"skmisc", "igraph"}}
+#: the environment variables in common.smk -> file (the CUDA one is chosen by config `device`)
+ENV_VARS = {"ENV_DATA": "data.yaml", "ENV_TORCH": "torch.yaml", "ENV_REPORT": "report.yaml"}
+#: conda-only or build-support packages that need no pyproject counterpart
+CONDA_ONLY = {"python", "h5py"}
+
+
+def _env(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _specs(path: Path) -> list[MatchSpec]:
+    return [MatchSpec(d) for d in _env(path)["dependencies"] if isinstance(d, str)]
+
+
+def _names(path: Path) -> set[str]:
+    return {m.name.normalized for m in _specs(path)}
+
+
+def _pinned(path: Path) -> dict[str, str]:
+    """Package -> exact version (X.Y.Z) of every entry but python."""
+    out = {}
+    for d in _env(path)["dependencies"]:
+        name, version = re.match(r"^([A-Za-z0-9_.-]+)=?=([0-9][^=\s]*)", d).groups()
+        out[name] = version
+    return out
+
+
+def _pyproject_deps() -> dict[str, Requirement]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {PIP_TO_CONDA.get(r.name.lower(), r.name.lower()): r for r in map(Requirement, deps)}
+
+
+# ---------------------------------------------------------------- the files themselves
+
+
+def test_env_files_exist():
+    assert {p.name for p in ENV_FILES} >= {"data.yaml", "torch.yaml", "torch-cuda.yaml", "report.yaml"}
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_env_is_conda_forge_only_and_every_entry_is_a_matchspec(path):
+    env = _env(path)
+    assert set(env) == {"channels", "dependencies"}
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    for dep in env["dependencies"]:
+        assert isinstance(dep, str), f"{path.name}: {dep!r} (no pip section: the library comes from src/)"
+        # a strict shape: name, then =version or ==version, then an optional =build
+        assert re.fullmatch(r"[a-z0-9_.-]+(==?[0-9][0-9A-Za-z.*]*)(=[A-Za-z0-9_.*]+)?", dep), dep
+        spec = MatchSpec(dep)
+        assert spec.name.normalized == dep.split("=")[0]
+        assert spec.version is not None, f"{path.name}: {dep} is not pinned"
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_env_pins_exact_versions_within_pyproject_ranges(path):
+    deps = _pyproject_deps()
+    for name, version in _pinned(path).items():
+        if name == "python":
+            req = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+            assert Version(version) in Requirement(f"python{req}").specifier
+            continue
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{path.name}: {name}={version} is not an exact pin"
+        if name in CONDA_ONLY:
+            continue
+        assert name in deps, f"{path.name}: {name} is not a dependency in pyproject.toml"
+        req = deps[name]
+        assert Version(version) in req.specifier, f"{path.name}: {name} {version} outside pyproject's {req}"
+        lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        # the same major version as pyproject's floor, or pyproject allows the newer major explicitly
+        assert all(Version(version).major >= lv.major for lv in lower)
+
+
+def test_envs_agree_with_each_other():
+    seen: dict[str, tuple[str, str]] = {}
+    for path in ENV_FILES:
+        for name, version in _pinned(path).items():
+            if name in seen:
+                assert seen[name][0] == version, f"{name}: {version} in {path.name}, {seen[name]} elsewhere"
+            seen[name] = (version, path.name)
+
+
+def test_cpu_env_is_the_default_and_cuda_variant_differs_only_in_the_pytorch_build():
+    cpu = _env(ROOT / "envs/torch.yaml")["dependencies"]
+    cuda = _env(ROOT / "envs/torch-cuda.yaml")["dependencies"]
+    torch_cpu = [MatchSpec(d) for d in cpu if d.startswith("pytorch")]
+    torch_cuda = [MatchSpec(d) for d in cuda if d.startswith("pytorch")]
+    assert [str(m.build) for m in torch_cpu] == ["cpu_*"]
+    assert [str(m.build) for m in torch_cuda] == ["cuda*"]
+    assert str(torch_cpu[0].version) == str(torch_cuda[0].version)
+    assert [d for d in cpu if not d.startswith("pytorch")] == [d for d in cuda if not d.startswith("pytorch")]
+
+
+def test_every_pyproject_dependency_is_in_a_rule_environment():
+    everything = set().union(*map(_names, ENV_FILES))
+    missing = set(_pyproject_deps()) - NOT_IN_RULE_ENVS - everything
+    assert not missing, f"pyproject dependencies in no envs/*.yaml: {sorted(missing)}"
+
+
+def test_data_and_report_environments_hold_no_torch():
+    assert "pytorch" not in _names(ROOT / "envs/data.yaml")
+    assert "pytorch" not in _names(ROOT / "envs/report.yaml")
+
+
+# ---------------------------------------------------------------- imports vs environments
+
+
+def _third_party(name: str) -> str | None:
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names or top in {"__future__", "scunlearn", "_stage"}:
+        return None
+    return top
+
+
+def _module_file(module: str) -> Path | None:
+    base = SRC / Path(*module.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.exists():
+            return p
+    return None
+
+
+def _resolve(node: ast.ImportFrom, module: str, is_pkg: bool) -> str:
+    """Absolute name of a (possibly relative) ``from`` import inside ``module``."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    base = parts if is_pkg else parts[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(tree: ast.AST, module: str, is_pkg: bool) -> tuple[set[str], set[str]]:
+    """(third-party top-level names, scunlearn modules) imported anywhere in ``tree``."""
+    third, own = set(), set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve(node, module, is_pkg)
+            names = [target]
+            # `from . import extragradient`: submodules
+            names += [f"{target}.{a.name}" for a in node.names if _module_file(f"{target}.{a.name}")]
+        for n in names:
+            if n.split(".")[0] == "scunlearn":
+                own.add(n)
+            elif tp := _third_party(n):
+                third.add(tp)
+    return third, own
+
+
+def _closure(modules: set[str]) -> set[str]:
+    """Third-party packages needed by the scunlearn ``modules``, every import in them followed."""
+    seen, third, todo = set(), set(), list(modules)
+    while todo:
+        mod = todo.pop()
+        path = _module_file(mod)
+        if path is None or mod in seen:
+            continue
+        seen.add(mod)
+        # a package's __init__ runs before any of its submodules
+        parent = mod.rsplit(".", 1)[0]
+        if parent != mod:
+            todo.append(parent)
+        t, own = _imports(ast.parse(path.read_text()), mod, path.name == "__init__.py")
+        third |= t | HIDDEN_IMPORTS.get(mod, set())
+        todo += own
+    return third
+
+
+def _stage_closure(stage: str) -> set[str]:
+    """Third-party packages of one pipeline stage: the module's top-level imports, the stage
+    function's own imports and those of the pipeline helpers it calls, followed into scunlearn."""
+    tree = ast.parse((SRC / "scunlearn/pipeline.py").read_text())
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    stages = next(
+        n.value for n in tree.body
+        if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "STAGES" for t in n.targets)
+    )
+    entry = {k.value: v.id for k, v in zip(stages.keys, stages.values)}[stage]
+    top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
+    third, own = _imports(top, "scunlearn.pipeline", False)
+    done, todo = set(), [entry]
+    while todo:
+        f = todo.pop()
+        if f in done:
+            continue
+        done.add(f)
+        t, o = _imports(funcs[f], "scunlearn.pipeline", False)
+        third, own = third | t, own | o
+        todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
+    return third | _closure(own | {"scunlearn"})
+
+
+def _rules() -> dict[str, dict]:
+    """Rule -> {'conda': variable name, 'script': path}, read from workflow/rules/*.smk."""
+    rules = {}
+    for smk in sorted((ROOT / "workflow/rules").glob("*.smk")):
+        text = smk.read_text()
+        heads = list(re.finditer(r"^(?:rule (\w+):|use rule (\w+) as (\w+) with:)$", text, re.M))
+        for i, h in enumerate(heads):
+            body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+            name = h.group(1) or h.group(3)
+            info = dict(rules.get(h.group(2), {})) if h.group(2) else {}
+            if m := re.search(r"^    conda:\n        (\w+)", body, re.M):
+                info["conda"] = m.group(1)
+            if m := re.search(r'^    script:\n        "([^"]+)"', body, re.M):
+                info["script"] = (smk.parent / m.group(1)).resolve()
+            rules[name] = info
+    return rules
+
+
+def test_rule_parsing_finds_every_rule_with_a_script():
+    rules = _rules()
+    assert {"acquire", "preprocess", "baseline", "retrain", "unlearn", "audit", "aggregate", "report"} <= set(rules)
+    for name, info in rules.items():
+        assert "script" in info and info["script"].exists(), name
+        assert info.get("conda") in ENV_VARS, f"rule {name}: conda env {info.get('conda')!r}"
+
+
+def test_common_smk_points_to_the_env_files():
+    text = (ROOT / "workflow/rules/common.smk").read_text()
+    for var, file in ENV_VARS.items():
+        assert re.search(rf'^{var} = .*"\.\./\.\./envs/{re.escape(file)}"', text, re.M), var
+    # the CUDA build when config asks for CUDA
+    assert re.search(r'^ENV_TORCH = "\.\./\.\./envs/torch-cuda\.yaml" if .*config\["device"\]', text, re.M)
+
+
+@pytest.mark.parametrize("rule", sorted(_rules()))
+def test_rule_environment_holds_every_package_its_code_imports(rule):
+    info = _rules()[rule]
+    script = info["script"]
+    stage = re.search(r'run\("(\w+)"', script.read_text()).group(1)
+    needed = _stage_closure(stage)
+    for extra in (script, script.parent / "_stage.py"):
+        needed |= _imports(ast.parse(extra.read_text()), "_script", False)[0]
+    env = ROOT / "envs" / ENV_VARS[info["conda"]]
+    have = _names(env)
+    missing = {CONDA_NAME.get(n, n) for n in needed} - have
+    assert not missing, f"rule {rule} ({env.name}) imports packages its environment lacks: {sorted(missing)}"
+    if info["conda"] == "ENV_TORCH":  # the CUDA variant serves the same rules
+        assert not {CONDA_NAME.get(n, n) for n in needed} - _names(ROOT / "envs/torch-cuda.yaml")
+
+
+def test_every_third_party_import_in_src_and_scripts_is_in_an_environment():
+    files = [*SRC.rglob("*.py"), *(ROOT / "workflow/scripts").glob("*.py")]
+    needed = set()
+    for f in files:
+        module = ".".join(f.relative_to(SRC).with_suffix("").parts) if f.is_relative_to(SRC) else "_script"
+        needed |= _imports(ast.parse(f.read_text()), module.removesuffix(".__init__"), f.name == "__init__.py")[0]
+    everything = set().union(*map(_names, ENV_FILES))
+    assert needed >= {"torch", "numpy", "sklearn", "yaml"}  # the scan sees imports at all
+    missing = {CONDA_NAME.get(n, n) for n in needed} - everything
+    assert not missing, f"imported but in no envs/*.yaml: {sorted(missing)}"
