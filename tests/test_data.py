@@ -222,3 +222,11 @@ def test_download_from_local_url_verifies_checksum_and_shape(tmp_path):
     # an archive of the wrong dataset is refused by its shape
     with pytest.raises(ScunlearnError, match="holds 6 cells x 4 genes, expected 33148 x 32738"):
         fetch_pbmc33k(res, _checksums(tmp_path), url=src.as_uri())
+
+
+def test_simulate_too_few_genes_is_a_clear_config_error(markers):
+    from scunlearn import ScunlearnError
+    from scunlearn.simulate import simulate_counts
+
+    with pytest.raises(ScunlearnError, match=r"dataset.simulate.n_genes=40 is too small"):
+        simulate_counts(markers, n_cells=100, n_genes=40, seed=0)

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from . import ScunlearnError
+
 log = logging.getLogger(__name__)
 
 MT_GENES = [
@@ -69,7 +71,8 @@ def simulate_counts(
     marker_genes = list(dict.fromkeys(markers["gene"]))
     n_other = n_genes - len(marker_genes) - len(MT_GENES)
     if n_other < 10:
-        raise ValueError(f"n_genes={n_genes} is too small for {len(marker_genes)} markers + MT genes")
+        raise ScunlearnError(f"dataset.simulate.n_genes={n_genes} is too small: the {len(marker_genes)} marker "
+                             f"genes and {len(MT_GENES)} MT genes need at least {len(marker_genes) + len(MT_GENES) + 10}")
     genes = marker_genes + MT_GENES + [f"SIMG{i:05d}" for i in range(n_other)]
     G = len(genes)
     is_mt = np.isin(genes, MT_GENES)
