@@ -3,6 +3,7 @@
 # PBMC-33k study: snakemake --cores 8 --use-conda   (config/config.yaml)
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -22,7 +23,10 @@ if not workflow.overwrite_configfiles:
     configfile: DEFAULT_CONFIG
 
 
-validate(config, "config/schema.yaml", set_default=True)
+try:
+    validate(config, "config/schema.yaml", set_default=True)
+except WorkflowError as e:  # name the file the bad value came from
+    raise WorkflowError(f"in config {', '.join(map(str, workflow.configfiles))}:\n{e}") from None
 
 
 report: "workflow/report/workflow.rst"

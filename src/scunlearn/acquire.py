@@ -191,7 +191,7 @@ def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = P
     digest = sha256sum(archive)
     if expected["sha256"] and digest != expected["sha256"]:
         raise _refuse(archive, url, checksums,
-                      f"sha256 {digest} of {archive} does not match {expected['sha256']} pinned in {checksums}")
+                      f"checksum mismatch: {archive} has sha256 {digest}, but {checksums} pins {expected['sha256']}")
     # extract into a private folder that is removed afterwards: nothing stale or half-extracted stays behind
     with tempfile.TemporaryDirectory(dir=resources_dir, prefix=".extract-") as tmp:
         try:

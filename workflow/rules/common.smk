@@ -43,6 +43,7 @@ def in_repo(path):
     return str(path) if Path.cwd().resolve() == BASE.resolve() else str(BASE / path)
 
 
+CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in parse-time errors
 PBMC33K_DIR = in_repo("resources/pbmc33k")
 PBMC33K_ARCHIVE = f"{PBMC33K_DIR}/pbmc33k_filtered_gene_bc_matrices.tar.gz"
 
@@ -62,22 +63,26 @@ def dataset_files():
         return []
     path = ds.get("path")
     if not path:
-        raise WorkflowError(f"config dataset.path: not set, but dataset.source '{source}' reads your file from it")
+        raise WorkflowError(
+            f"config dataset.path ({CONFIG_FILES}): not set, but dataset.source '{source}' reads your file from it"
+        )
     p = Path(path)
     if not p.exists():
         raise WorkflowError(
-            f"config dataset.path: {path} not found (source '{source}'; relative paths are read from the "
+            f"config dataset.path ({CONFIG_FILES}): {path} not found (source '{source}'; relative paths are read from the "
             f"working directory {Path.cwd()})"
         )
     if source == "10x_mtx":
         if not p.is_dir():
-            raise WorkflowError(f"config dataset.path: {path} is not a folder, but source '10x_mtx' reads a matrix folder")
+            raise WorkflowError(
+                f"config dataset.path ({CONFIG_FILES}): {path} is not a folder, but source '10x_mtx' reads a matrix folder"
+            )
         files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
         if not files:
-            raise WorkflowError(f"config dataset.path: the folder {path} is empty")
+            raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): the folder {path} is empty")
         return files
     if p.is_dir():
-        raise WorkflowError(f"config dataset.path: {path} is a folder, but source '{source}' reads one file")
+        raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): {path} is a folder, but source '{source}' reads one file")
     return [str(p)]
 
 
