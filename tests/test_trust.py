@@ -79,7 +79,7 @@ def _micro(run: str) -> dict:
         "dataset": {"source": "simulate", "simulate": {"n_cells": 600, "n_genes": 300, "seed": 5}},
         "preprocess": {"min_genes": 20, "n_hvg": 120, "n_pcs": 10, "neighbors_pcs": 10},
         "forget_sets": {"scattered": {"kind": "random", "n": 15}},
-        "matched": {"k": 3},
+        "matched": {"k": 3, "min_matched": 30},
         "model": {"hidden": [8], "latent": 2, "dropout": 0.1},
         "train": {"seeds": [0], "max_epochs": 1, "kl_warmup_epochs": 0, "patience": 1},
         "audit": {"folds": 2, "repeats": 1, "bootstrap": 10, "attacker": {"hidden": [4], "epochs": 2},
@@ -134,20 +134,20 @@ def test_changed_data_file_reruns_acquire_from_repo_root(tmp_path, run_name):
     path = _write(tmp_path / "cfg.yaml", cfg)
     raw = f"results/{run_name}/data/raw.h5ad"
 
-    r = _smk(["--cores", "1", "--configfile", str(path), raw])
+    r = _smk([raw, "--cores", "1", "--configfile", str(path)])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     first = ad.read_h5ad(ROOT / raw).X.toarray()
     assert np.array_equal(first, ad.read_h5ad(data).X.toarray())
-    r = _smk(["-n", "--configfile", str(path), raw])
+    r = _smk([raw, "-n", "--configfile", str(path)])
     assert "Nothing to be done" in r.stdout + r.stderr
 
     # the user replaces the data file (same name): acquire must rerun, and preprocess after it
     _counts_h5ad(data, seed=2)
     future = time.time() + 5  # mtimes can share a second with the first run's outputs
     os.utime(data, (future, future))
-    r = _smk(["-n", "--quiet", "rules", "--configfile", str(path), f"results/{run_name}/data/raw.h5ad"])
+    r = _smk([raw, "-n", "--quiet", "rules", "--configfile", str(path)])
     assert "acquire" in r.stdout + r.stderr
-    r = _smk(["--cores", "1", "--configfile", str(path), raw])
+    r = _smk([raw, "--cores", "1", "--configfile", str(path)])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     second = ad.read_h5ad(ROOT / raw).X.toarray()
     assert np.array_equal(second, ad.read_h5ad(data).X.toarray()) and not np.array_equal(first, second)
@@ -398,7 +398,7 @@ def test_stage_error_reaches_the_terminal_and_traceback_stays_in_log(tmp_path, r
     a.obs_names, a.var_names = ["c0", "c1"], ["g0", "g1"]
     a.write_h5ad(bad)
     path = _write(tmp_path / "cfg.yaml", _tiny(run_name, dataset={"source": "h5ad", "path": str(bad)}))
-    r = _smk(["--cores", "1", "--configfile", str(path), f"results/{run_name}/data/raw.h5ad"])
+    r = _smk([f"results/{run_name}/data/raw.h5ad", "--cores", "1", "--configfile", str(path)])
     text = r.stdout + r.stderr
     assert r.returncode != 0
     line = next((ln for ln in text.splitlines() if ln.startswith("scunlearn acquire error:")), "")
