@@ -324,6 +324,26 @@ def test_archive_of_the_wrong_shape_is_refused_deleted_and_not_pinned(tmp_path):
     assert load_checksums(sums).loc[PBMC33K_ARCHIVE, "sha256"] == ""
 
 
+def test_download_stage_then_acquire_pins_and_reads_the_archive(tmp_path):
+    """The two rules' stages in order: pbmc33k_archive downloads, acquire verifies, pins and reads."""
+    from scunlearn.acquire import PBMC33K_ARCHIVE, load_checksums
+    from scunlearn.io import sha256sum
+    from scunlearn.pipeline import stage_acquire, stage_download
+
+    src = _fake_archive(tmp_path / "mirror.tar.gz")
+    res = tmp_path / "res"
+    stage_download({}, {"archive": str(res / PBMC33K_ARCHIVE)}, {"url": src.as_uri()}, 1)
+    assert sha256sum(res / PBMC33K_ARCHIVE) == sha256sum(src)
+    sums = _checksums(tmp_path)
+    stage_acquire({"data": [str(res / PBMC33K_ARCHIVE)], "markers": str(ROOT / "resources/markers/pbmc.tsv")},
+                  {"raw": str(tmp_path / "raw.h5ad")},
+                  {"dataset": {"source": "pbmc33k", "url": src.as_uri()}, "resources_dir": str(res),
+                   "checksums": str(sums)}, 1)
+    raw = ad.read_h5ad(tmp_path / "raw.h5ad")
+    assert raw.shape == (6, 4) and raw.uns["source_sha256"] == sha256sum(src)
+    assert load_checksums(sums).loc[PBMC33K_ARCHIVE, "sha256"] == sha256sum(src)
+
+
 # ------------------------------------------------------------------ item 7 and the schema crashes: parse time
 
 @pytest.mark.parametrize("change, expected", [
