@@ -1,15 +1,32 @@
 # scunlearn: machine unlearning for single-cell VAEs, audited by membership inference.
 # Run the demo:   snakemake --cores 2 --configfile config/demo.yaml
 # PBMC-33k study: snakemake --cores 8 --use-conda   (config/config.yaml)
+import os
+
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# config/config.yaml is the default study. A config given on the command line (--configfile,
+# or a profile's configfile) REPLACES it rather than being merged into it, whatever the
+# working directory: Snakemake would otherwise extend the default with the user's keys, and
+# a one-forget-set study would silently get the PBMC forget sets and methods too.
+# (`--config key=value` alone still edits the default study.) The default is the working
+# directory's config/config.yaml when there is one, else the repository's.
+DEFAULT_CONFIG = "config/config.yaml"
+if not os.path.exists(DEFAULT_CONFIG):
+    DEFAULT_CONFIG = os.path.join(workflow.basedir, DEFAULT_CONFIG)
+if not workflow.overwrite_configfiles:
+
+    configfile: DEFAULT_CONFIG
 
 
-validate(config, "config/schema.yaml", set_default=True)
+try:
+    validate(config, "config/schema.yaml", set_default=True)
+except WorkflowError as e:  # name the file the bad value came from
+    raise WorkflowError(f"in config {', '.join(map(str, workflow.configfiles))}:\n{e}") from None
 
 
 report: "workflow/report/workflow.rst"
@@ -27,4 +44,5 @@ rule all:
     input:
         f"{OUT}/report/summary.tsv",
         f"{OUT}/report/index.html",
+        every_result(),  # so that a deleted checkpoint or audit is rebuilt (see common.smk)
     default_target: True

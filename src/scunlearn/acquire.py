@@ -20,14 +20,10 @@ import scipy.sparse as sp
 
 from . import ScunlearnError
 from .io import atomic_path, sha256sum
+from .sources import PBMC33K_ARCHIVE, PBMC33K_URL
 
 log = logging.getLogger(__name__)
 
-PBMC33K_URL = (
-    "https://cf.10xgenomics.com/samples/cell-exp/1.1.0/pbmc33k/"
-    "pbmc33k_filtered_gene_bc_matrices.tar.gz"
-)
-PBMC33K_ARCHIVE = "pbmc33k_filtered_gene_bc_matrices.tar.gz"
 
 
 def check_raw_counts(adata: ad.AnnData, source: str) -> None:
@@ -50,15 +46,49 @@ def check_raw_counts(adata: ad.AnnData, source: str) -> None:
         raise ScunlearnError(f"{source}: duplicate cell barcodes")
 
 
-def _as_counts(adata: ad.AnnData, source: str) -> ad.AnnData:
-    adata.var_names_make_unique()
+def merge_duplicate_genes(adata: ad.AnnData, source: str, policy: str = "sum") -> ad.AnnData:
+    """Genes sharing a name are summed into one (``policy='sum'``, logged) or refused (``'error'``).
+
+    10x symbol tables name distinct gene IDs alike; renaming them (``CD3D-1``) would hide
+    marker genes from the annotation, so names are never made unique by suffixes.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    if not names.has_duplicates:
+        return adata
+    dup = names[names.duplicated(keep=False)].unique()
+    n_extra = int(names.duplicated().sum())
+    examples = ", ".join(map(str, dup[:10])) + (", ..." if len(dup) > 10 else "")
+    if policy == "error":
+        raise ScunlearnError(
+            f"{source}: {len(dup)} gene names occur more than once ({examples}); make them unique in the "
+            "file, or set dataset.duplicate_genes: sum in the config to sum their counts")
+    if policy != "sum":
+        raise ScunlearnError(f"dataset.duplicate_genes: unknown value '{policy}' (use 'sum' or 'error')")
+    codes, uniques = pd.factorize(names)
+    G = sp.csr_matrix((np.ones(len(codes), dtype=np.float32), (np.arange(len(codes)), codes)),
+                      shape=(len(codes), len(uniques)))
+    X = sp.csr_matrix(adata.X) @ G
+    first = ~names.duplicated()
+    var = adata.var.iloc[np.flatnonzero(first)].copy()
+    var.index = pd.Index(uniques, dtype=str)
+    var["n_merged"] = np.bincount(codes)
+    log.warning("%s: %d gene names occur more than once (%s); summed their counts into one gene each "
+                "(%d genes -> %d; dataset.duplicate_genes: sum)", source, len(dup), examples,
+                adata.n_vars, adata.n_vars - n_extra)
+    out = ad.AnnData(X=X, obs=adata.obs.copy(), var=var, uns=dict(adata.uns))
+    out.uns["duplicate_genes_summed"] = [str(d) for d in dup]
+    return out
+
+
+def _as_counts(adata: ad.AnnData, source: str, duplicate_genes: str = "sum") -> ad.AnnData:
     check_raw_counts(adata, source)
+    adata = merge_duplicate_genes(adata, source, duplicate_genes)
     X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
     adata.X = sp.csr_matrix(X, dtype=np.float32)
     return adata
 
 
-def read_user_file(path: str | Path, fmt: str) -> ad.AnnData:
+def read_user_file(path: str | Path, fmt: str, duplicate_genes: str = "sum") -> ad.AnnData:
     """Read a user's raw-count file: ``h5ad``, ``10x_mtx`` (a folder) or ``10x_h5``."""
     import scanpy as sc
 
@@ -71,7 +101,7 @@ def read_user_file(path: str | Path, fmt: str) -> ad.AnnData:
             if "counts" in adata.layers:
                 adata.X = adata.layers["counts"]
         elif fmt == "10x_mtx":
-            adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=True)
+            adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=False)
         elif fmt == "10x_h5":
             adata = sc.read_10x_h5(path)
         else:
@@ -80,7 +110,7 @@ def read_user_file(path: str | Path, fmt: str) -> ad.AnnData:
         raise
     except Exception as e:  # noqa: BLE001 - turn library errors into a clear message
         raise ScunlearnError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from e
-    return _as_counts(adata, str(path))
+    return _as_counts(adata, str(path), duplicate_genes)
 
 
 def load_checksums(path: str | Path) -> pd.DataFrame:
@@ -105,48 +135,86 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> None:
             shutil.copyfileobj(r, f)
 
 
-def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = PBMC33K_URL) -> ad.AnnData:
+def pin_sha256(checksums: str | Path, digest: str, file: str = PBMC33K_ARCHIVE) -> None:
+    """Write ``digest`` into the ``sha256`` column of ``checksums`` for ``file`` (atomically)."""
+    table = pd.read_csv(checksums, sep="\t", dtype=str, keep_default_na=False)
+    table.loc[table["file"] == file, "sha256"] = digest
+    with atomic_path(checksums) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+
+
+def _refuse(archive: Path, url: str, checksums: str | Path, why: str) -> ScunlearnError:
+    """Delete a bad cached archive and return the error that says how to fetch it again."""
+    archive.unlink(missing_ok=True)
+    return ScunlearnError(
+        f"PBMC-33k archive refused: {why}.\n"
+        f"The cached file {archive} has been deleted so that no later run uses it.\n"
+        f"To fetch it again, rerun snakemake (it downloads {url}),\n"
+        f"or download it by hand and place it at\n  {archive}\n"
+        f"If 10x Genomics republished the archive and you trust the new file, empty the sha256 column "
+        f"of {checksums}: the next download pins the new digest there."
+    )
+
+
+def download_pbmc33k(resources_dir: str | Path, url: str = PBMC33K_URL) -> Path:
+    """Download the PBMC-33k archive into ``resources_dir`` (atomically); the error says how to do it by hand."""
+    archive = Path(resources_dir) / PBMC33K_ARCHIVE
+    try:
+        download(url, archive)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise ScunlearnError(_manual_message(archive, url, f"download failed ({e})")) from e
+    return archive
+
+
+def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = PBMC33K_URL,
+                  duplicate_genes: str = "sum") -> ad.AnnData:
     """Return PBMC-33k raw counts, downloading the archive into ``resources_dir`` if absent.
 
-    The archive is verified against ``checksums`` (sha256 when pinned there, always the
-    expected numbers of cells and genes). Offline or on a mismatch the error says where
-    to put the archive by hand.
+    The archive must match the sha256 pinned in ``checksums`` and hold the expected numbers
+    of cells and genes; a bad archive is deleted, with a message saying how to fetch it
+    again. When no sha256 is pinned yet, the first archive that passes the shape check
+    pins its digest in ``checksums`` (a file to commit), so every later copy is checked.
     """
+    import tempfile
+
     import scanpy as sc
 
     resources_dir = Path(resources_dir)
     archive = resources_dir / PBMC33K_ARCHIVE
     expected = load_checksums(checksums).loc[PBMC33K_ARCHIVE]
     if not archive.exists():
-        try:
-            download(url, archive)
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            raise ScunlearnError(_manual_message(archive, url, f"download failed ({e})")) from e
+        download_pbmc33k(resources_dir, url)
     digest = sha256sum(archive)
-    if expected["sha256"]:
-        if digest != expected["sha256"]:
-            raise ScunlearnError(_manual_message(
-                archive, url, f"checksum mismatch for {archive}: sha256 {digest}, expected {expected['sha256']} "
-                "(delete the file and retry)"))
-        log.info("sha256 verified: %s", digest)
-    else:
-        log.warning("no sha256 pinned in %s; archive sha256 is %s (pin it there)", checksums, digest)
-    out = resources_dir / "filtered_gene_bc_matrices"
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(resources_dir, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ScunlearnError(_manual_message(archive, url, f"{archive} is not a readable tar.gz ({e})")) from e
-    mtx_dir = out / "hg19"
-    if not (mtx_dir / "matrix.mtx").exists():
-        raise ScunlearnError(_manual_message(archive, url, f"{archive} lacks filtered_gene_bc_matrices/hg19/matrix.mtx"))
-    adata = sc.read_10x_mtx(mtx_dir, var_names="gene_symbols", make_unique=True)
+    if expected["sha256"] and digest != expected["sha256"]:
+        raise _refuse(archive, url, checksums,
+                      f"checksum mismatch: {archive} has sha256 {digest}, but {checksums} pins {expected['sha256']}")
+    # extract into a private folder that is removed afterwards: nothing stale or half-extracted stays behind
+    with tempfile.TemporaryDirectory(dir=resources_dir, prefix=".extract-") as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise _refuse(archive, url, checksums, f"{archive} is not a readable tar.gz ({e})") from e
+        mtx_dir = Path(tmp) / "filtered_gene_bc_matrices" / "hg19"
+        if not (mtx_dir / "matrix.mtx").exists():
+            raise _refuse(archive, url, checksums, f"{archive} lacks filtered_gene_bc_matrices/hg19/matrix.mtx")
+        try:
+            adata = sc.read_10x_mtx(mtx_dir, var_names="gene_symbols", make_unique=False)
+        except Exception as e:  # noqa: BLE001
+            raise _refuse(archive, url, checksums, f"{archive}: unreadable matrix ({type(e).__name__}: {e})") from e
     n_cells, n_genes = int(expected["n_cells"]), int(expected["n_genes"])
     if adata.shape != (n_cells, n_genes):
-        raise ScunlearnError(_manual_message(
-            archive, url, f"{archive} holds {adata.shape[0]} cells x {adata.shape[1]} genes, expected {n_cells} x {n_genes}"))
+        raise _refuse(archive, url, checksums,
+                      f"{archive} holds {adata.shape[0]} cells x {adata.shape[1]} genes, expected {n_cells} x {n_genes}")
+    if expected["sha256"]:
+        log.info("sha256 verified against %s: %s", checksums, digest)
+    else:
+        pin_sha256(checksums, digest)
+        log.warning("no sha256 was pinned for %s: pinned %s in %s (trust on first use). Commit that file so "
+                    "that every later copy of the archive is checked against this digest.",
+                    PBMC33K_ARCHIVE, digest, checksums)
     adata.uns["source_sha256"] = digest
-    return _as_counts(adata, str(archive))
+    return _as_counts(adata, str(archive), duplicate_genes)
 
 
 def acquire(dataset: dict, markers: pd.DataFrame, resources_dir: str | Path, checksums: str | Path) -> ad.AnnData:
@@ -159,11 +227,12 @@ def acquire(dataset: dict, markers: pd.DataFrame, resources_dir: str | Path, che
         if "marker_fold" in sim:
             sim["marker_fold"] = tuple(sim["marker_fold"])
         adata = simulate_counts(markers, **sim)
-        return _as_counts(adata, "simulated data")
+        return _as_counts(adata, "simulated data", dataset.get("duplicate_genes", "sum"))
     if source == "pbmc33k":
-        return fetch_pbmc33k(resources_dir, checksums, dataset.get("url") or PBMC33K_URL)
+        return fetch_pbmc33k(resources_dir, checksums, dataset.get("url") or PBMC33K_URL,
+                             dataset.get("duplicate_genes", "sum"))
     if source in ("h5ad", "10x_mtx", "10x_h5"):
         if not dataset.get("path"):
             raise ScunlearnError(f"dataset.source is '{source}' but dataset.path is not set")
-        return read_user_file(dataset["path"], source)
+        return read_user_file(dataset["path"], source, dataset.get("duplicate_genes", "sum"))
     raise ScunlearnError(f"unknown dataset.source '{source}'")

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from . import ScunlearnError
+
 EPS = 1e-8
 
 
@@ -100,10 +102,23 @@ def build_vae(cfg: dict | VAEConfig) -> VAE:
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` = CUDA if available, else CPU; otherwise the named device."""
+    """``auto`` = CUDA if available, else CPU; otherwise the named device, which must be present."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ScunlearnError(f"config device: '{spec}' asked for, but this machine has no usable CUDA GPU "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
+                                 "use device: auto (falls back to CPU) or device: cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ScunlearnError(f"config device: '{spec}' asked for, but only {n} CUDA GPU(s) found "
+                                 f"(cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ScunlearnError(f"config device: '{spec}' asked for, but MPS is not available on this machine; "
+                             "use device: auto or device: cpu")
+    return dev
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:

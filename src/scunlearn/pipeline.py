@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -102,6 +103,13 @@ def _load_experiment(inp: dict, device):
 
 # ---------------------------------------------------------------- stages
 
+def stage_download(inp, out, params, threads):
+    from .acquire import download_pbmc33k
+
+    download_pbmc33k(Path(out["archive"]).parent, params["url"])
+    log.info("downloaded %s to %s (verified by acquire)", params["url"], out["archive"])
+
+
 def stage_acquire(inp, out, params, threads):
     from .acquire import acquire
 
@@ -134,7 +142,10 @@ def stage_forget(inp, out, params, threads):
     from .splits import make_forget_set
 
     adata = read_adata(inp["adata"])
-    fs = make_forget_set(adata, read_json(inp["split"]), params["spec"], params["seed"])
+    try:
+        fs = make_forget_set(adata, read_json(inp["split"]), params["spec"], params["seed"])
+    except ScunlearnError as e:
+        raise ScunlearnError(f"config forget_sets.{params['name']}: {e}") from e
     labels = adata.obs.loc[fs["forget"], "cell_type"].astype(str).value_counts().to_dict()
     fs["cell_types"] = labels
     log.info("forget set %s: %d cells; cell types %s", params["name"], fs["size"], labels)
@@ -360,8 +371,8 @@ def package_versions() -> dict:
 
 
 STAGES = {
-    "acquire": stage_acquire, "preprocess": stage_preprocess, "split": stage_split, "forget": stage_forget,
-    "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn, "audit": stage_audit,
+    "download": stage_download, "acquire": stage_acquire, "preprocess": stage_preprocess, "split": stage_split,
+    "forget": stage_forget, "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn, "audit": stage_audit,
     "aggregate": stage_aggregate, "report": stage_report,
 }
 
@@ -375,7 +386,23 @@ def run(stage: str, smk) -> None:
     log.info("stage %s: rule %s, wildcards %s, threads %d", stage, smk.rule, dict(smk.wildcards.items()), smk.threads)
     try:
         STAGES[stage](inp, out, params, smk.threads)
-    except Exception:
+    except Exception as e:
         log.error("stage %s failed:\n%s", stage, traceback.format_exc())
+        _tell_terminal(stage, smk, e)
         raise
     log.info("stage %s done", stage)
+
+
+def _tell_terminal(stage: str, smk, err: Exception) -> None:
+    """Print the error's own message (not the traceback) to the terminal Snakemake runs in.
+
+    The rule's log keeps the traceback; setup_logging sent sys.stderr there, so this writes
+    to the process's original stderr, which Snakemake shows beside the failed job.
+    """
+    what = str(err) if isinstance(err, ScunlearnError) else f"{type(err).__name__}: {err}"
+    logfile = smk.log[0] if len(smk.log) else None
+    tail = f" (traceback in {logfile})" if logfile else ""
+    try:
+        print(f"scunlearn {stage} error: {what}{tail}", file=sys.__stderr__, flush=True)
+    except (OSError, ValueError):
+        pass

@@ -48,11 +48,17 @@ def select_hvgs(adata: ad.AnnData, n_top: int) -> np.ndarray:
     return df["highly_variable"].to_numpy()
 
 
-def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden") -> pd.Series:
+UNKNOWN = "unknown"
+
+
+def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden",
+                      min_score: float = 0.0) -> pd.Series:
     """Label each cluster with the marker-table cell type whose markers score highest there.
 
     Score = mean over the type's markers of per-gene z-scored log expression, averaged
-    over the cluster's cells. Types with no marker in the data are skipped.
+    over the cluster's cells. Types with no marker in the data are skipped. A cluster whose
+    best score is below ``min_score`` (``preprocess.min_marker_score``) expresses no type's
+    markers convincingly and is labelled ``unknown`` (logged), never given a type.
     """
     present = markers[markers["gene"].isin(adata.var_names)]
     if present.empty:
@@ -65,10 +71,17 @@ def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str
     type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(1) for t, g in present.groupby("cell_type")})
     by_cluster = type_scores.groupby(adata.obs[cluster_key].values, observed=True).mean()
     best = by_cluster.idxmax(axis=1)
+    labels = {}
     for c, t in best.items():
-        log.info("cluster %s (%d cells) -> %s (score %.2f)", c, int((adata.obs[cluster_key] == c).sum()),
-                 t, by_cluster.loc[c, t])
-    return adata.obs[cluster_key].map(best).astype("category")
+        n, score = int((adata.obs[cluster_key] == c).sum()), float(by_cluster.loc[c, t])
+        if score < min_score:
+            labels[c] = UNKNOWN
+            log.warning("cluster %s (%d cells) -> %s: best marker score %.2f (%s) is below "
+                        "preprocess.min_marker_score = %.2f", c, n, UNKNOWN, score, t, min_score)
+        else:
+            labels[c] = t
+            log.info("cluster %s (%d cells) -> %s (score %.2f)", c, n, t, score)
+    return adata.obs[cluster_key].map(labels).astype("category")
 
 
 def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -> ad.AnnData:
@@ -91,7 +104,7 @@ def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -
     sc.pp.neighbors(adata, n_neighbors=cfg["n_neighbors"], n_pcs=min(cfg["neighbors_pcs"], n_pcs), random_state=seed)
     sc.tl.leiden(adata, resolution=cfg["leiden_resolution"], flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
-    adata.obs["cell_type"] = annotate_clusters(adata, markers)
+    adata.obs["cell_type"] = annotate_clusters(adata, markers, min_score=cfg.get("min_marker_score", 0.0))
     log.info("cell types: %s", adata.obs["cell_type"].value_counts().to_dict())
     out = adata[:, hvg].copy()
     out.layers["counts"] = sp.csr_matrix(out.layers["counts"])

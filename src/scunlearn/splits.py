@@ -64,8 +64,13 @@ def make_forget_set(adata: ad.AnnData, split: dict, spec: dict, seed: int) -> di
         label = str(spec[kind])
         labels = adata.obs[key].astype(str)
         if label not in set(labels):
+            origin = ("cell types come from annotating the data's clusters with preprocess.markers"
+                      if kind == "cell_type" else "cluster labels come from Leiden clustering of the data")
             raise ScunlearnError(
-                f"forget set: {kind} '{label}' does not exist; available: {sorted(set(labels))}")
+                f"forget set: {kind} '{label}' does not exist in the data; available {kind} values: "
+                f"{sorted(set(labels))}. These are data-derived ({origin}), so they are known only after "
+                f"preprocessing: pick one of them for forget_sets.<name>.{kind} (the preprocess log lists "
+                "each cluster's label and score)")
         members = adata.obs_names[(labels == label).values]
         pool = np.sort(np.intersect1d(train, members))
         n = spec.get("n")

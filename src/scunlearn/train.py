@@ -111,7 +111,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: checkpoint not found") from e
     except Exception as e:  # noqa: BLE001
-        raise ScunlearnError(f"{path}: not a readable scunlearn checkpoint ({e})") from e
+        raise ScunlearnError(f"{path}: not a readable scunlearn checkpoint ({e}); it may be truncated or "
+                             "corrupt: delete it and rerun snakemake, which rebuilds it") from e
     model = build_vae(VAEConfig(**payload["model_config"])).to(device)
     model.load_state_dict(payload["state_dict"])
     model.eval()

@@ -8,6 +8,7 @@ sys.path.insert(0, str(BASE / "src"))
 
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
+from scunlearn.sources import PBMC33K_URL
 from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, resolve_attacks
 from scunlearn.methods import resolve_params
 
@@ -54,6 +55,61 @@ def from_base(path):
 
 
 MARKERS = from_base(config["preprocess"]["markers"])
+
+
+def in_repo(path):
+    """A path inside the repository: relative when Snakemake runs from the repository root, else absolute.
+
+    Unlike from_base, the answer does not depend on whether the file exists yet, so a file
+    that a rule creates (the PBMC-33k archive) keeps one name before and after it exists.
+    """
+    return str(path) if Path.cwd().resolve() == BASE.resolve() else str(BASE / path)
+
+
+CONFIG_FILES = ", ".join(map(str, workflow.configfiles))  # named in parse-time errors
+PBMC33K_DIR = in_repo("resources/pbmc33k")
+PBMC33K_ARCHIVE = f"{PBMC33K_DIR}/pbmc33k_filtered_gene_bc_matrices.tar.gz"
+
+
+def dataset_files():
+    """The data files acquire reads, declared as its inputs so that a changed file reruns everything downstream.
+
+    The PBMC-33k archive (downloaded by rule pbmc33k_archive), the user's h5ad / 10x_h5 file, or
+    every file of a 10x_mtx folder; nothing for simulated data. A missing file fails here, at
+    parse time, naming the key.
+    """
+    ds = config["dataset"]
+    source = ds["source"]
+    if source == "pbmc33k":
+        return [PBMC33K_ARCHIVE]
+    if source == "simulate":
+        return []
+    path = ds.get("path")
+    if not path:
+        raise WorkflowError(
+            f"config dataset.path ({CONFIG_FILES}): not set, but dataset.source '{source}' reads your file from it"
+        )
+    p = Path(path)
+    if not p.exists():
+        raise WorkflowError(
+            f"config dataset.path ({CONFIG_FILES}): {path} not found (source '{source}'; relative paths are read from the "
+            f"working directory {Path.cwd()})"
+        )
+    if source == "10x_mtx":
+        if not p.is_dir():
+            raise WorkflowError(
+                f"config dataset.path ({CONFIG_FILES}): {path} is not a folder, but source '10x_mtx' reads a matrix folder"
+            )
+        files = sorted(str(f) for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): the folder {path} is empty")
+        return files
+    if p.is_dir():
+        raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): {path} is a folder, but source '{source}' reads one file")
+    return [str(p)]
+
+
+DATASET_FILES = dataset_files()
 
 
 def _variants():
@@ -151,3 +207,26 @@ TRAJECTORIES = [
     for f in d["forget_sets"]
     for s in SEEDS
 ]
+
+
+def every_result():
+    """Every intermediate result of the study: data, splits, checkpoints, trajectories and audits.
+
+    They are targets of rule all because Snakemake rebuilds a missing file only when a job
+    that consumes it has to run: with summary.tsv and the report up to date, a deleted
+    checkpoint or audit record would otherwise stay deleted ("Nothing to be done") while
+    summary.tsv kept its row. data/raw.h5ad is left out on purpose: it may be deleted to save
+    space once preprocessed (it is rebuilt only when preprocessing has to rerun).
+    """
+    files = [f"{OUT}/data/adata.h5ad", f"{OUT}/splits/split.json"]
+    for f in FORGET:
+        files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json"]
+    for s in SEEDS:
+        files += [f"{OUT}/models/baseline/seed{s}.pt", f"{OUT}/models/baseline/seed{s}.history.tsv"]
+        for f in FORGET:
+            files += [f"{OUT}/models/retrain/{f}/seed{s}.pt", f"{OUT}/models/retrain/{f}/seed{s}.history.tsv"]
+    for t in TRAJECTORIES:
+        stem = f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}"
+        files += [f"{stem}.pt", f"{stem}.tsv"]
+    files += [a for f in FORGET for a in audited(f)]
+    return files

@@ -1,15 +1,34 @@
 # acquire (download | simulate | user file) -> preprocess -> split -> forget sets
 
 
+if config["dataset"]["source"] == "pbmc33k":
+
+    rule pbmc33k_archive:
+        output:
+            archive=PBMC33K_ARCHIVE,
+        params:
+            url=config["dataset"]["url"] or PBMC33K_URL,
+        log:
+            f"{OUT}/logs/pbmc33k_archive.log",
+        conda:
+            ENV
+        threads: 1
+        script:
+            "../scripts/download.py"
+
+
 rule acquire:
     input:
+        data=DATASET_FILES,
         markers=MARKERS,
         code=lib("acquire.py", "simulate.py"),
     output:
         raw=f"{OUT}/data/raw.h5ad",
     params:
         dataset=config["dataset"],
-        resources_dir=from_base("resources/pbmc33k"),
+        resources_dir=lambda w, input: (
+            os.path.dirname(input.data[0]) if config["dataset"]["source"] == "pbmc33k" else ""
+        ),
         checksums=from_base("resources/pbmc33k/checksums.tsv"),
     log:
         f"{OUT}/logs/acquire.log",
