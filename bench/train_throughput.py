@@ -44,7 +44,7 @@ from torch import nn  # noqa: E402
 
 from scunlearn.model import VAEConfig, build_vae, resolve_device, seed_everything  # noqa: E402
 from scunlearn.simulate import simulate_counts  # noqa: E402
-from scunlearn.train import counts_tensor, run_epoch  # noqa: E402
+from scunlearn.train import adam, counts_tensor, run_epoch  # noqa: E402
 
 PAPER = {"hidden": [1024, 512, 128], "latent": 32, "dropout": 0.1}
 
@@ -106,7 +106,7 @@ def time_training(X: torch.Tensor, batch_size: int, epochs: int, warmup_batches:
     device = X.device
     torch.manual_seed(seed)
     model = build_vae(VAEConfig(n_genes=X.shape[1], **PAPER)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     idx = torch.arange(X.shape[0], device=device)
     gen = torch.Generator().manual_seed(seed)
     # warm-up: a few batches through the same loop (allocations, Adam state, kernel choice)
