@@ -1,0 +1,154 @@
+"""Where a run's time went: per job and per rule, from Snakemake benchmarks and the stage logs.
+
+Every stage logs ``ready <s>s after process start (<what>)`` when its imports are done
+and its data are loaded, i.e. when its own work starts (see :func:`log_ready`). With the
+``benchmark:`` file of the same job (wall ``s``, ``cpu_time``, ``max_rss``) this gives,
+per rule, the wall time, CPU time, peak memory and the share of wall time spent before
+the work starts — what a per-job process costs before it does anything useful.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+READY = re.compile(r"ready ([0-9.]+)s after process start")
+RULE = re.compile(r"stage \S+: rule (\S+),")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), so interpreter start-up counts; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime, in clock ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_T_IMPORT = time.perf_counter()
+
+
+def log_ready(log: logging.Logger, what: str) -> None:
+    """Log the time from process start to now: imports and data loading are done, the work starts.
+
+    Without ``/proc`` the time since this module was imported is logged instead (an underestimate).
+    """
+    age = process_age()
+    if age is None:
+        age = time.perf_counter() - _T_IMPORT
+    log.info("ready %.2fs after process start (%s)", age, what)
+
+
+def _read_benchmark(path: Path) -> dict:
+    import pandas as pd
+
+    try:
+        b = pd.read_csv(path, sep="\t")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    num = {c: pd.to_numeric(b[c], errors="coerce") for c in ("s", "cpu_time", "max_rss") if c in b}
+    # several rows = repeated benchmark runs: use the first, as the workflow runs each job once
+    return {k: float(v.iloc[0]) for k, v in num.items() if len(v)}
+
+
+def _log_facts(path: Path | None) -> tuple[str | None, float]:
+    """(rule name, seconds to the last ``ready`` mark) from a stage log; (None, NaN) if absent."""
+    if path is None:
+        return None, float("nan")
+    rule, ready = None, float("nan")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None, ready
+    for line in text.splitlines():
+        if rule is None and (m := RULE.search(line)):
+            rule = m.group(1)
+        if m := READY.search(line):
+            ready = float(m.group(1))
+    return rule, ready
+
+
+def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
+    """The log of the job whose benchmark is ``rel``: same relative path, else the unique log ending in it."""
+    key = rel.with_suffix("").as_posix()
+    if key in logs:
+        return logs[key]
+    hits = [p for k, p in logs.items() if k.endswith("/" + key)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def job_costs(results_dir: str | os.PathLike):
+    """One row per benchmarked job: rule, job, wall_s, cpu_s, max_rss_mb, startup_s, log."""
+    import pandas as pd
+
+    root = Path(results_dir)
+    bench_dir, log_dir = root / "benchmarks", root / "logs"
+    logs = {p.relative_to(log_dir).with_suffix("").as_posix(): p for p in log_dir.rglob("*.log")} \
+        if log_dir.is_dir() else {}
+    rows = []
+    for b in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
+        rel = b.relative_to(bench_dir)
+        log = _match_log(rel, logs)
+        rule, ready = _log_facts(log)
+        bm = _read_benchmark(b)
+        rows.append({
+            "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(),
+            "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),
+            "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready,
+            "log": str(log) if log else "",
+        })
+    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "log"])
+
+
+def rule_costs(jobs):
+    """Per rule: jobs, wall / CPU seconds summed, peak RSS, start-up seconds and share of wall."""
+    import pandas as pd
+
+    cols = ["rule", "jobs", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_share",
+            "wall_per_job_s", "startup_per_job_s"]
+    if jobs.empty:
+        return pd.DataFrame(columns=cols)
+    g = jobs.groupby("rule", sort=False)
+    out = pd.DataFrame({
+        "jobs": g.size(),
+        "wall_s": g["wall_s"].sum(min_count=1),
+        "cpu_s": g["cpu_s"].sum(min_count=1),
+        "max_rss_mb": g["max_rss_mb"].max(),
+        "startup_s": g["startup_s"].sum(min_count=1),
+    })
+    # share over the jobs that logged a ready mark only
+    timed = jobs.dropna(subset=["startup_s", "wall_s"]).groupby("rule")
+    out["startup_share"] = timed["startup_s"].sum() / timed["wall_s"].sum()
+    out["wall_per_job_s"] = out["wall_s"] / out["jobs"]
+    out["startup_per_job_s"] = out["startup_s"] / timed.size()
+    out = out.sort_values("wall_s", ascending=False).reset_index()
+    total = {"rule": "TOTAL", "jobs": int(out["jobs"].sum()), "wall_s": out["wall_s"].sum(),
+             "cpu_s": out["cpu_s"].sum(), "max_rss_mb": out["max_rss_mb"].max(),
+             "startup_s": out["startup_s"].sum(),
+             "startup_share": (jobs.dropna(subset=["startup_s", "wall_s"])["startup_s"].sum()
+                               / jobs.dropna(subset=["startup_s", "wall_s"])["wall_s"].sum()),
+             "wall_per_job_s": float("nan"), "startup_per_job_s": float("nan")}
+    return pd.concat([out, pd.DataFrame([total])], ignore_index=True)[cols]
+
+
+def format_table(df) -> str:
+    """Fixed-width text of :func:`rule_costs` output."""
+    fmt = {"wall_s": "{:.1f}", "cpu_s": "{:.1f}", "max_rss_mb": "{:.0f}", "startup_s": "{:.1f}",
+           "startup_share": "{:.0%}", "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
+    cells = [[str(c) for c in df.columns]]
+    for r in df.itertuples(index=False):
+        row = []
+        for c, v in zip(df.columns, r):
+            if isinstance(v, float) and v != v:
+                row.append("-")
+            else:
+                row.append(fmt.get(c, "{}").format(v))
+        cells.append(row)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)
