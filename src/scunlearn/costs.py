@@ -152,3 +152,52 @@ def format_table(df) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
                      for row in cells)
+
+
+# ---------------------------------------------------------------- study cost model
+
+def dag_job_counts(configfile: str | os.PathLike, workdir: str | os.PathLike = ".") -> dict[str, int]:
+    """Jobs per rule of the whole DAG for ``configfile`` (``snakemake -n --forceall --quiet rules``)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--quiet", "rules", "--configfile", str(configfile)]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return parse_job_stats(res.stdout + res.stderr)
+
+
+def parse_job_stats(text: str) -> dict[str, int]:
+    """The last ``Job stats`` table of a snakemake dry run as {rule: count} (without 'total')."""
+    blocks = text.split("Job stats:")
+    if len(blocks) < 2:
+        raise ValueError("no 'Job stats' table in the snakemake output")
+    counts = {}
+    for line in blocks[-1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    counts.pop("total", None)
+    return counts
+
+
+def study_estimate(jobs: list[dict], cores: list[int]) -> dict:
+    """Total CPU-hours and wall time on N cores of a list of jobs.
+
+    Each job: ``rule``, ``count``, ``seconds`` (wall of one job), ``threads`` and ``stage``
+    (its position on the critical path: jobs of one stage run after the previous stage's).
+    Wall on N cores = max(critical path, core-seconds / N): the DAG is wide (many
+    independent models), so beyond a few cores it is the critical path that limits.
+    """
+    core_s = sum(j["count"] * j["seconds"] * j["threads"] for j in jobs)
+    stages: dict[int, float] = {}
+    for j in jobs:
+        stages[j["stage"]] = max(stages.get(j["stage"], 0.0), j["seconds"])
+    critical = sum(stages.values())
+    return {
+        "cpu_hours": core_s / 3600,
+        "critical_path_h": critical / 3600,
+        "wall_h": {n: max(critical, core_s / n) / 3600 for n in cores},
+    }
