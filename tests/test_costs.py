@@ -46,3 +46,19 @@ def test_ready_mark_counts_from_process_start(caplog):
     with caplog.at_level(logging.INFO):
         log_ready(logging.getLogger("t"), "x")
     assert "s after process start (x)" in caplog.text
+
+
+def test_parse_job_stats_and_study_estimate():
+    from scunlearn.costs import parse_job_stats, study_estimate
+
+    text = ("Job stats:\njob      count\n-------  -----\nbaseline     4\naudit       56\ntotal       60\n\n"
+            "Reasons:\n    forced")
+    assert parse_job_stats(text) == {"baseline": 4, "audit": 56}
+    jobs = [{"rule": "baseline", "count": 4, "seconds": 100.0, "threads": 2, "stage": 0},
+            {"rule": "audit", "count": 56, "seconds": 10.0, "threads": 1, "stage": 1}]
+    est = study_estimate(jobs, [1, 4, 1000])
+    core_s = 4 * 100 * 2 + 56 * 10
+    assert est["cpu_hours"] == pytest.approx(core_s / 3600)
+    assert est["wall_h"][1] == pytest.approx(core_s / 3600)
+    assert est["wall_h"][4] == pytest.approx(core_s / 4 / 3600)
+    assert est["wall_h"][1000] == pytest.approx(110 / 3600)  # the critical path: one baseline, then one audit
