@@ -17,8 +17,8 @@ def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready):
         lg = root / "logs" / log_rel
         lg.parent.mkdir(parents=True, exist_ok=True)
         lg.write_text(f"2026 INFO scunlearn.pipeline: stage x: rule {rule}, wildcards {{}}, threads 1\n"
-                      f"2026 INFO scunlearn.pipeline: ready 1.00s after process start (stage called)\n"
-                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start (read a.h5ad)\n")
+                      f"2026 INFO scunlearn.pipeline: ready 1.00s after process start, 0.50s CPU (stage called)\n"
+                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n")
 
 
 def test_rule_table_pairs_logs_and_sums(tmp_path):
@@ -35,6 +35,7 @@ def test_rule_table_pairs_logs_and_sums(tmp_path):
     assert t.loc["audit", "startup_s"] == 10  # the last ready mark of each job
     assert t.loc["audit", "startup_share"] == pytest.approx(10 / 30)
     assert t.loc["unlearn", "startup_share"] == pytest.approx(8 / 40)
+    assert t.loc["audit", "startup_cpu_s"] == 5 and t.loc["audit", "startup_cpu_share"] == pytest.approx(5 / 27)
     assert t.loc["split", "startup_share"] != t.loc["split", "startup_share"]  # NaN
     assert t.loc["TOTAL", "jobs"] == 4 and t.loc["TOTAL", "startup_share"] == pytest.approx(18 / 70)
     assert "audit" in format_table(t.reset_index())
@@ -45,7 +46,7 @@ def test_ready_mark_counts_from_process_start(caplog):
     assert age is None or age > 0  # this interpreter has been running for a while
     with caplog.at_level(logging.INFO):
         log_ready(logging.getLogger("t"), "x")
-    assert "s after process start (x)" in caplog.text
+    assert "s after process start, " in caplog.text and "s CPU (x)" in caplog.text
 
 
 def test_parse_job_stats_and_study_estimate():

@@ -1,10 +1,12 @@
 """Where a run's time went: per job and per rule, from Snakemake benchmarks and the stage logs.
 
-Every stage logs ``ready <s>s after process start (<what>)`` when its imports are done
-and its data are loaded, i.e. when its own work starts (see :func:`log_ready`). With the
-``benchmark:`` file of the same job (wall ``s``, ``cpu_time``, ``max_rss``) this gives,
-per rule, the wall time, CPU time, peak memory and the share of wall time spent before
-the work starts — what a per-job process costs before it does anything useful.
+Every stage logs ``ready <s>s after process start, <c>s CPU (<what>)`` when its imports
+are done and its data are loaded, i.e. when its own work starts (see :func:`log_ready`).
+With the ``benchmark:`` file of the same job (wall ``s``, ``cpu_time``, ``max_rss``) this
+gives, per rule, the wall time, CPU time, peak memory and the share of wall time (and of
+CPU time) spent before the work starts — what a per-job process costs before it does
+anything useful. The CPU share is the one to trust on a shared machine, where other
+users' work stretches the wall clock.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-READY = re.compile(r"ready ([0-9.]+)s after process start")
+READY = re.compile(r"ready ([0-9.]+)s after process start(?:, ([0-9.]+)s CPU)?")
 RULE = re.compile(r"stage \S+: rule (\S+),")
 
 
@@ -41,7 +43,7 @@ def log_ready(log: logging.Logger, what: str) -> None:
     age = process_age()
     if age is None:
         age = time.perf_counter() - _T_IMPORT
-    log.info("ready %.2fs after process start (%s)", age, what)
+    log.info("ready %.2fs after process start, %.2fs CPU (%s)", age, time.process_time(), what)
 
 
 def _read_benchmark(path: Path) -> dict:
@@ -56,21 +58,22 @@ def _read_benchmark(path: Path) -> dict:
     return {k: float(v.iloc[0]) for k, v in num.items() if len(v)}
 
 
-def _log_facts(path: Path | None) -> tuple[str | None, float]:
-    """(rule name, seconds to the last ``ready`` mark) from a stage log; (None, NaN) if absent."""
+def _log_facts(path: Path | None) -> tuple[str | None, float, float]:
+    """(rule name, wall and CPU seconds to the last ``ready`` mark) from a stage log; NaN if absent."""
+    rule, ready, ready_cpu = None, float("nan"), float("nan")
     if path is None:
-        return None, float("nan")
-    rule, ready = None, float("nan")
+        return rule, ready, ready_cpu
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return None, ready
+        return rule, ready, ready_cpu
     for line in text.splitlines():
         if rule is None and (m := RULE.search(line)):
             rule = m.group(1)
         if m := READY.search(line):
             ready = float(m.group(1))
-    return rule, ready
+            ready_cpu = float(m.group(2)) if m.group(2) else float("nan")
+    return rule, ready, ready_cpu
 
 
 def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
@@ -83,7 +86,7 @@ def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
 
 
 def job_costs(results_dir: str | os.PathLike):
-    """One row per benchmarked job: rule, job, wall_s, cpu_s, max_rss_mb, startup_s, log."""
+    """One row per benchmarked job: rule, job, wall_s, cpu_s, max_rss_mb, startup_s, startup_cpu_s, log."""
     import pandas as pd
 
     root = Path(results_dir)
@@ -94,23 +97,29 @@ def job_costs(results_dir: str | os.PathLike):
     for b in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
         rel = b.relative_to(bench_dir)
         log = _match_log(rel, logs)
-        rule, ready = _log_facts(log)
+        rule, ready, ready_cpu = _log_facts(log)
         bm = _read_benchmark(b)
         rows.append({
             "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(),
             "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),
-            "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready,
+            "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready, "startup_cpu_s": ready_cpu,
             "log": str(log) if log else "",
         })
-    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "log"])
+    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_cpu_s",
+                                       "log"])
+
+
+def _share(jobs, part: str, whole: str) -> float:
+    j = jobs.dropna(subset=[part, whole])
+    return float(j[part].sum() / j[whole].sum()) if len(j) and j[whole].sum() > 0 else float("nan")
 
 
 def rule_costs(jobs):
-    """Per rule: jobs, wall / CPU seconds summed, peak RSS, start-up seconds and share of wall."""
+    """Per rule: jobs, wall / CPU seconds summed, peak RSS, start-up seconds and their share of wall / CPU."""
     import pandas as pd
 
     cols = ["rule", "jobs", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_share",
-            "wall_per_job_s", "startup_per_job_s"]
+            "startup_cpu_s", "startup_cpu_share", "wall_per_job_s", "startup_per_job_s"]
     if jobs.empty:
         return pd.DataFrame(columns=cols)
     g = jobs.groupby("rule", sort=False)
@@ -120,18 +129,22 @@ def rule_costs(jobs):
         "cpu_s": g["cpu_s"].sum(min_count=1),
         "max_rss_mb": g["max_rss_mb"].max(),
         "startup_s": g["startup_s"].sum(min_count=1),
+        "startup_cpu_s": g["startup_cpu_s"].sum(min_count=1),
     })
-    # share over the jobs that logged a ready mark only
+    # shares over the jobs that logged a ready mark only
     timed = jobs.dropna(subset=["startup_s", "wall_s"]).groupby("rule")
     out["startup_share"] = timed["startup_s"].sum() / timed["wall_s"].sum()
+    timed_cpu = jobs.dropna(subset=["startup_cpu_s", "cpu_s"]).groupby("rule")
+    out["startup_cpu_share"] = timed_cpu["startup_cpu_s"].sum() / timed_cpu["cpu_s"].sum()
     out["wall_per_job_s"] = out["wall_s"] / out["jobs"]
     out["startup_per_job_s"] = out["startup_s"] / timed.size()
     out = out.sort_values("wall_s", ascending=False).reset_index()
     total = {"rule": "TOTAL", "jobs": int(out["jobs"].sum()), "wall_s": out["wall_s"].sum(),
              "cpu_s": out["cpu_s"].sum(), "max_rss_mb": out["max_rss_mb"].max(),
-             "startup_s": out["startup_s"].sum(),
-             "startup_share": (jobs.dropna(subset=["startup_s", "wall_s"])["startup_s"].sum()
-                               / jobs.dropna(subset=["startup_s", "wall_s"])["wall_s"].sum()),
+             "startup_s": out["startup_s"].sum(min_count=1),
+             "startup_share": _share(jobs, "startup_s", "wall_s"),
+             "startup_cpu_s": out["startup_cpu_s"].sum(min_count=1),
+             "startup_cpu_share": _share(jobs, "startup_cpu_s", "cpu_s"),
              "wall_per_job_s": float("nan"), "startup_per_job_s": float("nan")}
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)[cols]
 
@@ -139,7 +152,7 @@ def rule_costs(jobs):
 def format_table(df) -> str:
     """Fixed-width text of :func:`rule_costs` output."""
     fmt = {"wall_s": "{:.1f}", "cpu_s": "{:.1f}", "max_rss_mb": "{:.0f}", "startup_s": "{:.1f}",
-           "startup_share": "{:.0%}", "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
+           "startup_share": "{:.0%}", "startup_cpu_s": "{:.1f}", "startup_cpu_share": "{:.0%}", "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
     cells = [[str(c) for c in df.columns]]
     for r in df.itertuples(index=False):
         row = []
