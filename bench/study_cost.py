@@ -213,11 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     factors = calibration(a.calibrate, variants)
 
     tr = cfg["train"]
+    # per-epoch job seconds: CPU seconds over the job's threads, or the wall time on a GPU
+    epoch_job_s = m["epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["epoch_s"]
     hi_epochs, lo_epochs = tr["max_epochs"], min(tr["max_epochs"], tr["kl_warmup_epochs"] + tr["patience"] + 1)
 
     def jobs_for(epochs: int) -> list[dict]:
         # CPU seconds per job, spread over the job's threads: a quiet machine's wall time per job
-        train_s = startup + epochs * m["epoch_cpu_s"] / threads["train"]
+        train_s = startup + epochs * epoch_job_s
         small = startup + 5.0
         js = [
             {"rule": "acquire", "count": counts.get("acquire", 1), "seconds": small, "threads": 1, "stage": 0},
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         total_var = sum(n_var_jobs.values()) or 1
         for v, n in n_var_jobs.items():  # the DAG's unlearn jobs, split over variants as the config does
             js.append({"rule": f"unlearn:{v}", "count": round(n_unlearn * n / total_var),
-                       "seconds": startup + epochs * m["epoch_cpu_s"] / threads["train"] * factors[v],
+                       "seconds": startup + epochs * epoch_job_s * factors[v],
                        "threads": threads["unlearn"],
                        "stage": 6})
         js += [
