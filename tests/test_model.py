@@ -119,3 +119,39 @@ def test_matched_negatives_grow_k_when_neighbourhoods_collapse():
     assert wide["k_used"] == 7
     with pytest.raises(ScunlearnError, match="audit pool has only 203 cells"):
         matched_negatives(forget, audit, bc, k=7, min_matched=500)
+
+
+def test_fused_training_loss_matches_terms():
+    """VAE.loss (fused NB term, count tables) = the autograd formula of terms(): value and gradients."""
+    torch.manual_seed(0)
+    m = build_vae(VAEConfig(n_genes=60, hidden=[64, 32], latent=4, dropout=0.1)).double()
+    with torch.no_grad():
+        m.log_theta.normal_(0, 1)
+    X = torch.poisson(torch.rand(40, 60, dtype=torch.float64) * 20)
+    X[:, :5] = 0
+    X[0, 7], X[1, 8] = 2.5, 200.0  # a non-integer and a count beyond the lookup tables
+    out = []
+    for fused in (False, True):
+        torch.manual_seed(3)  # same dropout masks and z draws
+        m.zero_grad()
+        if fused:
+            loss = m.loss(X, beta=0.7)
+        else:
+            t = m.terms(X, sample=True)
+            loss = (t["nll"] + 0.7 * t["kl"]).mean()
+        loss.backward()
+        out.append((loss.detach(), {k: v.grad.clone() for k, v in m.named_parameters()}))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=0)
+    for k, g in out[0][1].items():
+        torch.testing.assert_close(out[1][1][k], g, rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_log_factorial_cache_follows_tensor_changes():
+    from scunlearn.train import log_factorial_cached
+
+    X = _data(n=20)
+    first = log_factorial_cached(X)
+    torch.testing.assert_close(first, torch.lgamma(X + 1).sum(-1))
+    assert log_factorial_cached(X) is first  # cached
+    X[0, 0] += 3  # in-place change: recomputed
+    torch.testing.assert_close(log_factorial_cached(X), torch.lgamma(X + 1).sum(-1))

@@ -22,12 +22,28 @@ import numpy as np
 import pandas as pd
 
 from . import ScunlearnError
+from .costs import log_ready
 from .io import read_json, setup_logging, write_json, write_tsv, write_with
 
 if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
     import torch
 
 log = logging.getLogger("scunlearn.pipeline")
+
+
+class _OnFirstUse:
+    """A module imported when first used: stages without torch (split, forget, aggregate, report) skip its import."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _OnFirstUse("torch")
 
 
 # ---------------------------------------------------------------- helpers
@@ -62,7 +78,9 @@ def read_markers(path) -> pd.DataFrame:
 
 def read_adata(path) -> ad.AnnData:
     try:
-        return ad.read_h5ad(path)
+        adata = ad.read_h5ad(path)
+        log_ready(log, f"read {path}")
+        return adata
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: file not found") from e
     except Exception as e:  # noqa: BLE001
@@ -70,7 +88,8 @@ def read_adata(path) -> ad.AnnData:
 
 
 def write_h5ad(adata: ad.AnnData, path) -> None:
-    write_with(path, lambda p: adata.write_h5ad(p, compression="gzip"))
+    """Uncompressed: intermediate files are read by many jobs, and gzip made each read ~2x slower."""
+    write_with(path, lambda p: adata.write_h5ad(p, compression=None))
 
 
 def _device(spec: str) -> torch.device:
@@ -98,7 +117,9 @@ def _load_experiment(inp: dict, device):
 
     adata = read_adata(inp["adata"])
     part = load_partition(adata, inp["split"], inp.get("forget"))
-    return adata, counts_tensor(adata, device), part
+    X = counts_tensor(adata, device)
+    log_ready(log, "counts on the device")
+    return adata, X, part
 
 
 # ---------------------------------------------------------------- stages
@@ -384,6 +405,7 @@ def run(stage: str, smk) -> None:
     out = {k: v for k, v in smk.output.items()}
     params = copy.deepcopy({k: v for k, v in smk.params.items()})
     log.info("stage %s: rule %s, wildcards %s, threads %d", stage, smk.rule, dict(smk.wildcards.items()), smk.threads)
+    log_ready(log, "stage called")
     try:
         STAGES[stage](inp, out, params, smk.threads)
     except Exception as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import weakref
 from pathlib import Path
 
 import anndata as ad
@@ -21,7 +22,7 @@ import torch
 
 from . import ScunlearnError
 from .io import atomic_path
-from .model import VAE, VAEConfig, build_vae, elbo
+from .model import VAE, VAEConfig, build_vae, elbo, log_factorial_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,58 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
 
 
+def adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam as training uses it: the fused single-kernel update (CPU and CUDA), 3-5x faster per step."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
+_LOG_FACTORIAL: dict[int, tuple] = {}
+
+
+def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
+    """:func:`~scunlearn.model.log_factorial_rows` of every row of X, computed once per count tensor.
+
+    It does not depend on the parameters, so training computes it once per data set
+    instead of once per batch (an ``lgamma`` over the batch). The entry is checked against
+    the tensor's identity, storage, shape and version, and dropped with the tensor.
+    """
+    key = id(X)
+    stamp = (X.data_ptr(), tuple(X.shape), X.dtype, X._version)
+    hit = _LOG_FACTORIAL.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.no_grad():
+        rows = torch.cat([log_factorial_rows(X[s:s + 4096]) for s in range(0, len(X), 4096)]) if len(X) else X.new_zeros(0)
+    if hit is None:
+        weakref.finalize(X, _LOG_FACTORIAL.pop, key, None)
+    _LOG_FACTORIAL[key] = (stamp, rows)
+    return rows
+
+
 def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor,
               batch_size: int, beta: float, gen: torch.Generator) -> float:
-    """One pass over rows ``idx`` in a seeded random order; returns the mean batch loss."""
+    """One pass over rows ``idx`` in a seeded random order; returns the mean batch loss.
+
+    The loss is summed on the device and read back once per epoch (no host sync per batch).
+    """
     model.train()
     perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
-    total, n = 0.0, 0
+    log_fact = log_factorial_cached(X)
+    total = torch.zeros((), dtype=torch.float64, device=X.device)
+    n = 0
     for s in range(0, len(perm), batch_size):
         b = perm[s:s + batch_size]
         if len(b) < 2:  # LayerNorm/BatchNorm-free, but a 1-cell batch is pure noise
             continue
-        loss = model.loss(X[b], beta)
+        loss = model.loss(X[b], beta, log_factorial=log_fact[b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += float(loss.detach()) * len(b)
+        total += loss.detach() * len(b)
         n += len(b)
-    return total / max(n, 1)
+    return float(total) / max(n, 1)
 
 
 def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_size: int, max_epochs: int,
@@ -68,7 +104,7 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
     train_idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long, device=dev)
     val_idx = np.asarray(val_idx)
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     best, best_state, best_epoch, bad = -np.inf, None, -1, 0
     rows = []
     for epoch in range(max_epochs):

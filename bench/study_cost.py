@@ -1,0 +1,282 @@
+#!/usr/bin/env python
+"""Expected cost of a whole study: one epoch and one audit timed at full size, times the DAG's jobs.
+
+What it does, on this machine, in one run:
+
+1. counts the jobs per rule of the study's DAG (``snakemake -n --forceall``);
+2. simulates a count matrix of the study's size (``--cells``, default the config's
+   simulated size or 33,000 for PBMC; genes = ``preprocess.n_hvg``), the matrix the
+   models see after preprocessing;
+3. runs the real stages in-process on it (``scunlearn.pipeline``): split, one forget set,
+   **one training epoch** of the config's model (``fit`` with ``max_epochs=1``, with the
+   rule's threads), matched negatives and **one audit** (``stage_audit``, 1 thread);
+4. adds the per-job process start-up (imports), timed in a fresh interpreter, and
+   multiplies by the job counts: baseline/retrain = epochs x epoch (``max_epochs``, an
+   upper bound: early stopping ends most runs sooner; the lower bound uses
+   ``kl_warmup_epochs + patience + 1``), unlearn = retrain x a per-method factor
+   (``--calibrate RESULTS_DIR``: median unlearn / retrain wall time per variant from a
+   finished run's benchmarks, else 1), audit = the audit measured here;
+5. prints CPU-hours and the wall time on N cores (max of the critical path and
+   core-seconds / N). GPU: not measured unless run where one is present (``--device``).
+
+Usage (from the repository root)::
+
+    python bench/study_cost.py --configfile config/config.yaml
+    python bench/study_cost.py --configfile config/config.yaml --calibrate results/demo --cores 2,8,32
+    python bench/study_cost.py --configfile config/demo.yaml      # the demo, as a check against a real run
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import scunlearn  # noqa: F401
+except ImportError:  # not pip-installed: use the source tree
+    sys.path.insert(0, str(ROOT / "src"))
+
+
+def machine() -> str:
+    """CPU model from /proc/cpuinfo, else ``platform``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_config(configfile: Path) -> dict:
+    """config/config.yaml deep-updated with ``configfile``, as ``snakemake --configfile`` does."""
+    import yaml
+
+    def update(a: dict, b: dict) -> dict:
+        for k, v in b.items():
+            a[k] = update(dict(a.get(k) or {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    return update(base, yaml.safe_load(Path(configfile).read_text()) or {})
+
+
+def startup_seconds(reps: int = 3) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of a fresh interpreter importing what a training or audit job imports."""
+    import resource
+
+    code = "import scunlearn.pipeline, torch, anndata, sklearn.model_selection, scunlearn.train"
+    walls, cpus = [], []
+    for _ in range(reps):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+        walls.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def calibration(results_dir: str | None, variants: dict) -> dict[str, float]:
+    """Median unlearn / retrain wall time per variant from a finished run's benchmarks (1.0 if absent)."""
+    factors = {v: 1.0 for v in variants}
+    if not results_dir:
+        return factors
+    from scunlearn.costs import job_costs
+
+    jobs = job_costs(results_dir)
+    retrain = jobs[jobs["rule"] == "retrain"]["wall_s"].median()
+    for v in variants:
+        w = jobs[(jobs["rule"] == "unlearn") & jobs["job"].str.startswith(f"{v}/")]["wall_s"].median()
+        if w == w and retrain == retrain and retrain > 0:
+            factors[v] = float(w / retrain)
+    return factors
+
+
+def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, workdir: Path) -> dict:
+    """Seconds (wall and CPU) of one epoch, one audit and the small stages, run in-process at full size."""
+    import pandas as pd
+    import torch
+
+    from scunlearn import pipeline as P
+    from scunlearn.model import VAEConfig, build_vae, seed_everything
+    from scunlearn.simulate import simulate_counts
+    from scunlearn.train import fit, save_checkpoint
+
+    markers_path = str(ROOT / cfg["preprocess"]["markers"])
+    markers = pd.read_csv(markers_path, sep="\t")
+    t0 = time.perf_counter()
+    adata = simulate_counts(markers, n_cells=cells, n_genes=genes, seed=cfg["seed"])
+    adata.obs["cell_type"] = adata.obs["true_type"].astype("category")
+    adata.obs["leiden"] = adata.obs["cell_type"].cat.codes.astype(str).astype("category")
+    adata.layers["counts"] = adata.X.copy()
+    sim_s = time.perf_counter() - t0
+    f = {k: str(workdir / k) for k in ("adata.h5ad", "split.json", "forget.json", "matched.json", "model.pt",
+                                       "audit.json")}
+    out: dict[str, float] = {"simulate_s": sim_s}
+
+    def timed(name, fn):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        out[name + "_s"], out[name + "_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+
+    timed("write_h5ad", lambda: P.write_h5ad(adata, f["adata.h5ad"]))
+    timed("split", lambda: P.stage_split({"adata": f["adata.h5ad"]}, {"split": f["split.json"]},
+                                         {"splits": cfg["splits"], "seed": cfg["seed"]}, 1))
+    name, spec = next(iter(cfg["forget_sets"].items()))
+    timed("forget_set", lambda: P.stage_forget({"adata": f["adata.h5ad"], "split": f["split.json"]},
+                                               {"forget": f["forget.json"]},
+                                               {"spec": spec, "seed": cfg["seed"], "name": name}, 1))
+
+    # one epoch of the real training recipe (fit), with the rule's threads
+    seed_everything(cfg["seed"], train_threads)
+    dev = P._device(device)
+    adata_r, X, part = P._load_experiment({"adata": f["adata.h5ad"], "split": f["split.json"]}, dev)
+    model = build_vae(VAEConfig(n_genes=adata_r.n_vars, **cfg["model"])).to(dev)
+    tr = cfg["train"]
+    w, c = time.perf_counter(), time.process_time()
+    hist = fit(model, X, part.retain, part.validation, lr=tr["lr"], batch_size=tr["batch_size"], max_epochs=1,
+               kl_warmup_epochs=tr["kl_warmup_epochs"], patience=tr["patience"], seed=cfg["seed"])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out["epoch_s"], out["epoch_cpu_s"] = time.perf_counter() - w, time.process_time() - c
+    out["epoch_fit_s"] = float(hist["seconds"].iloc[0])
+    out["n_train"] = int(len(part.retain))
+    save_checkpoint(model.cpu(), f["model.pt"], {"genes": list(map(str, adata_r.var_names)), "param_hash": "x"})
+
+    torch.set_num_threads(1)  # matched and audit rules run with 1 thread
+    timed("matched", lambda: P.stage_matched(
+        {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"], "model": f["model.pt"]},
+        {"matched": f["matched.json"]},
+        {"k": cfg["matched"]["k"], "min_matched": cfg["matched"]["min_matched"], "seed": cfg["seed"]}, 1))
+    audit_params = {
+        "run": cfg["run"], "dataset": cfg["dataset"]["source"], "forget": name, "variant": "baseline",
+        "method": "baseline", "model_seed": 0, "seed": cfg["seed"],
+        "audit": {k: v for k, v in cfg["audit"].items() if k != "tolerance"},
+        "target_sum": cfg["preprocess"]["target_sum"],
+    }
+    timed("audit", lambda: P.stage_audit(
+        {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"],
+         "matched": f["matched.json"], "model": f["model.pt"], "markers": markers_path},
+        {"audit": f["audit.json"]}, audit_params, 1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--configfile", default=str(ROOT / "config/config.yaml"))
+    p.add_argument("--cells", type=int, default=None,
+                   help="cells after QC (default: the simulated size, or 33000 for PBMC 33k)")
+    p.add_argument("--cores", default="2,8,32,128", help="core counts to print the wall time for")
+    p.add_argument("--calibrate", default=None, help="a finished run's results folder for unlearn/retrain factors")
+    p.add_argument("--device", default="cpu", help="cpu, or auto / cuda where a GPU is present")
+    p.add_argument("--jobs-from-config", action="store_true",
+                   help="skip 'snakemake -n' (counts derived from the config instead)")
+    a = p.parse_args(argv)
+
+    from scunlearn.costs import dag_job_counts, study_estimate
+    from scunlearn.io import setup_logging
+
+    setup_logging(None, level=30)  # warnings only: the stages' info lines would drown the table
+    cfg = load_config(Path(a.configfile))
+    variants = cfg["methods"]
+    seeds, forget = len(cfg["train"]["seeds"]), list(cfg["forget_sets"])
+    n_var_jobs = {v: len(d.get("forget_sets", forget)) * seeds for v, d in variants.items()}
+    if a.jobs_from_config:
+        counts = {"acquire": 1, "preprocess": 1, "split": 1, "forget_set": len(forget), "baseline": seeds,
+                  "matched_negatives": len(forget), "retrain": len(forget) * seeds,
+                  "unlearn": sum(n_var_jobs.values()),
+                  "audit": 2 * len(forget) * seeds + sum(n_var_jobs.values()), "aggregate": 1, "report": 1}
+        source = "from the config"
+    else:
+        counts = dag_job_counts(a.configfile, ROOT)
+        source = "snakemake -n --forceall"
+    sim = cfg["dataset"].get("simulate") or {}
+    cells = a.cells or (sim.get("n_cells") if cfg["dataset"]["source"] == "simulate" else 33000)
+    genes = int(cfg["preprocess"]["n_hvg"])
+    threads = {"train": 2, "unlearn": 2, **{k: v.get("threads", 2) for k, v in (cfg.get("resources") or {}).items()}}
+
+    import torch
+
+    n_threads = torch.get_num_threads()
+    startup_wall, startup = startup_seconds()
+    with tempfile.TemporaryDirectory() as tmp:
+        m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp))
+    factors = calibration(a.calibrate, variants)
+
+    tr = cfg["train"]
+    # per-epoch job seconds: CPU seconds over the job's threads, or the wall time on a GPU
+    epoch_job_s = m["epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["epoch_s"]
+    hi_epochs, lo_epochs = tr["max_epochs"], min(tr["max_epochs"], tr["kl_warmup_epochs"] + tr["patience"] + 1)
+
+    def jobs_for(epochs: int) -> list[dict]:
+        # CPU seconds per job, spread over the job's threads: a quiet machine's wall time per job
+        train_s = startup + epochs * epoch_job_s
+        small = startup + 5.0
+        js = [
+            {"rule": "acquire", "count": counts.get("acquire", 1), "seconds": small, "threads": 1, "stage": 0},
+            {"rule": "preprocess", "count": counts.get("preprocess", 1), "seconds": small, "threads": 2, "stage": 1},
+            {"rule": "split", "count": counts.get("split", 1), "seconds": startup + m["split_cpu_s"], "threads": 1,
+             "stage": 2},
+            {"rule": "forget_set", "count": counts.get("forget_set", 0), "seconds": startup + m["forget_set_cpu_s"],
+             "threads": 1, "stage": 3},
+            {"rule": "baseline", "count": counts.get("baseline", 0), "seconds": train_s, "threads": threads["train"],
+             "stage": 4},
+            {"rule": "retrain", "count": counts.get("retrain", 0), "seconds": train_s, "threads": threads["train"],
+             "stage": 4},
+            {"rule": "matched_negatives", "count": counts.get("matched_negatives", 0),
+             "seconds": startup + m["matched_cpu_s"], "threads": 1, "stage": 5},
+        ]
+        n_unlearn = counts.get("unlearn", 0)
+        total_var = sum(n_var_jobs.values()) or 1
+        for v, n in n_var_jobs.items():  # the DAG's unlearn jobs, split over variants as the config does
+            js.append({"rule": f"unlearn:{v}", "count": round(n_unlearn * n / total_var),
+                       "seconds": startup + epochs * epoch_job_s * factors[v],
+                       "threads": threads["unlearn"],
+                       "stage": 6})
+        js += [
+            {"rule": "audit", "count": counts.get("audit", 0), "seconds": startup + m["audit_cpu_s"], "threads": 1,
+             "stage": 7},
+            {"rule": "aggregate", "count": counts.get("aggregate", 1), "seconds": small, "threads": 1, "stage": 8},
+            {"rule": "report", "count": counts.get("report", 1), "seconds": small, "threads": 1, "stage": 9},
+        ]
+        return js
+
+    cores = [int(c) for c in a.cores.split(",") if c.strip()]
+    hi, lo = study_estimate(jobs_for(hi_epochs), cores), study_estimate(jobs_for(lo_epochs), cores)
+
+    print(f"# study_cost: {a.configfile} (run '{cfg['run']}')")
+    print(f"# machine  {machine()}, {n_threads} torch threads "
+          f"available; torch {torch.__version__}; python {platform.python_version()}")
+    print(f"# data     {cells} cells x {genes} genes (simulated at the study's size)")
+    print(f"# jobs     {sum(counts.values())} ({source}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"# measured start-up {startup:.1f}s CPU ({startup_wall:.1f}s wall) per job (fresh interpreter, imports)")
+    print(f"# measured one epoch {m['epoch_s']:.1f}s wall / {m['epoch_cpu_s']:.1f}s CPU on {threads['train']} "
+          f"threads ({m['n_train']} training cells, batch {tr['batch_size']}, incl. validation ELBO)")
+    print(f"# measured one audit {m['audit_s']:.1f}s wall / {m['audit_cpu_s']:.1f}s CPU on 1 thread; "
+          f"matched negatives {m['matched_s']:.1f}s")
+    print("# unlearn / retrain factors: " + ", ".join(f"{v} {f:.2f}" for v, f in factors.items())
+          + ("" if a.calibrate else " (assumed: no --calibrate run given)"))
+    print("# acquire, preprocess, aggregate, report: start-up + 5 s each (not measured at full size)")
+    print("# model: job time = its CPU seconds / its threads (CPU time, not wall: on a shared machine the wall")
+    print("# clock counts other users' work); wall on N cores = max(critical path, core-seconds / N)")
+    print()
+    print(f"{'':28}{'epochs/model':>14}{'CPU-hours':>11}{'critical path':>15}  " + "  ".join(f"wall@{n}c" for n in cores))
+    for label, e, est in (("CPU, upper (max_epochs)", hi_epochs, hi), ("CPU, lower (early stop)", lo_epochs, lo)):
+        walls = "  ".join(f"{est['wall_h'][n]:>6.1f}h".rjust(len(f"wall@{n}c")) for n in cores)
+        print(f"{label:28}{e:>14}{est['cpu_hours']:>11.1f}{est['critical_path_h']:>14.2f}h  {walls}")
+    gpu = "measured above (--device)" if a.device != "cpu" else "not measured (no GPU on this machine)"
+    print(f"{'GPU':28}{'':>14}{'':>11}{'':>15}  {gpu}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

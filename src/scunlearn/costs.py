@@ -1,0 +1,216 @@
+"""Where a run's time went: per job and per rule, from Snakemake benchmarks and the stage logs.
+
+Every stage logs ``ready <s>s after process start, <c>s CPU (<what>)`` when its imports
+are done and its data are loaded, i.e. when its own work starts (see :func:`log_ready`).
+With the ``benchmark:`` file of the same job (wall ``s``, ``cpu_time``, ``max_rss``) this
+gives, per rule, the wall time, CPU time, peak memory and the share of wall time (and of
+CPU time) spent before the work starts — what a per-job process costs before it does
+anything useful. The CPU share is the one to trust on a shared machine, where other
+users' work stretches the wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+READY = re.compile(r"ready ([0-9.]+)s after process start(?:, ([0-9.]+)s CPU)?")
+RULE = re.compile(r"stage \S+: rule (\S+),")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), so interpreter start-up counts; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime, in clock ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_T_IMPORT = time.perf_counter()
+
+
+def log_ready(log: logging.Logger, what: str) -> None:
+    """Log the time from process start to now: imports and data loading are done, the work starts.
+
+    Without ``/proc`` the time since this module was imported is logged instead (an underestimate).
+    """
+    age = process_age()
+    if age is None:
+        age = time.perf_counter() - _T_IMPORT
+    log.info("ready %.2fs after process start, %.2fs CPU (%s)", age, time.process_time(), what)
+
+
+def _read_benchmark(path: Path) -> dict:
+    import pandas as pd
+
+    try:
+        b = pd.read_csv(path, sep="\t")
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    num = {c: pd.to_numeric(b[c], errors="coerce") for c in ("s", "cpu_time", "max_rss") if c in b}
+    # several rows = repeated benchmark runs: use the first, as the workflow runs each job once
+    return {k: float(v.iloc[0]) for k, v in num.items() if len(v)}
+
+
+def _log_facts(path: Path | None) -> tuple[str | None, float, float]:
+    """(rule name, wall and CPU seconds to the last ``ready`` mark) from a stage log; NaN if absent."""
+    rule, ready, ready_cpu = None, float("nan"), float("nan")
+    if path is None:
+        return rule, ready, ready_cpu
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return rule, ready, ready_cpu
+    for line in text.splitlines():
+        if rule is None and (m := RULE.search(line)):
+            rule = m.group(1)
+        if m := READY.search(line):
+            ready = float(m.group(1))
+            ready_cpu = float(m.group(2)) if m.group(2) else float("nan")
+    return rule, ready, ready_cpu
+
+
+def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
+    """The log of the job whose benchmark is ``rel``: same relative path, else the unique log ending in it."""
+    key = rel.with_suffix("").as_posix()
+    if key in logs:
+        return logs[key]
+    hits = [p for k, p in logs.items() if k.endswith("/" + key)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def job_costs(results_dir: str | os.PathLike):
+    """One row per benchmarked job: rule, job, wall_s, cpu_s, max_rss_mb, startup_s, startup_cpu_s, log."""
+    import pandas as pd
+
+    root = Path(results_dir)
+    bench_dir, log_dir = root / "benchmarks", root / "logs"
+    logs = {p.relative_to(log_dir).with_suffix("").as_posix(): p for p in log_dir.rglob("*.log")} \
+        if log_dir.is_dir() else {}
+    rows = []
+    for b in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
+        rel = b.relative_to(bench_dir)
+        log = _match_log(rel, logs)
+        rule, ready, ready_cpu = _log_facts(log)
+        bm = _read_benchmark(b)
+        rows.append({
+            "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(),
+            "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),
+            "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready, "startup_cpu_s": ready_cpu,
+            "log": str(log) if log else "",
+        })
+    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_cpu_s",
+                                       "log"])
+
+
+def _share(jobs, part: str, whole: str) -> float:
+    j = jobs.dropna(subset=[part, whole])
+    return float(j[part].sum() / j[whole].sum()) if len(j) and j[whole].sum() > 0 else float("nan")
+
+
+def rule_costs(jobs):
+    """Per rule: jobs, wall / CPU seconds summed, peak RSS, start-up seconds and their share of wall / CPU."""
+    import pandas as pd
+
+    cols = ["rule", "jobs", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_share",
+            "startup_cpu_s", "startup_cpu_share", "wall_per_job_s", "startup_per_job_s"]
+    if jobs.empty:
+        return pd.DataFrame(columns=cols)
+    g = jobs.groupby("rule", sort=False)
+    out = pd.DataFrame({
+        "jobs": g.size(),
+        "wall_s": g["wall_s"].sum(min_count=1),
+        "cpu_s": g["cpu_s"].sum(min_count=1),
+        "max_rss_mb": g["max_rss_mb"].max(),
+        "startup_s": g["startup_s"].sum(min_count=1),
+        "startup_cpu_s": g["startup_cpu_s"].sum(min_count=1),
+    })
+    # shares over the jobs that logged a ready mark only
+    timed = jobs.dropna(subset=["startup_s", "wall_s"]).groupby("rule")
+    out["startup_share"] = timed["startup_s"].sum() / timed["wall_s"].sum()
+    timed_cpu = jobs.dropna(subset=["startup_cpu_s", "cpu_s"]).groupby("rule")
+    out["startup_cpu_share"] = timed_cpu["startup_cpu_s"].sum() / timed_cpu["cpu_s"].sum()
+    out["wall_per_job_s"] = out["wall_s"] / out["jobs"]
+    out["startup_per_job_s"] = out["startup_s"] / timed.size()
+    out = out.sort_values("wall_s", ascending=False).reset_index()
+    total = {"rule": "TOTAL", "jobs": int(out["jobs"].sum()), "wall_s": out["wall_s"].sum(),
+             "cpu_s": out["cpu_s"].sum(), "max_rss_mb": out["max_rss_mb"].max(),
+             "startup_s": out["startup_s"].sum(min_count=1),
+             "startup_share": _share(jobs, "startup_s", "wall_s"),
+             "startup_cpu_s": out["startup_cpu_s"].sum(min_count=1),
+             "startup_cpu_share": _share(jobs, "startup_cpu_s", "cpu_s"),
+             "wall_per_job_s": float("nan"), "startup_per_job_s": float("nan")}
+    return pd.concat([out, pd.DataFrame([total])], ignore_index=True)[cols]
+
+
+def format_table(df) -> str:
+    """Fixed-width text of :func:`rule_costs` output."""
+    fmt = {"wall_s": "{:.1f}", "cpu_s": "{:.1f}", "max_rss_mb": "{:.0f}", "startup_s": "{:.1f}",
+           "startup_share": "{:.0%}", "startup_cpu_s": "{:.1f}", "startup_cpu_share": "{:.0%}", "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
+    cells = [[str(c) for c in df.columns]]
+    for r in df.itertuples(index=False):
+        row = []
+        for c, v in zip(df.columns, r):
+            if isinstance(v, float) and v != v:
+                row.append("-")
+            else:
+                row.append(fmt.get(c, "{}").format(v))
+        cells.append(row)
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+
+
+# ---------------------------------------------------------------- study cost model
+
+def dag_job_counts(configfile: str | os.PathLike, workdir: str | os.PathLike = ".") -> dict[str, int]:
+    """Jobs per rule of the whole DAG for ``configfile`` (``snakemake -n --forceall --quiet rules``)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--forceall", "--quiet", "rules", "--configfile", str(configfile)]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return parse_job_stats(res.stdout + res.stderr)
+
+
+def parse_job_stats(text: str) -> dict[str, int]:
+    """The last ``Job stats`` table of a snakemake dry run as {rule: count} (without 'total')."""
+    blocks = text.split("Job stats:")
+    if len(blocks) < 2:
+        raise ValueError("no 'Job stats' table in the snakemake output")
+    counts = {}
+    for line in blocks[-1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    counts.pop("total", None)
+    return counts
+
+
+def study_estimate(jobs: list[dict], cores: list[int]) -> dict:
+    """Total CPU-hours and wall time on N cores of a list of jobs.
+
+    Each job: ``rule``, ``count``, ``seconds`` (wall of one job), ``threads`` and ``stage``
+    (its position on the critical path: jobs of one stage run after the previous stage's).
+    Wall on N cores = max(critical path, core-seconds / N): the DAG is wide (many
+    independent models), so beyond a few cores it is the critical path that limits.
+    """
+    core_s = sum(j["count"] * j["seconds"] * j["threads"] for j in jobs)
+    stages: dict[int, float] = {}
+    for j in jobs:
+        stages[j["stage"]] = max(stages.get(j["stage"], 0.0), j["seconds"])
+    critical = sum(stages.values())
+    return {
+        "cpu_hours": core_s / 3600,
+        "critical_path_h": critical / 3600,
+        "wall_h": {n: max(critical, core_s / n) / 3600 for n in cores},
+    }

@@ -1,0 +1,65 @@
+"""The per-stage cost table: benchmarks and logs paired per job, summed per rule."""
+
+import logging
+
+import pytest
+
+from scunlearn.costs import format_table, job_costs, log_ready, process_age, rule_costs
+
+BENCH = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n{s}\t0:00:{s}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n"
+
+
+def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready):
+    b = root / "benchmarks" / bench_rel
+    b.parent.mkdir(parents=True, exist_ok=True)
+    b.write_text(BENCH.format(s=s, cpu=cpu, rss=rss))
+    if log_rel:
+        lg = root / "logs" / log_rel
+        lg.parent.mkdir(parents=True, exist_ok=True)
+        lg.write_text(f"2026 INFO scunlearn.pipeline: stage x: rule {rule}, wildcards {{}}, threads 1\n"
+                      f"2026 INFO scunlearn.pipeline: ready 1.00s after process start, 0.50s CPU (stage called)\n"
+                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n")
+
+
+def test_rule_table_pairs_logs_and_sums(tmp_path):
+    _job(tmp_path, "audit/f/baseline/seed0.tsv", "audit/f/baseline/seed0.log", "audit", 20, 18, 700, 5.0)
+    _job(tmp_path, "audit/f/retrain/seed0.tsv", "audit/f/retrain/seed0.log", "audit", 10, 9, 900, 5.0)
+    # unlearn logs live under logs/unlearn/, their benchmarks not: paired by the path's end
+    _job(tmp_path, "eg/f/seed0.tsv", "unlearn/eg/f/seed0.log", "unlearn", 40, 70, 1200, 8.0)
+    _job(tmp_path, "split.tsv", None, "split", 3, 2, 200, 0)  # no log: no start-up figure
+    jobs = job_costs(tmp_path)
+    assert sorted(jobs["rule"]) == ["audit", "audit", "split", "unlearn"]
+    t = rule_costs(jobs).set_index("rule")
+    assert t.loc["audit", "jobs"] == 2 and t.loc["audit", "wall_s"] == 30 and t.loc["audit", "cpu_s"] == 27
+    assert t.loc["audit", "max_rss_mb"] == 900
+    assert t.loc["audit", "startup_s"] == 10  # the last ready mark of each job
+    assert t.loc["audit", "startup_share"] == pytest.approx(10 / 30)
+    assert t.loc["unlearn", "startup_share"] == pytest.approx(8 / 40)
+    assert t.loc["audit", "startup_cpu_s"] == 5 and t.loc["audit", "startup_cpu_share"] == pytest.approx(5 / 27)
+    assert t.loc["split", "startup_share"] != t.loc["split", "startup_share"]  # NaN
+    assert t.loc["TOTAL", "jobs"] == 4 and t.loc["TOTAL", "startup_share"] == pytest.approx(18 / 70)
+    assert "audit" in format_table(t.reset_index())
+
+
+def test_ready_mark_counts_from_process_start(caplog):
+    age = process_age()
+    assert age is None or age > 0  # this interpreter has been running for a while
+    with caplog.at_level(logging.INFO):
+        log_ready(logging.getLogger("t"), "x")
+    assert "s after process start, " in caplog.text and "s CPU (x)" in caplog.text
+
+
+def test_parse_job_stats_and_study_estimate():
+    from scunlearn.costs import parse_job_stats, study_estimate
+
+    text = ("Job stats:\njob      count\n-------  -----\nbaseline     4\naudit       56\ntotal       60\n\n"
+            "Reasons:\n    forced")
+    assert parse_job_stats(text) == {"baseline": 4, "audit": 56}
+    jobs = [{"rule": "baseline", "count": 4, "seconds": 100.0, "threads": 2, "stage": 0},
+            {"rule": "audit", "count": 56, "seconds": 10.0, "threads": 1, "stage": 1}]
+    est = study_estimate(jobs, [1, 4, 1000])
+    core_s = 4 * 100 * 2 + 56 * 10
+    assert est["cpu_hours"] == pytest.approx(core_s / 3600)
+    assert est["wall_h"][1] == pytest.approx(core_s / 3600)
+    assert est["wall_h"][4] == pytest.approx(core_s / 4 / 3600)
+    assert est["wall_h"][1000] == pytest.approx(110 / 3600)  # the critical path: one baseline, then one audit
