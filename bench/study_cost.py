@@ -117,6 +117,10 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     adata.obs["cell_type"] = adata.obs["true_type"].astype("category")
     adata.obs["leiden"] = adata.obs["cell_type"].cat.codes.astype(str).astype("category")
     adata.layers["counts"] = adata.X.copy()
+    from sklearn.decomposition import TruncatedSVD  # the matched negatives are chosen in PCA
+
+    adata.obsm["X_pca"] = TruncatedSVD(cfg["preprocess"].get("n_pcs", 50), random_state=0).fit_transform(
+        adata.X.log1p())
     sim_s = time.perf_counter() - t0
     f = {k: str(workdir / k) for k in ("adata.h5ad", "split.json", "forget.json", "matched.json", "model.pt",
                                        "audit.json")}
@@ -153,18 +157,38 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
 
     torch.set_num_threads(1)  # matched and audit rules run with 1 thread
     timed("matched", lambda: P.stage_matched(
-        {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"], "model": f["model.pt"]},
+        {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"]},
         {"matched": f["matched.json"]},
         {"k": cfg["matched"]["k"], "min_matched": cfg["matched"]["min_matched"], "seed": cfg["seed"]}, 1))
+    # per-cell statistics: the model's own, and perturbed copies standing in for the reference models
+    import numpy as np
+
+    from scunlearn.audit.attacks import resolve_attacks
+    from scunlearn.cellstats import write_cell_stats
+
+    write_cell_stats(model, X.cpu(), adata_r.obs_names, workdir / "target.cells.npz")
+    refs = [str(workdir / f"ref{i}.cells.npz") for i in range(2 + len(cfg["audit"].get("reference_seeds", [])))]
+    with np.load(workdir / "target.cells.npz") as z:
+        base = dict(z)
+    rng = np.random.default_rng(0)
+    for r in refs:
+        with open(r, "wb") as fh:
+            np.savez(fh, **{k: (v + rng.normal(0, 1, v.shape) if v.dtype.kind == "f" else v) for k, v in base.items()})
+    a = cfg["audit"]
     audit_params = {
         "run": cfg["run"], "dataset": cfg["dataset"]["source"], "forget": name, "variant": "baseline",
-        "method": "baseline", "model_seed": 0, "seed": cfg["seed"],
-        "audit": {k: v for k, v in cfg["audit"].items() if k != "tolerance"},
+        "method": "baseline", "model_seed": 0, "seed": cfg["seed"], "self_name": "baseline/seed0",
+        "ref_retrain": [f"retrain/seed{i}" for i in range(len(refs))],
+        "ref_baseline": [f"baseline/seed{i}" for i in range(len(refs))], "controls": [],
+        "audit": {"alpha": a.get("alpha", 0.05), "equivalence_margin": a.get("equivalence_margin", 0.05),
+                  "bootstrap": a.get("bootstrap", 1000), "attacks": resolve_attacks(a.get("attacks")),
+                  "utility": a.get("utility", {"max_cells": 5000, "folds": 5})},
         "target_sum": cfg["preprocess"]["target_sum"],
     }
     timed("audit", lambda: P.stage_audit(
         {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"],
-         "matched": f["matched.json"], "model": f["model.pt"], "markers": markers_path},
+         "matched": f["matched.json"], "model": f["model.pt"], "markers": markers_path,
+         "cells": str(workdir / "target.cells.npz"), "ref_retrain": refs, "ref_baseline": refs, "controls": []},
         {"audit": f["audit.json"]}, audit_params, 1))
     return out
 

@@ -82,7 +82,9 @@ def _micro(run: str) -> dict:
         "matched": {"k": 3, "min_matched": 30},
         "model": {"hidden": [8], "latent": 2, "dropout": 0.1},
         "train": {"seeds": [0], "max_epochs": 1, "kl_warmup_epochs": 0, "patience": 1},
-        "audit": {"folds": 2, "repeats": 1, "bootstrap": 10, "attacker": {"hidden": [4], "epochs": 2},
+        "audit": {"reference_seeds": [1, 2], "bootstrap": 10,
+                  "attacks": {"per_cell": {}, "mlp": {"folds": 2, "repeats": 1,
+                                                      "attacker": {"hidden": [4], "epochs": 2}}},
                   "utility": {"max_cells": 50, "folds": 2}},
         "methods": {"fisher": {"method": "fisher", "params": {"steps": 1, "fisher_cells": 50, "finetune_epochs": 1}}},
     }
@@ -112,7 +114,8 @@ def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
     assert r.returncode == 0, text[-3000:]
     assert "is extended by" not in text
     counts = _job_counts(text)
-    assert counts["unlearn"] == 1 and counts["retrain"] == 1 and counts["forget_set"] == 1
+    # one retrain per seed: train seed 0 + the tiny study's two reference seeds
+    assert counts["unlearn"] == 1 and counts["retrain"] == 3 and counts["forget_set"] == 1
     assert "Megakaryocyte" not in text and "structured" not in text  # nothing of config/config.yaml
 
     # the shipped tiny study: 2 variants x 2 forget sets + fisher on one = 5 (9 when merged)
