@@ -301,7 +301,7 @@ def stage_audit(inp, out, params, threads):
         target_stats=read_cell_stats(inp["cells"], adata.obs_names),
         retrain_stats=stats(inp["ref_retrain"], params["ref_retrain"]),
         baseline_stats=stats(inp["ref_baseline"], params["ref_baseline"]),
-        control_stats=stats(inp["controls"], params["controls"]), self_name=params["self_name"])
+        control_stats=stats(inp["controls"], params["controls"]), self_name=params["self_name"], cell_types=types)
     record: dict = {}
     for name, p in cfg["attacks"].items():
         t0 = time.perf_counter()

@@ -65,6 +65,26 @@ def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndar
     return {"z": z, "lr": lr}
 
 
+def population_centre(z: np.ndarray, strata: np.ndarray, population: np.ndarray, min_cells: int = 5) -> np.ndarray:
+    """``z`` minus its median over the population cells (non-members of every model) of the same stratum.
+
+    A model's calibrated scores carry a shift shared by all cells of a type (one seed
+    fits a rare type better than another), which moves its AUC whenever members and
+    negatives differ in type mix, a seed-level noise as large as the leak. Centring each
+    type on the audit cells of that type (RMIA's comparison with population samples,
+    stratified) removes it; strata with fewer than ``min_cells`` population cells are
+    centred on the whole population.
+    """
+    z = np.asarray(z, dtype=float).copy()
+    strata = np.asarray(strata)
+    overall = np.median(z[population])
+    pop_labels = strata[population]
+    for lab in np.unique(strata):
+        here = population[pop_labels == lab]
+        z[strata == lab] -= np.median(z[here]) if len(here) >= min_cells else overall
+    return z
+
+
 def structural(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """AUC of forget cells ``pos`` vs negatives ``neg`` and its DeLong structural components.
 
@@ -158,7 +178,7 @@ def outcome(c: Comparison, alpha: float) -> str:
 def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
                    pos: np.ndarray, negatives: dict[str, np.ndarray], *, self_name: str | None = None,
                    controls: dict[str, np.ndarray] | None = None, margin: float = 0.05,
-                   alpha: float = 0.05, n0: float = SHRINK_N0) -> dict:
+                   alpha: float = 0.05, n0: float = SHRINK_N0, strata: np.ndarray | None = None) -> dict:
     """The per-cell calibrated audit of one model.
 
     ``target`` and every reference are per-cell statistics (higher = more member-like)
@@ -166,7 +186,9 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     of non-members (``matched`` first: the one verdicts use; ``all``: every audit cell,
     for TPR at low FPR). ``self_name`` is the audited model's key in ``retrain`` or
     ``baselines`` (left out of the references and comparators). ``controls``: models of a
-    control method (fine-tuning) to compare with as well.
+    control method (fine-tuning) to compare with as well. ``strata`` (a label per cell,
+    e.g. cell type): each model's scores are centred per stratum on the ``all`` negatives
+    (see :func:`population_centre`).
     """
     out_names = [r for r in retrain if r != self_name]
     if not out_names:
@@ -182,6 +204,11 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
             for r in out_names if len(out_names) > 1]
     comp = np.array(comp).reshape(-1, len(target))
     ctrl = np.array([calibrated_scores(v, out_refs, n0=n0)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
+    if strata is not None:
+        pop = negatives.get("all", negatives["matched"])
+        sc["z"] = population_centre(sc["z"], strata, pop)
+        comp = np.array([population_centre(z, strata, pop) for z in comp]).reshape(-1, len(target))
+        ctrl = np.array([population_centre(z, strata, pop) for z in ctrl]).reshape(-1, len(target))
 
     neg = negatives["matched"]
     m = structural(sc["z"], pos, neg)

@@ -33,6 +33,7 @@ class AuditData:
     baseline_stats: dict[str, dict[str, np.ndarray]]
     control_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     self_name: str | None = None
+    cell_types: np.ndarray | None = None  # a label per cell (obs['cell_type'])
 
     @property
     def matched(self) -> np.ndarray:

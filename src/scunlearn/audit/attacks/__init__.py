@@ -85,8 +85,8 @@ def resolve_attacks(attacks: dict | None) -> dict:
 # The built-in attacks (their summary columns are part of the contract already).
 
 spec("per_cell",
-     {"statistic": "elbo", "shrinkage": 4.0},
-     obj(statistic=choice("elbo", "nll"), shrinkage=number(0)),
+     {"statistic": "elbo", "shrinkage": 4.0, "centre_by_cell_type": True},
+     obj(statistic=choice("elbo", "nll"), shrinkage=number(0), centre_by_cell_type={"type": "boolean"}),
      "Per-cell statistic calibrated against retrained reference models on the same cell (LiRA-style); "
      "paired tests against retrain and the fine-tuning control.")
 

@@ -19,4 +19,5 @@ def run(data: AuditData, params: dict) -> dict:
 
     return per_cell_audit(_stat(data.target_stats, st), of(data.retrain_stats), of(data.baseline_stats),
                           data.forget, data.negatives, self_name=data.self_name, controls=of(data.control_stats),
-                          margin=data.margin, alpha=data.alpha, n0=params["shrinkage"])
+                          margin=data.margin, alpha=data.alpha, n0=params["shrinkage"],
+                          strata=data.cell_types if params["centre_by_cell_type"] else None)
