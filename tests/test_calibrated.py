@@ -160,14 +160,15 @@ def test_readme_contract_table_lists_exactly_the_summary_columns(root):
 
 
 def test_population_centring_removes_a_seed_shift_shared_by_a_cell_type():
-    """A null model that fits one whole type better than its references: AUC 0.5 only after centring."""
-    rng = np.random.default_rng(5)
-    target, retrain, base, pos, negs = _study(rng, n_retrain=6)
-    strata = np.where(np.arange(180) < 45, "rare", "common")  # forget cells are all 'rare' ...
-    negs = {"matched": np.r_[np.arange(30, 45), np.arange(45, 75)], "all": np.arange(30, 180)}  # ... negatives mixed
-    sd = np.std([retrain[k] for k in retrain], axis=0)
-    shifted = target + 3 * sd * (strata == "rare")  # this seed fits the rare type better
-    raw = per_cell_audit(shifted, retrain, base, pos, negs)
-    centred = per_cell_audit(shifted, retrain, base, pos, negs, strata=strata)
-    assert raw["pc_auc"] > 0.7 and raw["pc_auc_ci_low"] > 0.5
-    assert centred["pc_auc_ci_low"] < 0.5 < centred["pc_auc_ci_high"]
+    """Null models that fit one whole type better than their references: AUC 0.5 only after centring."""
+    strata = np.where(np.arange(180) < 90, "rare", "common")  # the forget cells (0-29) are all 'rare' ...
+    negs = {"matched": np.r_[np.arange(30, 60), np.arange(90, 120)], "all": np.arange(30, 180)}  # ... negatives mixed
+    raw, centred = [], []
+    for seed in range(20):
+        target, retrain, base, pos, _ = _study(np.random.default_rng(seed), n_retrain=6)
+        sd = np.std([retrain[k] for k in retrain], axis=0)
+        shifted = target + 3 * sd * (strata == "rare")  # this seed fits the rare type better
+        raw.append(per_cell_audit(shifted, retrain, base, pos, negs)["pc_auc"])
+        centred.append(per_cell_audit(shifted, retrain, base, pos, negs, strata=strata)["pc_auc"])
+    assert np.mean(raw) > 0.65
+    assert abs(np.mean(centred) - 0.5) < 0.04
