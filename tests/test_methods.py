@@ -211,15 +211,23 @@ def test_registry_imports_without_torch_numpy_or_scanpy(root):
 # ---- each method's defining property, with numbers that could fail
 
 
+_TRAINED: dict = {}
+
+
 def _trained_toy(epochs=15):
-    """The toy VAE after a few epochs on its training cells: a Fisher that varies, a fitted model."""
+    """The toy VAE after a few epochs on its training cells: a Fisher that varies, a fitted model.
+
+    Trained once per test session; each call gets its own copy of the model."""
     from scunlearn.train import fit
 
-    model, X, part = _toy()
-    fit(model, X, part.train, part.validation, lr=3e-3, batch_size=32, max_epochs=epochs, kl_warmup_epochs=0,
-        patience=epochs, seed=0)
-    model.eval()
-    return model, X, part
+    if epochs not in _TRAINED:
+        model, X, part = _toy()
+        fit(model, X, part.train, part.validation, lr=3e-3, batch_size=32, max_epochs=epochs, kl_warmup_epochs=0,
+            patience=epochs, seed=0)
+        model.eval()
+        _TRAINED[epochs] = (model, X, part)
+    model, X, part = _TRAINED[epochs]
+    return copy.deepcopy(model), X, part
 
 
 def test_retain_finetune_reproduces_fishers_finetuning(monkeypatch):
@@ -282,12 +290,12 @@ def test_fisher_scrub_alone_moves_the_forget_loss_by_at_least_one_percent():
 def test_extragradient_attacker_term_keeps_acting_at_defaults():
     # defaults except epochs / batch size (a small model, a few epochs)
     model, X, part = _trained_toy()
-    params = resolve_params("extragradient", {"epochs": 3, "batch_size": 32, "shadow_every": 0,
-                                              "early_stop": {"min_epochs": 3, "tolerance": 0.0}})
+    params = resolve_params("extragradient", {"epochs": 2, "batch_size": 32, "shadow_every": 0,
+                                              "early_stop": {"min_epochs": 2, "tolerance": 0.0}})
     ctx = UnlearnContext.build(model, X, part, seed=0, params=params)
     get_method("extragradient").fn(ctx)
     train = ctx.trajectory.frame().query("phase == 'train'")
-    assert len(train) == 3
+    assert len(train) == 2
     # floor: the attacker term has ≥ 10% of the VAE's gradient in every epoch (it had ~1% with
     # the retain loss summed over genes)
     assert (train["grad_share_attacker"] >= 0.10).all(), train["grad_share_attacker"].tolist()
