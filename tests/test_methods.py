@@ -8,9 +8,10 @@ import torch
 
 from scunlearn import ScunlearnError
 from scunlearn.methods import REGISTRY, get_method, resolve_params
+from scunlearn.methods import fisher as fisher_module
 from scunlearn.methods import frozen_critic as fc_module
 from scunlearn.methods.context import UnlearnContext
-from scunlearn.methods.fisher import diagonal_fisher
+from scunlearn.methods.fisher import diagonal_fisher, preconditioner, retain_fisher
 from scunlearn.model import VAEConfig, build_vae, seed_everything
 from scunlearn.optim import ExtraGradient, simultaneous_step
 from scunlearn.splits import Partition
@@ -99,13 +100,13 @@ def test_context_holds_no_audit_cells():
 
 
 def test_registry_and_parameter_errors():
-    assert {"frozen_critic", "extragradient", "fisher"} <= set(REGISTRY)
+    assert {"frozen_critic", "extragradient", "fisher", "fisher_noise", "retain_finetune"} <= set(REGISTRY)
     with pytest.raises(ScunlearnError, match="unknown unlearning method 'nope'"):
         get_method("nope")
     with pytest.raises(ScunlearnError, match="methods.v.params: unknown parameter 'lamda'"):
         resolve_params("extragradient", {"lamda": 3}, "v")
     p = resolve_params("extragradient", {"retain_weight": 5, "early_stop": {"patience": 2}}, "v")
-    assert p["retain_weight"] == 5 and p["early_stop"]["patience"] == 2 and p["early_stop"]["target"] == 0.5
+    assert p["retain_weight"] == 5 and p["early_stop"]["patience"] == 2 and p["early_stop"]["target"] == 0.0
 
 
 FAST = {"critic": {"epochs": 20, "hidden": [16, 16]}, "shadow": {"epochs": 20, "hidden": [16, 16]}}
@@ -131,7 +132,7 @@ def test_frozen_critics_stay_bit_identical(monkeypatch):
         for k, v in critic.state_dict().items():
             assert torch.equal(v, state[k]), k
     assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())  # the VAE moved
-    assert len(ctx.trajectory.frame()) == 2
+    assert list(ctx.trajectory.frame()["phase"]) == ["baseline", "train", "train", "final"]
 
 
 def test_extragradient_and_fisher_run_and_log():
@@ -142,12 +143,192 @@ def test_extragradient_and_fisher_run_and_log():
     ctx = UnlearnContext.build(copy.deepcopy(model), X, part, seed=0, params=params)
     get_method("extragradient").fn(ctx)
     traj = ctx.trajectory.frame()
-    assert list(traj["epoch"]) == [0, 1, 2] and traj["shadow_auc"].between(0, 1).all()
+    train = traj[traj["phase"] == "train"]
+    assert list(train["epoch"]) == [1, 2, 3] and train["shadow_auc"].between(0, 1).all()
 
     params = resolve_params("fisher", {"steps": 5, "fisher_cells": 50, "finetune_epochs": 2, "batch_size": 32})
     before = copy.deepcopy(model.state_dict())
     ctx = UnlearnContext.build(model, X, part, seed=0, params=params)
     out = get_method("fisher").fn(ctx)
     traj = ctx.trajectory.frame()
-    assert set(traj["phase"]) == {"scrub", "finetune"}
+    assert set(traj["phase"]) == {"baseline", "scrub", "finetune", "final"}
     assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
+
+
+# ---- parameter schemas (checked at Snakefile parse time through resolve_params)
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("fisher", {"steps": -3}, "methods.v.params.steps: -3 is less than the minimum of 0"),
+    ("fisher", {"steps": "three"}, "methods.v.params.steps: 'three' is not of type 'integer'"),
+    ("fisher", {"steps": 2.5}, "methods.v.params.steps: 2.5 is not of type 'integer'"),
+    ("fisher", {"damping": 0}, "methods.v.params.damping: 0 is less than or equal to the minimum of 0"),
+    ("fisher", {"finetune_epochs": True}, "methods.v.params.finetune_epochs: True is not of type 'integer'"),
+    ("frozen_critic", {"critic": 5}, "methods.v.params.critic: expected a mapping"),
+    ("frozen_critic", {"critic": {"hidden": [0]}}, "methods.v.params.critic.hidden.0: 0 is less than the minimum of 1"),
+    ("frozen_critic", {"critic": {"dropout": 1.5}}, "methods.v.params.critic.dropout: 1.5 is greater than the maximum of 1"),
+    ("frozen_critic", {"critic": {"hdden": [4]}}, "methods.v.params.critic: unknown parameter 'hdden'"),
+    ("extragradient", {"early_stop": {"signal": "auc"}}, "methods.v.params.early_stop.signal: 'auc' is not one of"),
+    ("extragradient", {"attacker": {"hidden": "wide"}}, "methods.v.params.attacker.hidden: 'wide' is not of type 'array'"),
+    ("retain_finetune", {"lr": -1e-3}, "methods.v.params.lr: -0.001 is less than or equal to the minimum of 0"),
+])
+def test_parameter_schema_errors_name_variant_and_key(method, params, message):
+    with pytest.raises(ScunlearnError) as e:
+        resolve_params(method, params, "v")
+    assert message in str(e.value)
+
+
+def test_every_method_has_a_schema_matching_its_defaults():
+    for name, m in REGISTRY.items():
+        assert set(m.schema["properties"]) == set(m.defaults), name
+        assert resolve_params(name, {}) == m.defaults  # the defaults validate against their own schema
+    # an accepted override comes back merged, nested defaults kept
+    p = resolve_params("frozen_critic", {"critic": {"epochs": 7}}, "v")
+    assert p["critic"]["epochs"] == 7 and p["critic"]["hidden"] == [256, 256]
+
+
+def test_registry_imports_without_torch_numpy_or_scanpy(root):
+    # what the Snakefile needs at parse time must work in an env with only snakemake + jsonschema + pyyaml
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'numpy', 'scanpy', 'pandas', 'scipy', 'anndata'):\n"
+        "    sys.modules[m] = None  # any import of these now raises ImportError\n"
+        f"sys.path.insert(0, {str(root / 'src')!r})\n"
+        "from scunlearn.methods import REGISTRY, resolve_params, get_method\n"
+        "names = sorted(REGISTRY)\n"
+        "for n in names:\n"
+        "    resolve_params(n, {}, 'v')\n"
+        "print(' '.join(names))\n"
+    )
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == set(REGISTRY)
+
+
+# ---- each method's defining property, with numbers that could fail
+
+
+_TRAINED: dict = {}
+
+
+def _trained_toy(epochs=15):
+    """The toy VAE after a few epochs on its training cells: a Fisher that varies, a fitted model.
+
+    Trained once per test session; each call gets its own copy of the model."""
+    from scunlearn.train import fit
+
+    if epochs not in _TRAINED:
+        model, X, part = _toy()
+        fit(model, X, part.train, part.validation, lr=3e-3, batch_size=32, max_epochs=epochs, kl_warmup_epochs=0,
+            patience=epochs, seed=0)
+        model.eval()
+        _TRAINED[epochs] = (model, X, part)
+    model, X, part = _TRAINED[epochs]
+    return copy.deepcopy(model), X, part
+
+
+def test_retain_finetune_reproduces_fishers_finetuning(monkeypatch):
+    model, X, part = _trained_toy()
+    seen = {}
+    real = fisher_module.finetune
+
+    def spy(m, ctx, **kw):
+        seen["start"] = copy.deepcopy(m.state_dict())  # the scrubbed weights fine-tuning starts from
+        seen["kw"] = kw
+        return real(m, ctx, **kw)
+
+    monkeypatch.setattr(fisher_module, "finetune", spy)
+    fp = resolve_params("fisher", {"steps": 5, "fisher_cells": 50, "finetune_epochs": 3, "finetune_lr": 2e-3,
+                                   "batch_size": 32, "patience": 2})
+    ctx_f = UnlearnContext.build(copy.deepcopy(model), X, part, seed=3, params=fp)
+    out_f = get_method("fisher").fn(ctx_f)
+
+    start = copy.deepcopy(model)
+    start.load_state_dict(seen["start"])
+    rp = resolve_params("retain_finetune", {"epochs": 3, "lr": 2e-3, "batch_size": 32, "patience": 2})
+    ctx_r = UnlearnContext.build(start, X, part, seed=3, params=rp)
+    out_r = get_method("retain_finetune").fn(ctx_r)
+    assert any(not torch.equal(seen["start"][k], v) for k, v in out_r.state_dict().items())  # it did move
+    for k, v in out_f.state_dict().items():
+        assert torch.allclose(v, out_r.state_dict()[k], atol=1e-6, rtol=0), k
+    f_ft = ctx_f.trajectory.frame().query("phase == 'finetune'")["forget_loss"].to_numpy()
+    r_ft = ctx_r.trajectory.frame().query("phase == 'finetune'")["forget_loss"].to_numpy()
+    np.testing.assert_allclose(f_ft, r_ft, atol=1e-6)
+
+
+def test_fisher_preconditioner_is_not_constant():
+    model, X, part = _trained_toy()
+    ctx = UnlearnContext.build(model, X, part, seed=0, params=resolve_params("fisher", {"fisher_cells": 100}))
+    F = retain_fisher(model, ctx, ctx.params)
+    flat_F = torch.cat([v.flatten() for v in F.values()])
+    assert float(flat_F.max()) > 100 * float(flat_F.median())  # the Fisher varies over decades
+    P = torch.cat([v.flatten() for v in preconditioner(F, ctx.params["damping"]).values()])
+    # relative damping: unconstrained parameters get ~1/λ, the most constrained far less
+    assert float(P.max()) == pytest.approx(1 / ctx.params["damping"], rel=0.05)
+    assert float(P.max()) > 20 * float(P.min())
+    assert float(P.std()) > 0.1 * float(P.mean())
+
+
+def test_fisher_scrub_alone_moves_the_forget_loss_by_at_least_one_percent():
+    model, X, part = _trained_toy()
+    params = resolve_params("fisher", {"fisher_cells": 100, "finetune_epochs": 0})  # default alpha, damping, steps
+    ctx = UnlearnContext.build(model, X, part, seed=0, params=params)
+    get_method("fisher").fn(ctx)
+    traj = ctx.trajectory.frame()
+    assert list(traj["phase"].iloc[[0, -1]]) == ["baseline", "final"]
+    scrub = traj[traj["phase"] == "scrub"]
+    change = scrub["scrub_change"].dropna().iloc[-1]
+    base = traj["forget_loss"].iloc[0]
+    assert change >= 0.01  # the forget loss rose by ≥ 1% before any fine-tuning
+    assert scrub["forget_loss"].iloc[-1] == pytest.approx(base * (1 + change))
+    assert np.isfinite(traj["forget_loss"]).all()
+
+
+def test_extragradient_attacker_term_keeps_acting_at_defaults():
+    # defaults except epochs / batch size (a small model, a few epochs)
+    model, X, part = _trained_toy()
+    params = resolve_params("extragradient", {"epochs": 2, "batch_size": 32, "shadow_every": 0,
+                                              "early_stop": {"min_epochs": 2, "tolerance": 0.0}})
+    ctx = UnlearnContext.build(model, X, part, seed=0, params=params)
+    get_method("extragradient").fn(ctx)
+    train = ctx.trajectory.frame().query("phase == 'train'")
+    assert len(train) == 2
+    # floor: the attacker term has ≥ 10% of the VAE's gradient in every epoch (it had ~1% with
+    # the retain loss summed over genes)
+    assert (train["grad_share_attacker"] >= 0.10).all(), train["grad_share_attacker"].tolist()
+    np.testing.assert_allclose(train["grad_share_attacker"] + train["grad_share_retain"], 1.0)
+
+
+def test_every_trajectory_starts_with_the_baseline_forget_loss():
+    model, X, part = _toy()
+    runs = {
+        "retain_finetune": {"epochs": 2, "batch_size": 32},
+        "fisher_noise": {"fisher_cells": 50, "finetune_epochs": 1, "batch_size": 32},
+        "frozen_critic": {"epochs": 1, "batch_size": 32, **FAST},
+    }
+    base = None
+    for name, over in runs.items():
+        ctx = UnlearnContext.build(copy.deepcopy(model), X, part, seed=0, params=resolve_params(name, over))
+        get_method(name).fn(ctx)
+        traj = ctx.trajectory.frame()
+        assert traj["phase"].iloc[0] == "baseline" and traj["epoch"].iloc[0] == 0, name
+        assert traj["phase"].iloc[-1] == "final", name
+        assert {"forget_loss", "val_loss", "loss_gap"} <= set(traj.columns), name
+        assert traj[["forget_loss", "val_loss"]].notna().all().all(), name
+        base = traj["forget_loss"].iloc[0] if base is None else base
+        assert traj["forget_loss"].iloc[0] == pytest.approx(base, abs=1e-7), name  # same baseline everywhere
+        assert traj["forget_loss"].iloc[-1] != traj["forget_loss"].iloc[0], name  # and each method moved it
+
+
+def test_methods_are_deterministic_for_a_seed():
+    model, X, part = _toy()
+    outs = []
+    for _ in range(2):
+        p = resolve_params("frozen_critic", {"epochs": 1, "batch_size": 32, "shadow_every": 0, **FAST})
+        ctx = UnlearnContext.build(copy.deepcopy(model), X, part, seed=4, params=p)
+        outs.append(get_method("frozen_critic").fn(ctx).state_dict())
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k]), k

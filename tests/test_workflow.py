@@ -36,6 +36,12 @@ def _config(tmp_path, **changes):
     ({"dataset.source": "csv"}, "source"),
     ({"methods.fisher.method": "nope"}, "unknown unlearning method 'nope'"),
     ({"methods.fisher.params": {"alpah": 1}}, "unknown parameter 'alpah'"),
+    ({"methods.fisher.params": {"steps": -3}}, "methods.fisher.params.steps: -3 is less than the minimum"),
+    ({"methods.fisher.params": {"steps": "three"}}, "methods.fisher.params.steps: 'three' is not of type 'integer'"),
+    ({"methods.frozen_single.params": {"critic": 5}}, "methods.frozen_single.params.critic: expected a mapping"),
+    ({"methods.extragradient_l10.params": {"early_stop": {"smoothing": 0}}},
+     "methods.extragradient_l10.params.early_stop.smoothing: 0 is less than the minimum of 1"),
+    ({"methods.retain_finetune.params": {"lr": "fast"}}, "methods.retain_finetune.params.lr: 'fast' is not of type 'number'"),
 ])
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, change, message):
     cfg = _config(tmp_path, **change)
@@ -57,8 +63,9 @@ def test_tiny_study_end_to_end(tmp_path):
     assert list(summary.columns) == SUMMARY_COLUMNS
     # baseline + retrain on both sets, frozen + extragradient on both, fisher only on scattered
     expected = {("structured", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10")}
-    expected |= {("scattered", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10", "fisher")}
-    assert expected <= set(zip(summary["forget_set"], summary["variant"]))
+    expected |= {("scattered", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10", "fisher",
+                                            "retain_finetune")}
+    assert set(zip(summary["forget_set"], summary["variant"])) == expected
     assert summary["auc"].between(0, 1).all() and summary["pc_auc"].between(0, 1).all()
     assert (summary["auc_ci_low"] <= summary["auc_ci_high"]).all()
     assert (summary["pc_auc_ci_low"] <= summary["pc_auc"]).all() and (summary["pc_auc"] <= summary["pc_auc_ci_high"]).all()
@@ -96,7 +103,10 @@ def test_tiny_study_end_to_end(tmp_path):
     # logs show progress; trajectories exist
     assert "epoch   2" in (out / "logs/baseline/seed0.log").read_text()
     traj = pd.read_csv(out / "models/extragradient_l10/structured/seed0.tsv", sep="\t")
-    assert {"epoch", "shadow_auc"} <= set(traj.columns) and len(traj) >= 1
+    assert {"epoch", "shadow_auc", "forget_loss", "val_loss", "grad_share_attacker"} <= set(traj.columns)
+    assert traj["phase"].iloc[0] == "baseline" and traj["epoch"].iloc[0] == 0 and len(traj) >= 3
+    ft = pd.read_csv(out / "models/retain_finetune/scattered/seed0.tsv", sep="\t")
+    assert list(ft["phase"]) == ["baseline", "finetune", "final"] and ft["forget_loss"].notna().all()
 
     html = (out / "report/index.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and "Table II" in html

@@ -1,12 +1,27 @@
-"""Fisher scrubbing (paper §IV-D): θ ← θ + α (F + λI)⁻¹ ∇θ L_F(θ), then fine-tuning on retain.
+"""Fisher scrubbing (paper §IV-D) and Fisher forgetting by noise (Golatkar et al. 2020), then fine-tuning.
+
+``fisher``: θ ← θ + α (F̃ + λ)⁻¹ ∇θ L_F(θ) for ``steps`` steps (stopping early once L_F
+is ``max_rise`` above its start: ascent on an unbounded loss runs away), then fine-tuning on retain.
+``fisher_noise``: θ ← θ + √(α (F̃ + λ)⁻¹) ⊙ ε, ε ~ N(0, I) (Golatkar, Achille & Soatto,
+"Eternal Sunshine of the Spotless Net", CVPR 2020: noise of covariance ∝ F⁻¹ destroys
+what the retain set does not pin down), then the same fine-tuning.
 
 F is the diagonal empirical Fisher of the retain set (mean of per-cell squared gradients
-of the per-cell loss, computed with ``torch.func``); L_F is the forget-set loss. The
-update ascends the forget loss, least along directions that matter to the retained cells.
-The per-cell loss is the negative ELBO divided by the number of genes, a per-element
-scale like the reference code's loss: with the NB log-likelihood summed over 2,000 genes
-the paper's α and λ make steps three orders of magnitude too large and the model diverges.
-If the forget loss still becomes non-finite, scrubbing stops at the last finite step.
+of the per-cell loss, computed with ``torch.func``); L_F is the mean forget-set loss.
+
+**Scale.** The per-cell loss is the negative ELBO divided by the number of genes (see
+:mod:`.common`): the per-element scale of the reference code. **Damping rule:** the
+diagonal Fisher of this loss is tiny and spans many decades (demo: max ≈ 3e-5, median
+≈ 3e-10), so an absolute damping (0.1) swamps it and the preconditioner becomes the
+constant 1/λ: plain gradient ascent. We divide F by its mean over all parameters,
+F̃ = F / mean(F), so ``damping`` λ is *relative to the Fisher's own scale*: a parameter
+with the average Fisher gets 1/(1 + λ), one the retain set does not constrain gets up
+to 1/λ. α is then a step size in units of that normalised metric.
+
+Trajectory: epoch 0 = the baseline; ``phase == "scrub"`` rows every ``log_every`` steps
+(and the last step) with the forget loss; ``phase == "finetune"`` rows (epochs 1…);
+``phase == "final"`` = the returned model. ``scrub_change`` on the last scrub row is the
+relative change of the mean forget loss made by scrubbing alone.
 """
 
 from __future__ import annotations
@@ -18,9 +33,9 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from ..model import VAE
-from ..train import fit
-from . import register
+from .common import MembershipSet, finetune
 from .context import UnlearnContext
+from .retain_finetune import log_finetune_epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,48 +63,112 @@ def diagonal_fisher(model: torch.nn.Module, loss_fn: Callable, inputs: tuple[tor
 
 
 def _cell_loss(call, x):
-    """Negative ELBO of the cells, averaged over genes (see module docstring), summed over cells."""
+    """Negative ELBO of the cells divided by the number of genes (z = μ), summed over cells."""
     t = call(x)
     return ((t["nll"] + t["kl"]) / x.shape[-1]).sum()
 
 
-@register("fisher", {
-    "alpha": 1e-4, "damping": 0.1, "steps": 100, "fisher_cells": 1000, "chunk_size": 128,
-    "finetune_epochs": 10, "finetune_lr": 1e-3, "batch_size": 128, "patience": 5,
-})
-def fisher(ctx: UnlearnContext) -> VAE:
-    """Scrub with the inverse damped diagonal Fisher of the retain set, then fine-tune on retain."""
-    p, model = ctx.params, ctx.model
-    model.eval()  # deterministic per-cell loss (no dropout, z = μ) for Fisher and scrubbing
+def preconditioner(F: dict[str, torch.Tensor], damping: float) -> dict[str, torch.Tensor]:
+    """(F̃ + λ)⁻¹ with F̃ = F / mean(F) over every parameter entry (the damping rule above)."""
+    total = sum(float(v.sum()) for v in F.values())
+    count = sum(v.numel() for v in F.values())
+    scale = total / count if total > 0 else 1.0
+    return {k: 1.0 / (v / scale + damping) for k, v in F.items()}
+
+
+def retain_fisher(model: VAE, ctx: UnlearnContext, p: dict) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher on ``fisher_cells`` retain cells drawn with the method's seed."""
     gen = torch.Generator().manual_seed(ctx.seed)
     sub = torch.randperm(len(ctx.retain), generator=gen)[: p["fisher_cells"]].to(ctx.device)
-    F = diagonal_fisher(model, _cell_loss, (ctx.retain[sub],), p["chunk_size"])
+    return diagonal_fisher(model, _cell_loss, (ctx.retain[sub],), p["chunk_size"])
+
+
+def scrub(model: VAE, forget: torch.Tensor, P: dict[str, torch.Tensor], alpha: float, steps: int,
+          max_rise: float = float("inf"), on_step: Callable[[int, float], None] | None = None) -> int:
+    """Up to ``steps`` preconditioned ascent steps on the mean per-gene forget loss (eval mode).
+
+    Ascent on an unbounded loss accelerates once it starts to run away, so scrubbing stops
+    as soon as the forget loss is more than ``max_rise`` (relative) above its starting
+    value, and undoes the last step if the loss became non-finite. Returns the number of
+    steps taken. ``on_step(step, loss_before_step)`` is called before each step.
+    """
+    model.eval()  # deterministic per-cell loss (no dropout, z = μ)
     params = dict(model.named_parameters())
-    grads = None
-    for step in range(p["steps"]):
-        loss = _cell_loss(model, ctx.forget) / len(ctx.forget)
+    last, start = None, None
+    for step in range(steps):
+        loss = _cell_loss(model, forget) / len(forget)
         if not torch.isfinite(loss):
-            if grads is None:
+            if last is None:
                 raise ValueError("fisher: the forget loss is not finite before scrubbing")
             with torch.no_grad():
-                for (k, q), g in zip(params.items(), grads):  # undo the step that broke it
-                    q.sub_(p["alpha"] * g / (F[k] + p["damping"]))
+                for (k, q), g in zip(params.items(), last):  # undo the step that broke it
+                    q.sub_(alpha * P[k] * g)
             log.warning("fisher: forget loss non-finite at step %d; stopped scrubbing at step %d", step, step - 1)
-            break
-        grads = torch.autograd.grad(loss, list(params.values()))
+            return step - 1
+        start = float(loss.detach()) if start is None else start
+        if float(loss.detach()) > start * (1 + max_rise):
+            log.info("fisher: forget loss %.4g rose more than max_rise %g above %.4g; stopped at step %d",
+                     float(loss.detach()), max_rise, start, step)
+            return step
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+        last = torch.autograd.grad(loss, list(params.values()))
         with torch.no_grad():
-            for (k, q), g in zip(params.items(), grads):
-                q.add_(p["alpha"] * g / (F[k] + p["damping"]))
-        if step % 10 == 0 or step == p["steps"] - 1:
-            ctx.trajectory.log(epoch=step, phase="scrub", forget_loss=float(loss.detach()))
+            for (k, q), g in zip(params.items(), last):
+                q.add_(alpha * P[k] * g)
+    return steps
+
+
+def _finish(ctx: UnlearnContext, model: VAE, members: MembershipSet, before: dict, step: int) -> VAE:
+    p = ctx.params
+    after = members.losses(model)
+    change = (after["forget_loss"] - before["forget_loss"]) / abs(before["forget_loss"])
+    ctx.trajectory.log(epoch=0, step=step, phase="scrub", **after, scrub_change=change)
+    log.info("%s: forget loss %.6f → %.6f after scrubbing (%+.2f%%)", ctx.trajectory.name,
+             before["forget_loss"], after["forget_loss"], 100 * change)
     if p["finetune_epochs"] > 0:
-        X = torch.cat([ctx.retain, ctx.validation])
-        nr = len(ctx.retain)
-        hist = fit(model, X, torch.arange(nr), torch.arange(nr, len(X)), lr=p["finetune_lr"],
-                   batch_size=p["batch_size"], max_epochs=p["finetune_epochs"], kl_warmup_epochs=0,
-                   patience=p["patience"], seed=ctx.seed)
-        for r in hist.itertuples():
-            ctx.trajectory.log(epoch=p["steps"] + r.epoch, phase="finetune", retain_loss=r.train_loss,
-                               val_elbo=r.val_elbo)
+        finetune(model, ctx, epochs=p["finetune_epochs"], lr=p["finetune_lr"], batch_size=p["batch_size"],
+                 patience=p["patience"], on_epoch=log_finetune_epoch(ctx, members, model, step))
     model.eval()
+    last_epoch = int(ctx.trajectory.rows[-1]["epoch"])
+    ctx.trajectory.log(epoch=last_epoch, step=step, phase="final", **members.losses(model))
     return model
+
+
+def _start(ctx: UnlearnContext):
+    model = ctx.model
+    model.eval()
+    members = MembershipSet.build(model, ctx, ctx.params["match_k"])
+    before = members.losses(model)
+    ctx.trajectory.log(epoch=0, step=0, phase="baseline", **before)
+    F = retain_fisher(model, ctx, ctx.params)
+    P = preconditioner(F, ctx.params["damping"])
+    flat = torch.cat([v.flatten() for v in P.values()])
+    log.info("%s: preconditioner (F/mean F + %g)^-1 spans %.4g … %.4g (median %.4g)", ctx.trajectory.name,
+             ctx.params["damping"], float(flat.min()), float(flat.max()), float(flat.median()))
+    return model, members, before, P
+
+
+def fisher(ctx: UnlearnContext) -> VAE:
+    """Scrub with the inverse damped, unit-mean diagonal Fisher of the retain set, then fine-tune on retain."""
+    p = ctx.params
+    model, members, before, P = _start(ctx)
+
+    def on_step(step, loss):
+        if step and step % p["log_every"] == 0:
+            ctx.trajectory.log(epoch=0, step=step, phase="scrub", **members.losses(model))
+
+    kept = scrub(model, ctx.forget, P, p["alpha"], p["steps"], p["max_rise"], on_step)
+    return _finish(ctx, model, members, before, kept)
+
+
+def fisher_noise(ctx: UnlearnContext) -> VAE:
+    """Add Gaussian noise of variance alpha · (F̃ + damping)⁻¹ per parameter (Golatkar et al. 2020), then fine-tune."""
+    p = ctx.params
+    model, members, before, P = _start(ctx)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    with torch.no_grad():
+        for k, q in model.named_parameters():
+            eps = torch.randn(q.shape, generator=gen).to(q.device)
+            q.add_(torch.sqrt(p["alpha"] * P[k]) * eps)
+    return _finish(ctx, model, members, before, 1)

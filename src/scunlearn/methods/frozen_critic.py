@@ -2,31 +2,37 @@
 
 Critics are trained on the baseline's features of forget cells vs the validation cells
 matched to them (see :class:`~scunlearn.methods.common.MembershipSet`), then frozen.
+The VAE minimises ``retain_weight`` · L_retain + L_critic where
+
+* L_retain is the per-gene negative ELBO of a retain batch (≈ 0.9 nats; see
+  :mod:`.common` for why per gene: the paper's λ = 5 / 10 were set for a per-element loss),
+* L_critic = mean over critics and forget cells of softplus(logit) = BCE(logit, "non-member"),
+  ≈ 0.7 for an undecided critic: the same order as L_retain, as in the paper.
+
+Trajectory: epoch 0 = the baseline, then one row per epoch with both losses, each term's
+gradient share ‖∇θ term‖ / Σ‖∇θ term‖ (mean over batches; the retain term with its
+weight), the critics' mean score on forget cells, the movement columns ``forget_loss`` /
+``val_loss`` / ``loss_gap`` (per gene, z = μ), and a shadow AUC every ``shadow_every``
+epochs; ``phase == "final"`` = the returned model.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from ..audit.attack import feature_grad, fit_attacker
 from ..model import VAE
-from . import register
-from .common import MembershipSet, retain_batches
+from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
 from .context import UnlearnContext
 
-ATTACKER = {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 300}
-SHADOW = {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100}
 
-
-@register("frozen_critic", {
-    "n_critics": 1, "retain_weight": 5.0, "epochs": 10, "lr": 1e-4, "batch_size": 128, "match_k": 7,
-    "critic": ATTACKER, "shadow": SHADOW,
-})
 def frozen_critic(ctx: UnlearnContext) -> VAE:
-    """Minimise retain_weight · retain ELBO loss + the frozen critics' membership score on forget cells."""
+    """Minimise retain_weight · per-gene retain loss + the frozen critics' membership score on forget cells."""
     p, model = ctx.params, ctx.model
     members = MembershipSet.build(model, ctx, p["match_k"])
+    ctx.trajectory.log(epoch=0, phase="baseline", **members.losses(model))
     feats, y = members.features(model), members.y.cpu().numpy()
     critics = []
     for i in range(p["n_critics"]):
@@ -34,28 +40,39 @@ def frozen_critic(ctx: UnlearnContext) -> VAE:
         c.eval()  # eval: no dropout, no spectral-norm power iteration: the critic is a constant
         c.requires_grad_(False)
         critics.append(c)
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=p["lr"])
     gen = torch.Generator().manual_seed(ctx.seed)
-    for epoch in range(p["epochs"]):
-        tot_r = tot_c = 0.0
+    torch.manual_seed(ctx.seed)
+    for epoch in range(1, p["epochs"] + 1):
+        tot = {"retain": 0.0, "critic": 0.0}
+        sh = []
         batches = retain_batches(len(ctx.retain), p["batch_size"], gen, ctx.device)
         for b in batches:
             model.train()
-            retain_loss = model.loss(ctx.retain[b], beta=1.0)
+            retain_loss = per_gene_loss(model, ctx.retain[b])
             f = feature_grad(model, ctx.forget)
             # membership score: the critics' mean log-odds that forget cells are members,
             # pushed towards "non-member" through softplus(logit) = BCE(logit, label 0)
             critic_loss = torch.stack([F.softplus(c(f)).mean() for c in critics]).mean()
-            loss = p["retain_weight"] * retain_loss + critic_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            g_r = torch.autograd.grad(p["retain_weight"] * retain_loss, params, allow_unused=True)
+            g_c = torch.autograd.grad(critic_loss, params, allow_unused=True)
+            sh.append(shares({"retain": grad_norm(g_r), "critic": grad_norm(g_c)}))
+            for q, a, c in zip(params, g_r, g_c):
+                q.grad = None if a is None and c is None else (0 if a is None else a) + (0 if c is None else c)
             opt.step()
-            tot_r += float(retain_loss.detach())
-            tot_c += float(critic_loss.detach())
+            opt.zero_grad(set_to_none=True)
+            tot["retain"] += float(retain_loss.detach())
+            tot["critic"] += float(critic_loss.detach())
         with torch.no_grad():
             f = feature_grad(model, ctx.forget)
             score = float(torch.stack([torch.sigmoid(c(f)).mean() for c in critics]).mean())
-        ctx.trajectory.log(epoch=epoch, retain_loss=tot_r / len(batches), critic_loss=tot_c / len(batches),
-                           critic_score=score, shadow_auc=members.shadow(model, p["shadow"], ctx.seed + epoch))
+        row = dict(epoch=epoch, phase="train", **members.losses(model),
+                   retain_loss=tot["retain"] / len(batches), critic_loss=tot["critic"] / len(batches),
+                   **{k: float(np.mean([s[k] for s in sh])) for k in sh[0]}, critic_score=score)
+        if p["shadow_every"] and epoch % p["shadow_every"] == 0:
+            row["shadow_auc"] = members.shadow(model, p["shadow"], ctx.seed + epoch)
+        ctx.trajectory.log(**row)
     model.eval()
+    ctx.trajectory.log(epoch=p["epochs"], phase="final", **members.losses(model))
     return model
