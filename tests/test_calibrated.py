@@ -5,8 +5,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from scunlearn.audit.calibrated import (calibrated_scores, compare, minimal_detectable_delta, per_cell_audit,
-                                        outcome, structural, verdict)
+from scunlearn.audit.calibrated import (
+    calibrated_scores,
+    compare,
+    minimal_detectable_delta,
+    outcome,
+    per_cell_audit,
+    structural,
+    verdict,
+)
 from scunlearn.audit.power import power_table, simulate_cell_stats
 from scunlearn.audit.verdict import add_verdicts, paper_verdict, power_summary
 

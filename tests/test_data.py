@@ -19,7 +19,6 @@ from scunlearn.splits import load_partition, make_forget_set, make_split, save_s
 
 from .conftest import PRE_CFG
 
-
 # ------------------------------------------------------------------ simulator
 
 def test_simulator_is_deterministic_and_realistic(markers):

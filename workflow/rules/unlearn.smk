@@ -16,6 +16,7 @@ rule unlearn:
             "matched.py",
             "audit/attack.py",
             "audit/metrics.py",
+            "params.py",
             *METHOD_MODULES,
         ),
     output:

@@ -1,6 +1,6 @@
 """The registry of unlearning methods: name → implementation module, defaults, parameter schema.
 
-This module (with :mod:`.schema`) imports no torch, numpy or scanpy: the Snakefile
+This module (with :mod:`scunlearn.params`) imports no torch, numpy or scanpy: the Snakefile
 imports it at parse time to check every configured variant's parameters, in an
 environment that may hold only snakemake, jsonschema and pyyaml. The implementation
 is imported only when :attr:`MethodSpec.fn` is first used (in the unlearning job).
@@ -15,13 +15,12 @@ A method is called as ``fn(ctx)`` and must never need audit cells (it cannot rea
 
 from __future__ import annotations
 
-import copy
 import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from .. import ScunlearnError
-from .schema import ATTACKER_SCHEMA, check_schema_covers, choice, int_list, integer, number, obj, validate
+from ..params import ATTACKER_SCHEMA, check_schema_covers, choice, int_list, integer, merge, number, obj, validate
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,6 @@ def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None =
     return s
 
 
-def _merge(defaults: dict, params: dict, where: str) -> dict:
-    if not isinstance(params, dict):
-        raise ScunlearnError(f"{where}: expected a mapping of {sorted(defaults)}, got {params!r}")
-    out = copy.deepcopy(defaults)
-    for k, v in params.items():
-        if k not in defaults:
-            raise ScunlearnError(f"{where}: unknown parameter '{k}'; known: {sorted(defaults)}")
-        out[k] = _merge(defaults[k], v, f"{where}.{k}") if isinstance(defaults[k], dict) else v
-    return out
-
-
 def get_method(name: str) -> MethodSpec:
     """The registered method ``name``, or a clear error listing the known ones."""
     if name not in REGISTRY:
@@ -85,7 +73,7 @@ def resolve_params(name: str, params: dict | None, variant: str | None = None) -
     """
     m = get_method(name)
     where = f"methods.{variant or name}.params"
-    out = _merge(m.defaults, {} if params is None else params, where)
+    out = merge(m.defaults, {} if params is None else params, where)
     validate(out, m.schema, where)
     return out
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ... import ScunlearnError
-from ...params import check_schema_covers, choice, int_list, integer, merge, number, obj, validate
+from ...params import ATTACKER_SCHEMA, check_schema_covers, choice, integer, merge, number, obj, validate
 
 #: the attack every study runs: the verdicts come from it
 PRIMARY = "per_cell"
@@ -93,9 +93,7 @@ spec("per_cell",
 spec("mlp",
      {"folds": 5, "repeats": 10,
       "attacker": {"hidden": [256, 256], "dropout": 0.3, "lr": 1e-3, "weight_decay": 1e-4, "epochs": 300}},
-     obj(folds=integer(2), repeats=integer(1),
-         attacker=obj(hidden=int_list(), dropout=number(0, 1), lr=number(positive=True),
-                      weight_decay=number(0), epochs=integer(1))),
+     obj(folds=integer(2), repeats=integer(1), attacker=ATTACKER_SCHEMA),
      "The paper's attack: a fresh spectral-norm MLP per model on per-cell features, out-of-fold, "
      "AUC per fold averaged.")
 
