@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = rule_costs(jobs)
     print(f"# {a.results_dir}: {len(jobs)} jobs; wall/CPU/start-up summed over each rule's jobs (s), "
-          "peak RSS max (MB); startup = process start to 'ready' (imports + data loading), in wall and CPU seconds; trust CPU shares on a shared machine")
+          "peak RSS max (MB); startup = process start to 'ready' (imports + data loading), in wall and "
+          "CPU seconds; trust CPU shares on a shared machine")
     print(format_table(table))
     if a.jobs:
         print()

@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# model: job time = its CPU seconds / its threads (CPU time, not wall: on a shared machine the wall")
     print("# clock counts other users' work); wall on N cores = max(critical path, core-seconds / N)")
     print()
-    print(f"{'':28}{'epochs/model':>14}{'CPU-hours':>11}{'critical path':>15}  " + "  ".join(f"wall@{n}c" for n in cores))
+    head = f"{'':28}{'epochs/model':>14}{'CPU-hours':>11}{'critical path':>15}  "
+    print(head + "  ".join(f"wall@{n}c" for n in cores))
     for label, e, est in (("CPU, upper (max_epochs)", hi_epochs, hi), ("CPU, lower (early stop)", lo_epochs, lo)):
         walls = "  ".join(f"{est['wall_h'][n]:>6.1f}h".rjust(len(f"wall@{n}c")) for n in cores)
         print(f"{label:28}{e:>14}{est['cpu_hours']:>11.1f}{est['critical_path_h']:>14.2f}h  {walls}")

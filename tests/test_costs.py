@@ -6,7 +6,8 @@ import pytest
 
 from scunlearn.costs import format_table, job_costs, log_ready, process_age, rule_costs
 
-BENCH = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n{s}\t0:00:{s}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n"
+BENCH = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+         "{s}\t0:00:{s}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
 
 
 def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready):

@@ -41,7 +41,8 @@ def _config(tmp_path, **changes):
     ({"methods.frozen_single.params": {"critic": 5}}, "methods.frozen_single.params.critic: expected a mapping"),
     ({"methods.extragradient_l10.params": {"early_stop": {"smoothing": 0}}},
      "methods.extragradient_l10.params.early_stop.smoothing: 0 is less than the minimum of 1"),
-    ({"methods.retain_finetune.params": {"lr": "fast"}}, "methods.retain_finetune.params.lr: 'fast' is not of type 'number'"),
+    ({"methods.retain_finetune.params": {"lr": "fast"}},
+     "methods.retain_finetune.params.lr: 'fast' is not of type 'number'"),
 ])
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, change, message):
     cfg = _config(tmp_path, **change)
@@ -68,7 +69,8 @@ def test_tiny_study_end_to_end(tmp_path):
     assert set(zip(summary["forget_set"], summary["variant"])) == expected
     assert summary["auc"].between(0, 1).all() and summary["pc_auc"].between(0, 1).all()
     assert (summary["auc_ci_low"] <= summary["auc_ci_high"]).all()
-    assert (summary["pc_auc_ci_low"] <= summary["pc_auc"]).all() and (summary["pc_auc"] <= summary["pc_auc_ci_high"]).all()
+    assert (summary["pc_auc_ci_low"] <= summary["pc_auc"]).all()
+    assert (summary["pc_auc"] <= summary["pc_auc_ci_high"]).all()
     assert set(summary.loc[summary["method"] == "retrain", "verdict"]) == {"TARGET"}
     assert set(summary["verdict"]) <= set(VERDICTS)
     assert "OVER-UNLEARN" not in set(summary.loc[summary["method"] == "baseline", "verdict"])
@@ -76,7 +78,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert set(summary.loc[summary["method"] == "retrain", "n_references"]) == {2}
     assert set(summary.loc[~summary["method"].isin(["retrain"]), "n_references"]) == {3}
     assert set(summary["seed"]) == {0}
-    for fs, g in summary.groupby("forget_set"):
+    for _, g in summary.groupby("forget_set"):
         floor = g.loc[g["method"] == "retrain", "auc"].mean()
         assert g["floor"].iloc[0] == pytest.approx(floor)
         assert g["band_high"].iloc[0] == pytest.approx(floor + 0.03)
@@ -116,6 +118,7 @@ def test_tiny_study_end_to_end(tmp_path):
     r = _smk(["-n", "--configfile", str(cfg), "--directory", str(tmp_path)], tmp_path, timeout=120)
     assert "Nothing to be done" in r.stdout + r.stderr
     changed = _config(tmp_path, **{"methods.fisher.params": {"steps": 4, "fisher_cells": 100, "finetune_epochs": 1}})
-    r = _smk(["-n", "--quiet", "rules", "--configfile", str(changed), "--directory", str(tmp_path)], tmp_path, timeout=120)
+    args = ["-n", "--quiet", "rules", "--configfile", str(changed), "--directory", str(tmp_path)]
+    r = _smk(args, tmp_path, timeout=120)
     text = r.stdout + r.stderr
     assert "unlearn" in text and "baseline" not in text and "retrain" not in text and "preprocess" not in text

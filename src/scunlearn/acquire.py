@@ -205,7 +205,8 @@ def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = P
     n_cells, n_genes = int(expected["n_cells"]), int(expected["n_genes"])
     if adata.shape != (n_cells, n_genes):
         raise _refuse(archive, url, checksums,
-                      f"{archive} holds {adata.shape[0]} cells x {adata.shape[1]} genes, expected {n_cells} x {n_genes}")
+                      f"{archive} holds {adata.shape[0]} cells x {adata.shape[1]} genes, "
+                      f"expected {n_cells} x {n_genes}")
     if expected["sha256"]:
         log.info("sha256 verified against %s: %s", checksums, digest)
     else:

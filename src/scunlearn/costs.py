@@ -152,7 +152,8 @@ def rule_costs(jobs):
 def format_table(df) -> str:
     """Fixed-width text of :func:`rule_costs` output."""
     fmt = {"wall_s": "{:.1f}", "cpu_s": "{:.1f}", "max_rss_mb": "{:.0f}", "startup_s": "{:.1f}",
-           "startup_share": "{:.0%}", "startup_cpu_s": "{:.1f}", "startup_cpu_share": "{:.0%}", "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
+           "startup_share": "{:.0%}", "startup_cpu_s": "{:.1f}", "startup_cpu_share": "{:.0%}",
+           "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
     cells = [[str(c) for c in df.columns]]
     for r in df.itertuples(index=False):
         row = []

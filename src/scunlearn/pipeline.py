@@ -393,7 +393,8 @@ def package_versions() -> dict:
 
 STAGES = {
     "download": stage_download, "acquire": stage_acquire, "preprocess": stage_preprocess, "split": stage_split,
-    "forget": stage_forget, "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn, "audit": stage_audit,
+    "forget": stage_forget, "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn,
+    "audit": stage_audit,
     "aggregate": stage_aggregate, "report": stage_report,
 }
 

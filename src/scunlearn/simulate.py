@@ -71,8 +71,9 @@ def simulate_counts(
     marker_genes = list(dict.fromkeys(markers["gene"]))
     n_other = n_genes - len(marker_genes) - len(MT_GENES)
     if n_other < 10:
+        need = len(marker_genes) + len(MT_GENES) + 10
         raise ScunlearnError(f"dataset.simulate.n_genes={n_genes} is too small: the {len(marker_genes)} marker "
-                             f"genes and {len(MT_GENES)} MT genes need at least {len(marker_genes) + len(MT_GENES) + 10}")
+                             f"genes and {len(MT_GENES)} MT genes need at least {need}")
     genes = marker_genes + MT_GENES + [f"SIMG{i:05d}" for i in range(n_other)]
     G = len(genes)
     is_mt = np.isin(genes, MT_GENES)

@@ -39,7 +39,8 @@ def make_split(barcodes, train_fraction: float, validation_fraction: float, seed
     }
     for k, v in parts.items():
         if len(v) == 0:
-            raise ScunlearnError(f"split '{k}' is empty with {n} cells; adjust splits.train_fraction / validation_fraction")
+            raise ScunlearnError(
+                f"split '{k}' is empty with {n} cells; adjust splits.train_fraction / validation_fraction")
     return {
         "seed": int(seed),
         "train_fraction": float(train_fraction),

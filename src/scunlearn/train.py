@@ -62,7 +62,8 @@ def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
     if hit is not None and hit[0] == stamp:
         return hit[1]
     with torch.no_grad():
-        rows = torch.cat([log_factorial_rows(X[s:s + 4096]) for s in range(0, len(X), 4096)]) if len(X) else X.new_zeros(0)
+        chunks = [log_factorial_rows(X[s:s + 4096]) for s in range(0, len(X), 4096)]
+        rows = torch.cat(chunks) if chunks else X.new_zeros(0)
     if hit is None:
         weakref.finalize(X, _LOG_FACTORIAL.pop, key, None)
     _LOG_FACTORIAL[key] = (stamp, rows)
@@ -113,7 +114,8 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
         train_loss = run_epoch(model, opt, X, train_idx, batch_size, beta, gen)
         val = elbo(model, X, val_idx)
         if not np.isfinite(train_loss) or not np.isfinite(val):
-            raise ScunlearnError(f"training diverged at epoch {epoch} (loss {train_loss}, val ELBO {val}); lower train.lr")
+            raise ScunlearnError(
+                f"training diverged at epoch {epoch} (loss {train_loss}, val ELBO {val}); lower train.lr")
         improved = val > best + min_delta
         if improved:
             best, best_state, best_epoch, bad = val, copy.deepcopy(model.state_dict()), epoch, 0

@@ -105,7 +105,9 @@ def dataset_files():
             raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): the folder {path} is empty")
         return files
     if p.is_dir():
-        raise WorkflowError(f"config dataset.path ({CONFIG_FILES}): {path} is a folder, but source '{source}' reads one file")
+        raise WorkflowError(
+            f"config dataset.path ({CONFIG_FILES}): {path} is a folder, but source '{source}' reads one file"
+        )
     return [str(p)]
 
 

@@ -230,7 +230,8 @@ def _fold_bootstrap(y: np.ndarray, scores: list[np.ndarray], tests: list[np.ndar
         sp, sn = s[yt], s[~yt]
         bp = sp[rng.integers(0, len(sp), size=(n_boot, len(sp)))]
         bn = sn[rng.integers(0, len(sn), size=(n_boot, len(sn)))]
-        total += ((bp[:, :, None] > bn[:, None, :]).mean((1, 2)) + 0.5 * (bp[:, :, None] == bn[:, None, :]).mean((1, 2)))
+        gt = (bp[:, :, None] > bn[:, None, :]).mean((1, 2))
+        total += gt + 0.5 * (bp[:, :, None] == bn[:, None, :]).mean((1, 2))
     return total / len(scores)
 
 

@@ -203,7 +203,8 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     comp = [calibrated_scores(retrain[r], np.array([retrain[o] for o in out_names if o != r]), n0=n0)["z"]
             for r in out_names if len(out_names) > 1]
     comp = np.array(comp).reshape(-1, len(target))
-    ctrl = np.array([calibrated_scores(v, out_refs, n0=n0)["z"] for v in (controls or {}).values()]).reshape(-1, len(target))
+    ctrl = np.array([calibrated_scores(v, out_refs, n0=n0)["z"] for v in (controls or {}).values()])
+    ctrl = ctrl.reshape(-1, len(target))
     if strata is not None:
         pop = negatives.get("all", negatives["matched"])
         sc["z"] = population_centre(sc["z"], strata, pop)

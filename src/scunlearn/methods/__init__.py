@@ -96,7 +96,8 @@ spec("frozen_critic",
      obj(n_critics=integer(1), retain_weight=number(positive=True), epochs=integer(1),
          lr=number(positive=True), batch_size=integer(2), match_k=integer(1), critic=ATTACKER_SCHEMA,
          shadow=ATTACKER_SCHEMA, shadow_every=integer(0)),
-     "Frozen pre-trained critics; the VAE minimises retain_weight · per-gene retain loss + the critics' membership score.")
+     "Frozen pre-trained critics; the VAE minimises retain_weight · per-gene retain loss "
+     "+ the critics' membership score.")
 
 spec("extragradient",
      {"retain_weight": 10.0, "n_attackers": 3, "epochs": 50, "lr": 1e-4, "attacker_lr_ratio": 5.0,
@@ -120,13 +121,15 @@ spec("fisher",
      obj(alpha=number(positive=True), damping=number(positive=True), steps=integer(0), max_rise=number(positive=True),
          fisher_cells=integer(1), chunk_size=integer(1), **_FINETUNE_SCHEMA, match_k=integer(1),
          log_every=integer(1)),
-     "Scrub: ascend the forget loss preconditioned by the inverse damped, unit-mean diagonal Fisher; then fine-tune on retain.")
+     "Scrub: ascend the forget loss preconditioned by the inverse damped, unit-mean diagonal Fisher; "
+     "then fine-tune on retain.")
 
 spec("fisher_noise",
      {"alpha": 1e-4, "damping": 0.1, "fisher_cells": 1000, "chunk_size": 128, **_FINETUNE, "match_k": 7},
      obj(alpha=number(positive=True), damping=number(positive=True), fisher_cells=integer(1),
          chunk_size=integer(1), **_FINETUNE_SCHEMA, match_k=integer(1)),
-     "Golatkar et al. (2020) Fisher forgetting: Gaussian noise of variance alpha / (F + damping) per parameter; then fine-tune.",
+     "Golatkar et al. (2020) Fisher forgetting: Gaussian noise of variance alpha / (F + damping) per parameter; "
+     "then fine-tune.",
      module="fisher")
 
 spec("retain_finetune",
