@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from scunlearn.audit.attack import mia, oof_scores
+from scunlearn.audit.attack import mia
 from scunlearn.audit.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
 from scunlearn.audit.verdict import add_verdicts, floor_stats, paper_verdict
+from scunlearn.membership import oof_scores
 
 ATT = {"folds": 5, "repeats": 2, "bootstrap": 300,
        "attacker": {"hidden": [32, 32], "dropout": 0.3, "lr": 3e-3, "weight_decay": 1e-4, "epochs": 80}}
@@ -152,7 +153,7 @@ def test_grouped_folds_remove_the_matched_design_anti_learning_bias():
 
 
 def test_grouped_folds_keep_groups_together():
-    from scunlearn.audit.attack import fold_splits
+    from scunlearn.membership import fold_splits
 
     _, y, groups = _matched_null()
     for _, tr, te in fold_splits(y, 5, 2, 0, groups):

@@ -14,7 +14,7 @@ rule unlearn:
             "optim.py",
             "splits.py",
             "matched.py",
-            "audit/attack.py",
+            "membership.py",
             "audit/metrics.py",
             "params.py",
             *METHOD_MODULES,

@@ -47,12 +47,12 @@ class AuditData:
     @cached_property
     def features(self) -> np.ndarray:
         """The MLP attack's per-cell features of forget + matched rows (computed once per job)."""
-        from .attack import model_features
+        from ..membership import model_features
 
         return model_features(self.model, self.X, np.r_[self.forget, self.matched])
 
     @cached_property
     def feature_names(self) -> list[str]:
-        from .attack import feature_names
+        from ..membership import feature_names
 
         return feature_names(self.model.cfg.latent)

@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..audit.attack import feature_grad, features_from_terms, shadow_auc
 from ..matched import matched_negatives
+from ..membership import feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
 from ..train import run_epoch
 from .context import UnlearnContext

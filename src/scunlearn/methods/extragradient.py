@@ -38,7 +38,7 @@ import copy
 import numpy as np
 import torch
 
-from ..audit.attack import Attacker, bce_balanced, feature_grad
+from ..membership import Attacker, bce_balanced, feature_grad
 from ..model import VAE
 from ..optim import ExtraGradient
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares

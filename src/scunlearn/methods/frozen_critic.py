@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..audit.attack import feature_grad, fit_attacker
+from ..membership import feature_grad, fit_attacker
 from ..model import VAE
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
 from .context import UnlearnContext
