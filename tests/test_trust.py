@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _smk(args, cwd=ROOT, timeout=900):
+def _smk(args, cwd=ROOT, timeout=1800):
     return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
-def _smk(args, cwd, timeout=900):
+def _smk(args, cwd, timeout=1800):
     return subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
