@@ -121,3 +121,40 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_markers(path):
+    """The marker table (columns ``cell_type``, ``gene``), with errors naming the file."""
+    import pandas as pd
+
+    from . import ScunlearnError
+
+    try:
+        m = pd.read_csv(path, sep="\t")
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: marker table not found") from e
+    if not {"cell_type", "gene"} <= set(m.columns):
+        raise ScunlearnError(f"{path}: marker table needs columns 'cell_type' and 'gene'")
+    return m
+
+
+def read_adata(path):
+    """An h5ad file, with errors naming the file; logs the stage's start-up mark once it is read."""
+    import anndata as ad
+
+    from . import ScunlearnError
+    from .costs import log_ready
+
+    try:
+        adata = ad.read_h5ad(path)
+        log_ready(log, f"read {path}")
+        return adata
+    except FileNotFoundError as e:
+        raise ScunlearnError(f"{path}: file not found") from e
+    except Exception as e:  # noqa: BLE001
+        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e})") from e
+
+
+def write_h5ad(adata, path) -> None:
+    """Uncompressed, atomically: intermediate files are read by many jobs, and gzip made each read ~2x slower."""
+    write_with(path, lambda p: adata.write_h5ad(p, compression=None))

@@ -90,11 +90,11 @@ def _fit_attacker(feats, y, cfg: dict, seed: int) -> Attacker:
     torch.manual_seed(seed)
     Xt = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-    att = Attacker(Xt.shape[1], tuple(cfg.get("hidden", (256, 256))), cfg.get("dropout", 0.3))
+    att = Attacker(Xt.shape[1], tuple(cfg["hidden"]), cfg["dropout"])
     att.set_standardisation(Xt)
-    opt = torch.optim.Adam(att.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 1e-4))
+    opt = torch.optim.Adam(att.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     att.train()
-    for _ in range(cfg.get("epochs", 300)):
+    for _ in range(cfg["epochs"]):
         loss = bce_balanced(att(Xt), yt)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import ScunlearnError
 from .costs import log_ready
-from .io import read_json, setup_logging, write_json, write_tsv, write_with
+from .io import read_adata, read_json, read_markers, setup_logging, write_h5ad, write_json, write_tsv  # noqa: F401
 
 if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
     import torch
@@ -64,32 +64,6 @@ def matrix_checksum(adata: ad.AnnData) -> str:
     h.update("\n".join(adata.obs_names).encode())
     h.update("\n".join(adata.var_names).encode())
     return h.hexdigest()
-
-
-def read_markers(path) -> pd.DataFrame:
-    try:
-        m = pd.read_csv(path, sep="\t")
-    except FileNotFoundError as e:
-        raise ScunlearnError(f"{path}: marker table not found") from e
-    if not {"cell_type", "gene"} <= set(m.columns):
-        raise ScunlearnError(f"{path}: marker table needs columns 'cell_type' and 'gene'")
-    return m
-
-
-def read_adata(path) -> ad.AnnData:
-    try:
-        adata = ad.read_h5ad(path)
-        log_ready(log, f"read {path}")
-        return adata
-    except FileNotFoundError as e:
-        raise ScunlearnError(f"{path}: file not found") from e
-    except Exception as e:  # noqa: BLE001
-        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e})") from e
-
-
-def write_h5ad(adata: ad.AnnData, path) -> None:
-    """Uncompressed: intermediate files are read by many jobs, and gzip made each read ~2x slower."""
-    write_with(path, lambda p: adata.write_h5ad(p, compression=None))
 
 
 def _device(spec: str) -> torch.device:

@@ -75,11 +75,11 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
         n_pos = (M * yt).sum(1).clamp_min(1.0)
         pos_weight = (cnt[:, 0] - n_pos) / n_pos  # class balance of each attacker's own fold
         w = M * torch.where(yt.bool(), pos_weight[:, None], torch.ones_like(M))
-        att = BatchedAttackers(M.shape[0], X.shape[1], tuple(cfg.get("hidden", (256, 256))), cfg.get("dropout", 0.3))
-        opt = torch.optim.Adam(att.parameters(), lr=cfg.get("lr", 1e-3), weight_decay=cfg.get("weight_decay", 1e-4))
+        att = BatchedAttackers(M.shape[0], X.shape[1], tuple(cfg["hidden"]), cfg["dropout"])
+        opt = torch.optim.Adam(att.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
         att.train()
         target = yt.expand_as(M)
-        for _ in range(cfg.get("epochs", 300)):
+        for _ in range(cfg["epochs"]):
             bce = nn.functional.binary_cross_entropy_with_logits(att(xs), target, reduction="none")
             # per attacker: mean of its weighted training rows (as bce_balanced), summed over attackers
             loss = ((bce * w).sum(1) / cnt[:, 0]).sum()
