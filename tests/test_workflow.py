@@ -122,3 +122,36 @@ def test_tiny_study_end_to_end(tmp_path):
     r = _smk(args, tmp_path, timeout=120)
     text = r.stdout + r.stderr
     assert "unlearn" in text and "baseline" not in text and "retrain" not in text and "preprocess" not in text
+
+
+def test_config_readme_documents_every_schema_key_with_its_default():
+    """config/README.md lists every key of config/schema.yaml, and the default it quotes is the schema's."""
+    import re
+
+    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+    readme = (ROOT / "config/README.md").read_text()
+    # table rows: first cell's `keys`, second cell (when it is a `single value`) the quoted default
+    rows = [r.split("|") for r in readme.splitlines() if r.startswith("| `")]
+    documented = {k: r[2].strip() for r in rows for k in re.findall(r"`([^`]+)`", r[1])}
+    documented |= {k: "" for k in re.findall(r"^## `([^`]+)`", readme, re.M)}  # sections (maps of names)
+
+    def leaves(node, path):
+        for k, v in node.get("properties", {}).items():
+            if v.get("type") == "object" and "properties" in v:
+                yield from leaves(v, path + [k])
+            else:
+                yield path + [k], v
+
+    undocumented, wrong = [], []
+    for path, spec in leaves(schema, []):
+        names = [".".join(path[i:]) for i in range(len(path))]  # full path down to the bare key
+        hit = next((n for n in names if n in documented), None)
+        if hit is None:
+            undocumented.append(".".join(path))
+            continue
+        if "default" in spec and not isinstance(spec["default"], (dict, list)):
+            quoted = re.fullmatch(r"`([^`]*)`", documented[hit])
+            if quoted and yaml.safe_load(quoted.group(1)) != spec["default"]:
+                wrong.append((".".join(path), quoted.group(1), spec["default"]))
+    assert not undocumented, f"keys missing from config/README.md: {undocumented}"
+    assert not wrong, f"config/README.md quotes other defaults than the schema: {wrong}"
