@@ -206,16 +206,11 @@ def _closure(modules: set[str]) -> set[str]:
     return third
 
 
-def _stage_closure(stage: str) -> set[str]:
-    """Third-party packages of one pipeline stage: the module's top-level imports, the stage
+def _stage_closure(entry: str) -> set[str]:
+    """Third-party packages of one pipeline stage function: the module's top-level imports, the
     function's own imports and those of the pipeline helpers it calls, followed into scunlearn."""
     tree = ast.parse((SRC / "scunlearn/pipeline.py").read_text())
     funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    stages = next(
-        n.value for n in tree.body
-        if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "STAGES" for t in n.targets)
-    )
-    entry = {k.value: v.id for k, v in zip(stages.keys, stages.values)}[stage]
     top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
     third, own = _imports(top, "scunlearn.pipeline", False)
     done, todo = set(), [entry]
@@ -268,7 +263,7 @@ def test_common_smk_points_to_the_env_files():
 def test_rule_environment_holds_every_package_its_code_imports(rule):
     info = _rules()[rule]
     script = info["script"]
-    stage = re.search(r'run\("(\w+)"', script.read_text()).group(1)
+    stage = re.search(r"run\((stage_\w+), snakemake\)", script.read_text()).group(1)
     needed = _stage_closure(stage)
     for extra in (script, script.parent / "_stage.py"):
         needed |= _imports(ast.parse(extra.read_text()), "_script", False)[0]

@@ -365,16 +365,13 @@ def package_versions() -> dict:
     return out
 
 
-STAGES = {
-    "download": stage_download, "acquire": stage_acquire, "preprocess": stage_preprocess, "split": stage_split,
-    "forget": stage_forget, "train": stage_train, "matched": stage_matched, "unlearn": stage_unlearn,
-    "audit": stage_audit,
-    "aggregate": stage_aggregate, "report": stage_report,
-}
+def run(stage_fn, smk) -> None:
+    """Entry point for ``workflow/scripts``: log to the rule's log file, run ``stage_fn``, log any error.
 
-
-def run(stage: str, smk) -> None:
-    """Entry point for ``workflow/scripts``: log to the rule's log file, run the stage, log any error."""
+    Each script passes its stage function itself (``run(stage_train, snakemake)``), so a
+    reader can follow the call from the rule to the code.
+    """
+    stage = stage_fn.__name__.removeprefix("stage_")
     setup_logging(smk.log[0] if len(smk.log) else None)
     inp = {k: v for k, v in smk.input.items()}
     out = {k: v for k, v in smk.output.items()}
@@ -382,7 +379,7 @@ def run(stage: str, smk) -> None:
     log.info("stage %s: rule %s, wildcards %s, threads %d", stage, smk.rule, dict(smk.wildcards.items()), smk.threads)
     log_ready(log, "stage called")
     try:
-        STAGES[stage](inp, out, params, smk.threads)
+        stage_fn(inp, out, params, smk.threads)
     except Exception as e:
         log.error("stage %s failed:\n%s", stage, traceback.format_exc())
         _tell_terminal(stage, smk, e)

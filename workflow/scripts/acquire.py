@@ -1,4 +1,6 @@
 """Snakemake script for the 'acquire' stage: all logic is in scunlearn.pipeline.stage_acquire."""
 from _stage import run
 
-run("acquire", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_acquire
+
+run(stage_acquire, snakemake)  # noqa: F821

@@ -1,4 +1,6 @@
 """Snakemake script for the 'aggregate' stage: all logic is in scunlearn.pipeline.stage_aggregate."""
 from _stage import run
 
-run("aggregate", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_aggregate
+
+run(stage_aggregate, snakemake)  # noqa: F821

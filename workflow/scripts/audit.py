@@ -1,4 +1,6 @@
 """Snakemake script for the 'audit' stage: all logic is in scunlearn.pipeline.stage_audit."""
 from _stage import run
 
-run("audit", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_audit
+
+run(stage_audit, snakemake)  # noqa: F821

@@ -1,4 +1,6 @@
 """Snakemake script for the 'download' stage: all logic is in scunlearn.pipeline.stage_download."""
 from _stage import run
 
-run("download", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_download
+
+run(stage_download, snakemake)  # noqa: F821

@@ -1,4 +1,6 @@
 """Snakemake script for the 'forget' stage: all logic is in scunlearn.pipeline.stage_forget."""
 from _stage import run
 
-run("forget", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_forget
+
+run(stage_forget, snakemake)  # noqa: F821

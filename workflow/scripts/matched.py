@@ -1,4 +1,6 @@
 """Snakemake script for the 'matched' stage: all logic is in scunlearn.pipeline.stage_matched."""
 from _stage import run
 
-run("matched", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_matched
+
+run(stage_matched, snakemake)  # noqa: F821

@@ -1,4 +1,6 @@
 """Snakemake script for the 'preprocess' stage: all logic is in scunlearn.pipeline.stage_preprocess."""
 from _stage import run
 
-run("preprocess", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_preprocess
+
+run(stage_preprocess, snakemake)  # noqa: F821

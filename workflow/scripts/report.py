@@ -1,4 +1,6 @@
 """Snakemake script for the 'report' stage: all logic is in scunlearn.pipeline.stage_report."""
 from _stage import run
 
-run("report", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_report
+
+run(stage_report, snakemake)  # noqa: F821

@@ -1,4 +1,6 @@
 """Snakemake script for the 'split' stage: all logic is in scunlearn.pipeline.stage_split."""
 from _stage import run
 
-run("split", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_split
+
+run(stage_split, snakemake)  # noqa: F821

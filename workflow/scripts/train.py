@@ -1,4 +1,6 @@
 """Snakemake script for the 'train' stage: all logic is in scunlearn.pipeline.stage_train."""
 from _stage import run
 
-run("train", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_train
+
+run(stage_train, snakemake)  # noqa: F821

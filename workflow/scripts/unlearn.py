@@ -1,4 +1,6 @@
 """Snakemake script for the 'unlearn' stage: all logic is in scunlearn.pipeline.stage_unlearn."""
 from _stage import run
 
-run("unlearn", snakemake)  # noqa: F821
+from scunlearn.pipeline import stage_unlearn
+
+run(stage_unlearn, snakemake)  # noqa: F821
