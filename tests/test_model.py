@@ -138,7 +138,7 @@ def test_fused_training_loss_matches_terms():
             loss = m.loss(X, beta=0.7)
         else:
             t = m.terms(X, sample=True)
-            loss = (t["nll"] + 0.7 * t["kl"]).mean()
+            loss = (t.nll + 0.7 * t.kl).mean()
         loss.backward()
         out.append((loss.detach(), {k: v.grad.clone() for k, v in m.named_parameters()}))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=0)

@@ -28,7 +28,7 @@ def cell_stats(model, X: torch.Tensor) -> dict[str, np.ndarray]:
     from .model import cell_terms
 
     t = cell_terms(model, X, np.arange(X.shape[0]))
-    nll, kl = t["nll"].double().cpu().numpy(), t["kl"].double().cpu().numpy()
+    nll, kl = t.nll.double().cpu().numpy(), t.kl.double().cpu().numpy()
     return {"elbo": -(nll + kl), "nll": nll, "kl": kl}
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .audit.metrics import auc_score
-from .model import VAE, cell_terms
+from .model import VAE, Terms, cell_terms
 
 
 def feature_names(latent: int) -> list[str]:
@@ -27,12 +27,12 @@ def feature_names(latent: int) -> list[str]:
             + ["nll", "kl", "elbo", "mu_norm", "logvar_norm"])
 
 
-def features_from_terms(t: dict[str, torch.Tensor]) -> torch.Tensor:
+def features_from_terms(t: Terms) -> torch.Tensor:
     """Stack the per-cell attack features from :meth:`VAE.terms` output (differentiable)."""
-    elbo = -(t["nll"] + t["kl"])
+    elbo = t.elbo
     return torch.cat(
-        [t["mu"], t["logvar"], t["nll"][:, None], t["kl"][:, None], elbo[:, None],
-         t["mu"].norm(dim=1, keepdim=True), t["logvar"].norm(dim=1, keepdim=True)],
+        [t.mu, t.logvar, t.nll[:, None], t.kl[:, None], elbo[:, None],
+         t.mu.norm(dim=1, keepdim=True), t.logvar.norm(dim=1, keepdim=True)],
         dim=1,
     )
 

@@ -9,6 +9,7 @@ Loss per cell: −log NB(x | z) + β · KL(q(z|x) ‖ N(0, I)).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -145,6 +146,21 @@ class VAEConfig:
         return asdict(self)
 
 
+class Terms(NamedTuple):
+    """Per-cell outputs of :meth:`VAE.terms`, by name (a pytree, so ``torch.func`` can return it)."""
+
+    mu: torch.Tensor  # posterior mean (cells x latent)
+    logvar: torch.Tensor  # posterior log variance (cells x latent)
+    nll: torch.Tensor  # NB reconstruction negative log-likelihood, summed over genes (cells)
+    kl: torch.Tensor  # KL(q(z|x) || N(0, I)) (cells)
+    mean: torch.Tensor | None  # NB mean (cells x genes)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """Per-cell ELBO = −(NLL + KL): higher is better explained."""
+        return -(self.nll + self.kl)
+
+
 class VAE(nn.Module):
     """Negative-binomial VAE (see module docstring)."""
 
@@ -168,23 +184,23 @@ class VAE(nn.Module):
         """NB mean: softmax over genes scaled by the observed library size."""
         return torch.softmax(self.px(self.decoder(z)), dim=-1) * library
 
-    def terms(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
-        """Per-cell μ, log σ², reconstruction NLL and KL; z = μ when ``sample`` is False."""
+    def terms(self, x: torch.Tensor, sample: bool = True) -> Terms:
+        """Per-cell μ, log σ², reconstruction NLL, KL and NB mean; z = μ when ``sample`` is False."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         library = x.sum(-1, keepdim=True)
         mean = self.decode(z, library)
         nll = -nb_log_likelihood(x, mean, self.log_theta.exp()).sum(-1)
-        return {"mu": mu, "logvar": logvar, "nll": nll, "kl": kl_normal(mu, logvar), "mean": mean}
+        return Terms(mu, logvar, nll, kl_normal(mu, logvar), mean)
 
-    def forward(self, x: torch.Tensor, sample: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = False) -> Terms:
         """Same as :meth:`terms` (deterministic by default), for ``torch.func`` calls."""
         return self.terms(x, sample=sample)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0, log_factorial: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative ELBO over the batch with KL weight ``beta`` (sampled z).
 
-        The same value and gradients as ``(terms(x)["nll"] + beta * terms(x)["kl"]).mean()``
+        The same value and gradients as ``(terms(x).nll + beta * terms(x).kl).mean()``
         (same random draws), through the fused NB term. ``log_factorial`` = the cells'
         :func:`log_factorial_rows`, if the caller has it cached; it only shifts the value.
         """
@@ -231,29 +247,25 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 @torch.no_grad()
-def cell_terms(model: VAE, X: torch.Tensor, idx, batch_size: int = 4096,
-               keep_mean: bool = False) -> dict[str, torch.Tensor]:
+def cell_terms(model: VAE, X: torch.Tensor, idx, batch_size: int = 4096, keep_mean: bool = False) -> Terms:
     """Deterministic (eval mode, z = μ) per-cell terms for rows ``idx`` of X, batched.
 
-    The NB mean (cells x genes) is returned only with ``keep_mean``.
+    The NB mean (cells x genes) is returned only with ``keep_mean`` (else ``mean`` is None).
     """
     was_training = model.training
     model.eval()
     idx = torch.as_tensor(idx, dtype=torch.long, device=X.device)
-    out: dict[str, list[torch.Tensor]] = {}
+    parts: list[Terms] = []
     for s in range(0, len(idx), batch_size):
         t = model.terms(X[idx[s:s + batch_size]], sample=False)
-        if not keep_mean:
-            t.pop("mean")
-        for k, v in t.items():
-            out.setdefault(k, []).append(v)
+        parts.append(t if keep_mean else t._replace(mean=None))
     model.train(was_training)
-    if not out:
+    if not parts:
         raise ValueError("cell_terms: no cells given")
-    return {k: torch.cat(v) for k, v in out.items()}
+    fields = zip(*parts)  # each field's batches
+    return Terms(*[None if f[0] is None else torch.cat(f) for f in fields])
 
 
 def elbo(model: VAE, X: torch.Tensor, idx) -> float:
     """Mean per-cell ELBO (z = μ, β = 1) over rows ``idx``: the validation metric."""
-    t = cell_terms(model, X, idx)
-    return float(-(t["nll"] + t["kl"]).mean())
+    return float(cell_terms(model, X, idx).elbo.mean())

@@ -24,7 +24,7 @@ def reconstruction_mse(model: VAE, X: torch.Tensor, idx, gene_mask: np.ndarray |
     x = X[torch.as_tensor(np.asarray(idx), dtype=torch.long, device=X.device)]
     lib = x.sum(1, keepdim=True).clamp_min(1.0)
     truth = torch.log1p(x / lib * target_sum)
-    pred = torch.log1p(t["mean"] / lib * target_sum)
+    pred = torch.log1p(t.mean / lib * target_sum)
     if gene_mask is not None:
         m = torch.as_tensor(gene_mask, dtype=torch.bool, device=X.device)
         truth, pred = truth[:, m], pred[:, m]
@@ -33,7 +33,7 @@ def reconstruction_mse(model: VAE, X: torch.Tensor, idx, gene_mask: np.ndarray |
 
 def latent_accuracy(model: VAE, X: torch.Tensor, idx, labels, folds: int = 5, seed: int = 0) -> float:
     """Mean k-fold accuracy of a logistic regression predicting cell type from μ."""
-    mu = cell_terms(model, X, idx)["mu"].double().cpu().numpy()
+    mu = cell_terms(model, X, idx).mu.double().cpu().numpy()
     labels = np.asarray(labels)
     # classes with fewer cells than folds cannot be stratified: drop them from this metric
     keep_cls = [c for c, n in zip(*np.unique(labels, return_counts=True)) if n >= folds]

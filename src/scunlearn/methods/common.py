@@ -35,7 +35,7 @@ def per_gene_loss(model: VAE, x: torch.Tensor, beta: float = 1.0) -> torch.Tenso
 def per_gene_cell_loss(model: VAE, x: torch.Tensor) -> torch.Tensor:
     """Per-cell negative ELBO / n_genes, deterministic (eval mode, z = μ)."""
     t = cell_terms(model, x, np.arange(len(x)))
-    return (t["nll"] + t["kl"]) / x.shape[-1]
+    return (t.nll + t.kl) / x.shape[-1]
 
 
 def retain_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:
@@ -62,8 +62,8 @@ class MembershipSet:
     @classmethod
     def build(cls, model: VAE, ctx: UnlearnContext, k: int) -> "MembershipSet":
         nf, nv = len(ctx.forget), len(ctx.validation)
-        mu_f = cell_terms(model, ctx.forget, np.arange(nf))["mu"].double().cpu().numpy()
-        mu_v = cell_terms(model, ctx.validation, np.arange(nv))["mu"].double().cpu().numpy()
+        mu_f = cell_terms(model, ctx.forget, np.arange(nf)).mu.double().cpu().numpy()
+        mu_v = cell_terms(model, ctx.validation, np.arange(nv)).mu.double().cpu().numpy()
         res = matched_negatives(mu_f, mu_v, np.arange(nv).astype(str), k, min(nf, nv),
                                 forget_barcodes=np.arange(nf).astype(str))
         vi = torch.as_tensor(np.asarray(res["barcodes"], dtype=int), device=ctx.device)

@@ -65,7 +65,7 @@ def diagonal_fisher(model: torch.nn.Module, loss_fn: Callable, inputs: tuple[tor
 def _cell_loss(call, x):
     """Negative ELBO of the cells divided by the number of genes (z = μ), summed over cells."""
     t = call(x)
-    return ((t["nll"] + t["kl"]) / x.shape[-1]).sum()
+    return ((t.nll + t.kl) / x.shape[-1]).sum()
 
 
 def preconditioner(F: dict[str, torch.Tensor], damping: float) -> dict[str, torch.Tensor]:
