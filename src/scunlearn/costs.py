@@ -46,7 +46,8 @@ def log_ready(log: logging.Logger, what: str) -> None:
     log.info("ready %.2fs after process start, %.2fs CPU (%s)", age, time.process_time(), what)
 
 
-def _read_benchmark(path: Path) -> dict:
+def read_benchmark(path) -> dict:
+    """``s``, ``cpu_time`` and ``max_rss`` of a Snakemake ``benchmark:`` file (empty when absent or unreadable)."""
     import pandas as pd
 
     try:
@@ -98,7 +99,7 @@ def job_costs(results_dir: str | os.PathLike):
         rel = b.relative_to(bench_dir)
         log = _match_log(rel, logs)
         rule, ready, ready_cpu = _log_facts(log)
-        bm = _read_benchmark(b)
+        bm = read_benchmark(b)
         rows.append({
             "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(),
             "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),

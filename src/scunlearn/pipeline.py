@@ -228,24 +228,15 @@ def _write_cells(model, X, adata, out) -> None:
         write_cell_stats(model, X, adata.obs_names, out["cells"])
 
 
-def _benchmark(path) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) from a Snakemake ``benchmark:`` file; NaN when absent."""
-    try:
-        b = pd.read_csv(path, sep="\t")
-        rss = pd.to_numeric(b["max_rss"], errors="coerce")
-        return float(b["s"].iloc[0]), float(rss.iloc[0])
-    except (FileNotFoundError, KeyError, IndexError, pd.errors.EmptyDataError):
-        return float("nan"), float("nan")
-
-
 def stage_audit(inp, out, params, threads):
     """Audit one model: every configured attack (the per-cell calibrated one first), then utility."""
     import torch
 
     from .audit.attacks import get_attack
     from .audit.data import AuditData
-    from .audit.utility import utility
+    from .audit.utility import model_utility
     from .cellstats import read_cell_stats
+    from .costs import read_benchmark
     from .matched import neighbourhood_groups, read_matched
     from .model import seed_everything
     from .train import check_genes, load_checkpoint
@@ -284,17 +275,11 @@ def stage_audit(inp, out, params, threads):
         log.info("attack %s (%.1fs): %s", name, time.perf_counter() - t0,
                  {k: round(v, 4) for k, v in res.items() if isinstance(v, float)})
 
-    rng = np.random.default_rng(seed)
-    uc = cfg["utility"]
-    unseen = np.r_[part.validation, part.audit]
-    recon_idx = np.sort(rng.permutation(unseen)[: uc["max_cells"]])
-    class_idx = np.sort(rng.permutation(adata.n_obs)[: uc["max_cells"]])
-    marker_mask = adata.var_names.isin(read_markers(inp["markers"])["gene"])
-    util = utility(model, X, recon_idx=recon_idx, val_idx=part.validation, class_idx=class_idx,
-                   labels=types[class_idx], marker_mask=marker_mask,
-                   folds=uc["folds"], seed=seed, target_sum=params["target_sum"])
+    util = model_utility(model, X, part, types, adata.var_names.isin(read_markers(inp["markers"])["gene"]),
+                         cfg["utility"], seed, params["target_sum"])
     log.info("utility: %s", util)
-    wall, rss = _benchmark(inp.get("benchmark", ""))
+    bench = read_benchmark(inp.get("benchmark", ""))
+    wall, rss = bench.get("s", float("nan")), bench.get("max_rss", float("nan"))
     record = {
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],

@@ -134,7 +134,7 @@ VARIANTS = _variants()
 
 def lib(*modules):
     """Library modules a rule depends on, declared as inputs so that editing them reruns the rule."""
-    return [from_base(f"src/scunlearn/{m}") for m in ("__init__.py", "io.py", "pipeline.py", *modules)]
+    return [from_base(f"src/scunlearn/{m}") for m in ("__init__.py", "io.py", "costs.py", "pipeline.py", *modules)]
 
 
 METHOD_MODULES = sorted(f"methods/{p.name}" for p in (BASE / "src/scunlearn/methods").glob("*.py"))

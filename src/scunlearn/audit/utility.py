@@ -53,3 +53,16 @@ def utility(model: VAE, X: torch.Tensor, *, recon_idx, val_idx, class_idx, label
         "val_elbo": elbo(model, X, val_idx),
         "latent_acc": latent_accuracy(model, X, class_idx, labels, folds, seed),
     }
+
+
+def model_utility(model: VAE, X: torch.Tensor, part, labels: np.ndarray, marker_mask: np.ndarray, cfg: dict,
+                  seed: int, target_sum: float = 1e4) -> dict:
+    """:func:`utility` on the audit's seeded samples: reconstruction on unseen (validation + audit)
+    cells, latent accuracy on all cells, each at most ``cfg['max_cells']``."""
+    rng = np.random.default_rng(seed)
+    unseen = np.r_[part.validation, part.audit]
+    recon_idx = np.sort(rng.permutation(unseen)[: cfg["max_cells"]])
+    class_idx = np.sort(rng.permutation(len(labels))[: cfg["max_cells"]])
+    return utility(model, X, recon_idx=recon_idx, val_idx=part.validation, class_idx=class_idx,
+                   labels=np.asarray(labels)[class_idx], marker_mask=marker_mask, folds=cfg["folds"], seed=seed,
+                   target_sum=target_sum)
