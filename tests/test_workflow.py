@@ -155,3 +155,16 @@ def test_config_readme_documents_every_schema_key_with_its_default():
                 wrong.append((".".join(path), quoted.group(1), spec["default"]))
     assert not undocumented, f"keys missing from config/README.md: {undocumented}"
     assert not wrong, f"config/README.md quotes other defaults than the schema: {wrong}"
+
+
+def test_stage_scripts_import_this_checkouts_library_first(tmp_path):
+    """An installed scunlearn elsewhere (another checkout, an old release) never answers for the workflow's code."""
+    decoy = tmp_path / "decoy" / "scunlearn"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy was imported')\n")
+    code = ("import sys; sys.path.append(sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+            "sys.path.insert(0, sys.argv[3]); import _stage, scunlearn; print(scunlearn.__file__)")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "src"), str(tmp_path / "decoy"),
+                        str(ROOT / "workflow/scripts")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(ROOT / "src/scunlearn/__init__.py")
