@@ -46,13 +46,9 @@ except ImportError:  # not pip-installed: use the source tree
 
 def machine() -> str:
     """CPU model from /proc/cpuinfo, else ``platform``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from scunlearn.costs import cpu_model
+
+    return cpu_model()
 
 
 def load_config(configfile: Path) -> dict:

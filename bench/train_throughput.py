@@ -65,13 +65,9 @@ def machine_name(device: torch.device) -> str:
     """GPU name for CUDA, else the CPU model from /proc/cpuinfo (or ``platform``)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from scunlearn.costs import cpu_model
+
+    return cpu_model()
 
 
 def sync(device: torch.device) -> None:

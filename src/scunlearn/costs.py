@@ -216,3 +216,17 @@ def study_estimate(jobs: list[dict], cores: list[int]) -> dict:
         "critical_path_h": critical / 3600,
         "wall_h": {n: max(critical, core_s / n) / 3600 for n in cores},
     }
+
+
+def cpu_model() -> str:
+    """CPU model from /proc/cpuinfo, else ``platform`` (quoted by the benchmarks with their numbers)."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
