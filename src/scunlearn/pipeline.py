@@ -246,7 +246,7 @@ def stage_audit(inp, out, params, threads):
     adata, X, part = _load_experiment(inp, torch.device("cpu"))
     model, meta = load_checkpoint(inp["model"])
     check_genes(model, adata, inp["model"], meta)
-    matched, neg, nearest = read_matched(inp["matched"], adata, part.audit)
+    _, neg, nearest = read_matched(inp["matched"], adata, part.audit)
     cfg = params["audit"]
 
     def stats(paths, names):
