@@ -211,7 +211,7 @@ def stage_unlearn(inp, out, params, threads):
     model = method.fn(ctx)
     meta = {"kind": "unlearned", "method": method.name, "variant": params["variant"], "seed": seed,
             "params": p, "param_hash": param_hash(p), "unlearn_seconds": time.perf_counter() - t0,
-            "baseline": str(inp["baseline"]), "genes": base_meta.get("genes", [])}
+            "baseline": str(inp["baseline"]), "genes": base_meta.get("genes", []), "report": dict(ctx.report)}
     frame = traj.frame()
     if frame.empty:
         frame = pd.DataFrame({"epoch": []})
@@ -284,7 +284,7 @@ def stage_audit(inp, out, params, threads):
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],
         "param_hash": meta.get("param_hash", ""), "seed": int(params["model_seed"]),
-        **record, **util, "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
+        **record, **util, **meta.get("report", {}), "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
         "n_negatives_cell_type": int(len(data.negatives["cell_type"])), "n_audit": int(len(part.audit)),
         "wall_s": wall, "max_rss_mb": rss, "model": str(inp["model"]),
     }

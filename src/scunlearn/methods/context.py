@@ -43,10 +43,15 @@ class UnlearnContext:
     device: torch.device
     params: dict
     trajectory: Trajectory = field(default_factory=Trajectory)
+    #: extra inputs a method declared (e.g. sisa's shard checkpoint), by name; empty for most methods
+    inputs: dict = field(default_factory=dict)
+    #: facts the method reports about itself (e.g. dp_retrain's ε): written into the checkpoint's meta
+    #: and the model's audit record, so a summary column can carry them
+    report: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, model: VAE, X: torch.Tensor, part: Partition, seed: int, params: dict,
-              trajectory: Trajectory | None = None) -> "UnlearnContext":
+              trajectory: Trajectory | None = None, inputs: dict | None = None) -> "UnlearnContext":
         """Slice forget / retain / validation rows out of X; refuse if any of them is an audit cell."""
         audit = np.asarray(part.audit)
         for name in ("forget", "retain", "validation"):
@@ -57,4 +62,4 @@ class UnlearnContext:
                 for n in ("forget", "retain", "validation")}
         return cls(model=model, forget=X[rows["forget"]].clone(), retain=X[rows["retain"]].clone(),
                    validation=X[rows["validation"]].clone(), seed=int(seed), device=X.device,
-                   params=dict(params), trajectory=trajectory or Trajectory())
+                   params=dict(params), trajectory=trajectory or Trajectory(), inputs=dict(inputs or {}))
