@@ -163,8 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         CLOCK = time.process_time
     batch_sizes = [int(b) for b in a.batch_sizes.split(",") if b.strip()]
     device = resolve_device(a.device)
-    # as the workflow does: seed, deterministic kernels, thread count
+    # as the workflow does: seed, deterministic kernels, thread count, allocator kept warm
     seed_everything(a.seed, a.threads)
+    try:
+        from scunlearn.costs import tune_allocator
+    except ImportError:  # an older checkout
+        def tune_allocator():
+            return False
+    allocator = "glibc, tuned (scunlearn.costs.tune_allocator)" if tune_allocator() else "default"
     threads = torch.get_num_threads()
 
     t0 = time.perf_counter()
@@ -181,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "malloc": allocator,
     }
     print("# train_throughput: paper VAE (hidden 1024-512-128, latent 32, dropout 0.1), Adam, run_epoch")
     for k, v in machine.items():

@@ -64,3 +64,17 @@ def test_parse_job_stats_and_study_estimate():
     assert est["wall_h"][1] == pytest.approx(core_s / 3600)
     assert est["wall_h"][4] == pytest.approx(core_s / 4 / 3600)
     assert est["wall_h"][1000] == pytest.approx(110 / 3600)  # the critical path: one baseline, then one audit
+
+
+def test_tune_allocator_takes_effect_on_linux_glibc():
+    """mallopt accepts every setting on Linux/glibc (it returns 0 for an out-of-range value)."""
+    import platform
+    import sys
+
+    from scunlearn.costs import tune_allocator
+
+    ok = tune_allocator()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert ok is True
+    else:
+        assert ok is False

@@ -130,6 +130,7 @@ def test_fused_training_loss_matches_terms():
     X = torch.poisson(torch.rand(40, 60, dtype=torch.float64) * 20)
     X[:, :5] = 0
     X[0, 7], X[1, 8] = 2.5, 200.0  # a non-integer and a count beyond the lookup tables
+    X[2] = 0  # a cell without counts: finite, and equal in both
     out = []
     for fused in (False, True):
         torch.manual_seed(3)  # same dropout masks and z draws
@@ -142,6 +143,7 @@ def test_fused_training_loss_matches_terms():
         loss.backward()
         out.append((loss.detach(), {k: v.grad.clone() for k, v in m.named_parameters()}))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=0)
+    assert torch.isfinite(out[0][0])
     for k, g in out[0][1].items():
         torch.testing.assert_close(out[1][1][k], g, rtol=1e-9, atol=1e-12, msg=k)
 

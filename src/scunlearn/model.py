@@ -20,15 +20,22 @@ from . import ScunlearnError
 EPS = 1e-8
 
 
-def nb_log_likelihood(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Elementwise log NB(x; mean, inverse dispersion theta) — scipy's nbinom(n=θ, p=θ/(θ+mean))."""
+def nb_log_likelihood(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor,
+                      log_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Elementwise log NB(x; mean, inverse dispersion theta) — scipy's nbinom(n=θ, p=θ/(θ+mean)).
+
+    ``log_mean``: log(mean) when the caller has it exactly (the VAE's log-softmax plus log
+    library size); otherwise log(mean + EPS) guards against log 0.
+    """
     log_theta_mu = torch.log(theta + mean + EPS)
+    if log_mean is None:
+        log_mean = torch.log(mean + EPS)
     return (
         torch.lgamma(x + theta)
         - torch.lgamma(theta)
         - torch.lgamma(x + 1.0)
         + theta * (torch.log(theta + EPS) - log_theta_mu)
-        + x * (torch.log(mean + EPS) - log_theta_mu)
+        + x * (log_mean - log_theta_mu)
     )
 
 
@@ -71,7 +78,7 @@ class _CountIndex:
 class _NBTrainingNLL(torch.autograd.Function):
     """Per-cell −Σ_g log NB(x | L·softmax(h), θ) - Σ_g lgamma(x+1), with a hand-written backward.
 
-    Same value as ``-nb_log_likelihood(x, softmax(h) * L, θ).sum(-1)`` without its
+    Same value as ``-nb_log_likelihood(x, softmax(h) * L, θ, log_softmax(h) + log L).sum(-1)`` without its
     parameter-free ``lgamma(x + 1)`` term (the caller adds that per-cell constant), but
     with about a third of the passes over the cells × genes batch that autograd's graph
     of the elementwise formula makes, and no lgamma / digamma per entry: these were the
@@ -81,32 +88,35 @@ class _NBTrainingNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, log_theta, x, library):
         theta = log_theta.exp()
+        theta_eps = theta + EPS
         counts = _CountIndex(x)
-        p = torch.softmax(logits, dim=-1)
+        log_p = torch.log_softmax(logits, dim=-1)
+        p = log_p.exp()
         mean = p * library
-        mean_eps = mean + EPS
-        denom = mean + theta + EPS                  # θ + mean + EPS
+        denom = mean + theta_eps                    # θ + mean + EPS
         log_denom = denom.log()
         xt = x + theta
-        # lgamma(x+θ) - lgamma(θ) + x log(mean+EPS) - (x+θ) log(θ+mean+EPS) + θ log(θ+EPS)
+        # lgamma(x+θ) - lgamma(θ) + x log(mean) - (x+θ) log(θ+mean+EPS) + θ log(θ+EPS), with
+        # Σ_g x log(mean) = Σ_g x log p + L log L (L = Σ_g x, the library): no log per entry
         ll = counts.lgamma_shift(theta)
-        ll.addcmul_(x, mean_eps.log()).addcmul_(xt, log_denom, value=-1.0)
-        log_theta_eps = (theta + EPS).log()
+        ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
+        log_theta_eps = theta_eps.log()
         ctx.counts = counts
-        ctx.save_for_backward(p, mean, mean_eps, denom, log_denom, xt, theta, log_theta_eps)
-        return -(ll.sum(-1) + (theta * log_theta_eps).sum())
+        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
+        lib = library.squeeze(-1)
+        return -(ll.sum(-1) + _xlogy(lib, lib) + (theta * log_theta_eps).sum())
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        p, mean, mean_eps, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
+        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
         x = ctx.counts.x
         g = -grad.unsqueeze(-1)                     # the output is -ll: d out / d ll = -1
         r = xt / denom                              # (x + θ) / (θ + mean + EPS)
         grad_logits = grad_log_theta = None
         if ctx.needs_input_grad[0]:
-            # d ll / d mean = x / (mean + EPS) - r; through softmax: a - p Σ a, a = mean · d ll / d mean
-            a = (x / mean_eps).sub_(r).mul_(mean)
+            # d ll / d log mean = x - mean · r; through log-softmax: a - p Σ a
+            a = torch.addcmul(x, mean, r, value=-1.0)
             grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
         if ctx.needs_input_grad[1]:
             # d ll / d θ = ψ(x + θ) - ψ(θ) - log(θ + mean + EPS) - r + log(θ + EPS) + θ / (θ + EPS)
@@ -114,6 +124,11 @@ class _NBTrainingNLL(torch.autograd.Function):
             per_gene = torch.mv(e.t(), g.squeeze(-1)) + g.sum() * (log_theta_eps + theta / (theta + EPS))
             grad_log_theta = per_gene * theta
         return grad_logits, grad_log_theta, None, None
+
+
+def _xlogy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a · log b with 0 · log 0 = 0 (a cell with no counts)."""
+    return torch.special.xlogy(a, b)
 
 
 def log_factorial_rows(x: torch.Tensor) -> torch.Tensor:
@@ -184,13 +199,22 @@ class VAE(nn.Module):
         """NB mean: softmax over genes scaled by the observed library size."""
         return torch.softmax(self.px(self.decoder(z)), dim=-1) * library
 
+    def decode_log(self, z: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """NB mean and its exact log (log-softmax + log library), no log per entry.
+
+        A cell with no counts (library 0, removed by QC) gets a finite log mean; its
+        counts are all 0, so the NB term's x · log(mean) is 0 either way.
+        """
+        log_p = torch.log_softmax(self.px(self.decoder(z)), dim=-1)
+        return log_p.exp() * library, log_p + torch.log(library.clamp_min(EPS))
+
     def terms(self, x: torch.Tensor, sample: bool = True) -> Terms:
         """Per-cell μ, log σ², reconstruction NLL, KL and NB mean; z = μ when ``sample`` is False."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         library = x.sum(-1, keepdim=True)
-        mean = self.decode(z, library)
-        nll = -nb_log_likelihood(x, mean, self.log_theta.exp()).sum(-1)
+        mean, log_mean = self.decode_log(z, library)
+        nll = -nb_log_likelihood(x, mean, self.log_theta.exp(), log_mean).sum(-1)
         return Terms(mu, logvar, nll, kl_normal(mu, logvar), mean)
 
     def forward(self, x: torch.Tensor, sample: bool = False) -> Terms:

@@ -356,8 +356,11 @@ def run(stage_fn, smk) -> None:
     Each script passes its stage function itself (``run(stage_train, snakemake)``), so a
     reader can follow the call from the rule to the code.
     """
+    from .costs import tune_allocator
+
     stage = stage_fn.__name__.removeprefix("stage_")
     setup_logging(smk.log[0] if len(smk.log) else None)
+    tune_allocator()
     inp = {k: v for k, v in smk.input.items()}
     out = {k: v for k, v in smk.output.items()}
     params = copy.deepcopy({k: v for k, v in smk.params.items()})
