@@ -489,3 +489,15 @@ def test_caption_files_are_generated_from_captions():
             f"{stem}.rst is stale: run python -m scunlearn.report workflow/report")
     produced = {p.stem for p in folder.glob("fig*.rst")} | {p.stem for p in folder.glob("table*.rst")}
     assert produced <= set(captions.stems()), "caption files of figures/tables that no longer exist"
+
+
+def test_every_variant_gets_its_own_colour_beyond_ten():
+    """14 methods (the paper's and the literature's) must not share colours in the figures."""
+    from scunlearn.report.figures import variant_palette
+
+    rows = [{"variant": "baseline", "method": "baseline"}, {"variant": "retrain", "method": "retrain"}]
+    rows += [{"variant": f"v{i}", "method": f"m{i}", "forget_set": "a"} for i in range(14)]
+    pal = variant_palette(pd.DataFrame(rows).assign(forget_set="a", seed=0))
+    others = [pal[f"v{i}"] for i in range(14)]
+    assert len(set(others)) == 14
+    assert pal["retrain"] == (0.0, 0.0, 0.0) and pal["baseline"] not in others

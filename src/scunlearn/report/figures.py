@@ -101,7 +101,9 @@ def variant_palette(summary: pd.DataFrame) -> dict[str, tuple]:
     order = variant_order(summary)
     methods = summary.drop_duplicates("variant").set_index("variant")["method"]
     others = [v for v in order if methods[v] not in ("baseline", "retrain")]
-    colours = dict(zip(others, sns.color_palette("colorblind", max(len(others), 1))))
+    # the colour-blind palette has 10 colours and then repeats them: beyond 10 variants, tab20's 20
+    palette = "colorblind" if len(others) <= 10 else ("tab20" if len(others) <= 20 else "husl")
+    colours = dict(zip(others, sns.color_palette(palette, max(len(others), 1))))
     fixed = {"baseline": (0.45, 0.45, 0.45), "retrain": (0.0, 0.0, 0.0)}
     return {v: fixed.get(methods[v], colours.get(v)) for v in order}
 
