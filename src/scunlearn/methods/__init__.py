@@ -137,3 +137,20 @@ spec("retain_finetune",
      obj(epochs=integer(1), lr=number(positive=True), batch_size=integer(2), patience=integer(1),
          match_k=integer(1)),
      "The control: fine-tune on retain cells only, exactly as the fine-tuning inside fisher.")
+
+spec("relative_fisher",
+     {"alpha": 3e-3, "damping": 0.1, "steps": 100, "max_rise": 0.5, "weighting": "share", "fisher_cells": 1000,
+      "chunk_size": 128, **_FINETUNE, "match_k": 7, "log_every": 10},
+     obj(alpha=number(positive=True), damping=number(positive=True), steps=integer(0), max_rise=number(positive=True),
+         weighting=choice("share", "clipped_ratio"), fisher_cells=integer(1), chunk_size=integer(1),
+         **_FINETUNE_SCHEMA, match_k=integer(1), log_every=integer(1)),
+     "Paper future work 1: fisher's scrub with each parameter's step weighted by the forget set's share of its "
+     "Fisher (F_F / (F_F + F_R), or min(1, F_F / F_R)), sparing parameters retained cells need; then fine-tune.")
+
+spec("latent_projection",
+     {"direction": "mean_diff", "shrinkage": 0.1, "epochs": 15, "lr": 3e-4, "batch_size": 128, "patience": 5,
+      "match_k": 7},
+     obj(direction=choice("mean_diff", "lda"), shrinkage=number(0, 1), epochs=integer(0), lr=number(positive=True),
+         batch_size=integer(2), patience=integer(1), match_k=integer(1)),
+     "Paper future work 2: project the forget-vs-retain latent direction out of the encoder's μ head "
+     "(folded into its weights), then fine-tune the decoder only on retain.")
