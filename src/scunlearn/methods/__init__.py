@@ -154,3 +154,28 @@ spec("latent_projection",
          batch_size=integer(2), patience=integer(1), match_k=integer(1)),
      "Paper future work 2: project the forget-vs-retain latent direction out of the encoder's μ head "
      "(folded into its weights), then fine-tune the decoder only on retain.")
+
+# ---- literature methods adapted to the unconditional VAE (see each module's docstring)
+
+spec("neggrad_plus",
+     {"beta": 0.99, "max_rise": 0.5, "epochs": 10, "lr": 1e-4, "batch_size": 128, "patience": 5, "match_k": 7},
+     obj(beta=number(0, 1), max_rise=number(positive=True), epochs=integer(1), lr=number(positive=True),
+         batch_size=integer(2), patience=integer(1), match_k=integer(1)),
+     "Kurmanji et al. (2023) NegGrad+: minimise beta · retain loss − (1 − beta) · forget loss (per gene) with the "
+     "control's recipe; ascent stops once the forget loss rose by max_rise. beta = 1 is retain_finetune.")
+
+spec("scrub",
+     {"msteps": 2, "epochs": 10, "alpha": 0.001, "gamma": 0.99, "decoder_weight": 0.0, "lr": 1e-4,
+      "batch_size": 128, "forget_batch_size": 16, "match_k": 7},
+     obj(msteps=integer(0), epochs=integer(1), alpha=number(0), gamma=number(positive=True),
+         decoder_weight=number(0), lr=number(positive=True), batch_size=integer(2),
+         forget_batch_size=integer(1), match_k=integer(1)),
+     "Kurmanji et al. (2023) SCRUB: a student moves its posterior q(z|x) away from a frozen baseline teacher on "
+     "forget cells (first msteps epochs) and towards it, plus the retain ELBO, on retain cells.")
+
+spec("ssd",
+     {"alpha": 10.0, "lambda": 1.0, "data_cells": 0, "chunk_size": 128, "match_k": 7},
+     obj(alpha=number(positive=True), chunk_size=integer(1), data_cells=integer(0), match_k=integer(1),
+         **{"lambda": number(positive=True)}),
+     "Foster et al. (2024) Selective Synaptic Dampening: where the forget cells' diagonal Fisher exceeds alpha × "
+     "the training set's, multiply the weight by min(lambda · I_D / I_f, 1). No training.")
