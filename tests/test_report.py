@@ -501,3 +501,12 @@ def test_every_variant_gets_its_own_colour_beyond_ten():
     others = [pal[f"v{i}"] for i in range(14)]
     assert len(set(others)) == 14
     assert pal["retrain"] == (0.0, 0.0, 0.0) and pal["baseline"] not in others
+
+
+def test_table2_holds_only_the_papers_adversarial_methods():
+    """A literature method (here ssd, renamed from the fisher rows) is not listed as adversarial."""
+    summary = make_summary()
+    summary.loc[summary["variant"] == "fisher", ["method", "variant"]] = ["ssd", "ssd"]
+    t2 = table_adversarial(summary)
+    assert "ssd" not in set(t2["variant"]) and "finetune" not in set(t2["variant"])
+    assert {"frozen_single", "extragradient_l5", "baseline", "retrain"} <= set(t2["variant"])

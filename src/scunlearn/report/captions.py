@@ -78,8 +78,9 @@ TABLES: dict[str, tuple[str, str]] = {
         "accuracy, reconstruction MSE, validation ELBO) and wall time relative to retraining."),
     "table2_adversarial": (
         "Table II. Adversarial unlearning on the {forget_set} forget set (the paper's rule)",
-        "The paper's Table II: baseline, each adversarial variant and retrain on one forget "
-        "set. MLP-attack AUC (mean and SD over seeds), gap to the retrain floor, the paper's "
+        "The paper's Table II: baseline, each variant of the paper's adversarial methods "
+        "(frozen_critic, extragradient) and retrain on one forget set (every other method is in "
+        "the method comparison). MLP-attack AUC (mean and SD over seeds), gap to the retrain floor, the paper's "
         "rule applied to the mean (paper status) and the fraction of seeds it calls SUCCESS; "
         "beside them the per-cell audit's mean AUC and the seeds' verdicts."),
     "table3_fisher": (
