@@ -228,3 +228,20 @@ def test_the_unlearn_environments_hold_every_registered_methods_imports():
     for env in ("torch.yaml", "torch-cuda.yaml"):
         missing = {CONDA_NAME.get(n, n) for n in needed} - _names(ROOT / "envs" / env)
         assert not missing, f"envs/{env} lacks {sorted(missing)}"
+
+
+def test_the_audit_records_dp_facts_reach_the_summary():
+    """stage_audit merges the checkpoint meta's ``report`` into the record; aggregate keeps ε and δ as columns."""
+    from scunlearn.audit.summary import SUMMARY_COLUMNS
+    from scunlearn.pipeline import aggregate
+
+    from .test_report import make_summary
+
+    records = make_summary().drop(columns=["dp_epsilon", "dp_delta"]).to_dict("records")
+    dp = dict(records[-1], method="dp_retrain", variant="dp", dp_epsilon=7.99, dp_delta=3.4e-5,
+              dp_noise_multiplier=0.65, dp_steps=69)
+    df = aggregate([*records, dp], 0.03)
+    assert list(df.columns) == SUMMARY_COLUMNS  # σ and steps stay in the audit record only
+    row = df[df["variant"] == "dp"].iloc[0]
+    assert (row["dp_epsilon"], row["dp_delta"]) == (7.99, 3.4e-5)
+    assert df.loc[df["variant"] != "dp", "dp_epsilon"].isna().all()
