@@ -15,6 +15,8 @@ SUMMARY_COLUMNS = [
     "ci_overlaps_floor_range", "n_forget", "n_negatives",
     # utility and cost
     "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb", "cost_vs_retrain",
+    # the private-training anchor (dp_retrain): the accountant's ε at δ; NaN for every other model
+    "dp_epsilon", "dp_delta",
 ]
 
 #: audit-record keys renamed to their summary column

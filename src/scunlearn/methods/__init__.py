@@ -179,3 +179,14 @@ spec("ssd",
          **{"lambda": number(positive=True)}),
      "Foster et al. (2024) Selective Synaptic Dampening: where the forget cells' diagonal Fisher exceeds alpha × "
      "the training set's, multiply the weight by min(lambda · I_D / I_f, 1). No training.")
+
+spec("dp_retrain",
+     {"epsilon": 8.0, "noise_multiplier": None, "delta": None, "max_grad_norm": 0.3, "epochs": 30, "lr": 3e-3,
+      "batch_size": 128, "kl_warmup_epochs": 10, "patience": 10, "match_k": 7},
+     obj(epsilon={"type": ["number", "null"], "exclusiveMinimum": 0},
+         noise_multiplier={"type": ["number", "null"], "exclusiveMinimum": 0},
+         delta={"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+         max_grad_norm=number(positive=True), epochs=integer(1), lr=number(positive=True), batch_size=integer(1),
+         kl_warmup_epochs=integer(0), patience=integer(1), match_k=integer(1)),
+     "A private-training anchor, not unlearning: a fresh VAE trained with DP-SGD (Abadi et al. 2016, Opacus) "
+     "on retain ∪ forget cells at a target epsilon (or a given noise_multiplier); delta null = 1/(10 n_train).")

@@ -320,6 +320,19 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f'<a href="tables/method_comparison.tsv">tables/method_comparison.tsv</a></p>')
 
 
+def render_dp_note(comp: pd.DataFrame) -> str:
+    """A note under the method comparison giving each DP-trained variant's (ε, δ); empty when there is none."""
+    if "dp_epsilon" not in comp or comp["dp_epsilon"].isna().all():
+        return ""
+    dp = comp[comp["dp_epsilon"].notna()].drop_duplicates(["variant", "dp_epsilon", "dp_delta"])
+    items = "; ".join(f"<b>{html.escape(str(r['variant']))}</b>: ε = {r['dp_epsilon']:.2f} at δ = {r['dp_delta']:.2g}"
+                      for r in dp.to_dict("records"))
+    return (f'<p class="rule" id="dp_note">Private-training anchors (DP-SGD from scratch on every training '
+            f"cell, forget cells included; nothing was unlearned): {items}. ε from Opacus's RDP accountant "
+            f"for every step taken (the largest over seeds); a membership attack's TPR on any training cell is "
+            f"at most e<sup>ε</sup>·FPR + δ.</p>")
+
+
 def render_reading_guide(summary: pd.DataFrame, tolerance: float, margin: float | None) -> str:
     """'How to read this': the per-cell audit and its verdicts, then the paper's band rule, and the noise."""
     bands = summary.groupby("forget_set", sort=False).agg(
@@ -445,7 +458,7 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>
 <h2 id="power">{html.escape(TABLE_TITLES['audit_power'])}</h2>{render_power(tables['audit_power'])}
 <h2 id="comparison">{html.escape(TABLE_TITLES['method_comparison'])}</h2>
-{render_comparison(tables['method_comparison'])}
+{render_comparison(tables['method_comparison'])}{render_dp_note(tables['method_comparison'])}
 {render_figure(main_fig, figures[main_fig])}
 <h2 id="guide">How to read this</h2>{render_reading_guide(summary, _tolerance(config, summary), margin)}
 <h2 id="paper">The paper's tables (the paper's band rule on its MLP attack)</h2>{paper_html}

@@ -193,6 +193,9 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
         wall_s=("wall_s", "mean"),
         max_rss_mb=("max_rss_mb", "mean"),
         cost_vs_retrain=("cost_vs_retrain", "mean"),
+        # dp_retrain's privacy: the weakest guarantee among the seeds (they share q, σ, δ; steps may differ)
+        dp_epsilon=("dp_epsilon", "max"),
+        dp_delta=("dp_delta", "max"),
     ).reset_index()
     agg["gap_to_floor"] = agg["auc_mean"] - agg["floor"]
     agg["paper_status"] = [status(a, lo, hi, m) for a, lo, hi, m in
@@ -234,6 +237,7 @@ COMPARISON_COLUMNS = [
     "dft_mean", "dft_ci_low_mean", "dft_ci_high_mean", "p_vs_finetune_max", "vs_finetune",
     "forget_gap_closed", "verdicts", "n_success",
     "latent_acc", "recon_mse", "val_elbo", "wall_s", "cost_vs_retrain", "costs_more_than_retrain",
+    "dp_epsilon", "dp_delta",
 ]
 
 
