@@ -15,6 +15,8 @@ SUMMARY_COLUMNS = [
     "ci_overlaps_floor_range", "n_forget", "n_negatives",
     # utility and cost
     "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb", "cost_vs_retrain",
+    # up-front cost of a method that trains before any request (sisa's shards), NaN for the others
+    "setup_cost_vs_retrain",
 ]
 
 #: audit-record keys renamed to their summary column
