@@ -298,24 +298,30 @@ def test_audit_stage_runs_on_an_ensemble(tmp_path):
 def test_workflow_schedules_one_shard_job_per_seed_and_unlearn_jobs_on_it(tmp_path):
     from tests.test_workflow import _config, _smk
 
+    # the tiny study has variant sisa (S = 2, scattered only); add sisa4 on both forget sets, and a second seed
     cfg = _config(tmp_path, **{"train.seeds": [0, 3],
                                "methods.sisa4": {"method": "sisa", "params": {"shards": 4}}})
     r = _smk(["-n", "--forceall", "--configfile", str(cfg), "--directory", str(tmp_path)], tmp_path, timeout=300)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1], re.M))
-    assert counts["sisa_shards"] == "2"  # one per seed (train.seeds), not per forget set
+    assert counts["sisa_shards"] == "4"  # one per sisa variant and seed (train.seeds), not per forget set
     jobs = re.split(r"^\[[^\]]+\]$", text, flags=re.M)  # one block per job, each after its [date] line
     shard_jobs = [j for j in jobs if "rule sisa_shards:" in j]
-    assert {re.search(r"sisa/sisa4/seed(\d+)\.pt", j).group(1) for j in shard_jobs} == {"0", "3"}
-    sisa_unlearn = [j for j in jobs if "rule unlearn:" in j and "models/sisa4/" in j]
-    assert len(sisa_unlearn) == 4  # 2 forget sets x 2 seeds
-    for j in sisa_unlearn:
-        seed = re.search(r"models/sisa4/\w+/seed(\d+)\.pt", j).group(1)
-        assert f"results/tiny/sisa/sisa4/seed{seed}.pt" in j and f"sisa/sisa4/seed{seed}.shards.json" in j
-        assert f"benchmarks/sisa_shards/sisa4/seed{seed}.tsv" in j
-    other = [j for j in jobs if "rule unlearn:" in j and "models/sisa4/" not in j]
-    assert other and not any("/sisa/" in j or "sisa_shards" in j for j in other)  # others get no extra inputs
+    assert sorted(re.search(r"wildcards: variant=(\w+), seed=(\d+)", j).groups() for j in shard_jobs) == [
+        ("sisa", "0"), ("sisa", "3"), ("sisa4", "0"), ("sisa4", "3")]
+    unlearn = [re.search(r"wildcards: variant=(\w+), forget=(\w+), seed=(\d+)", j).groups() + (j,)
+               for j in jobs if "rule unlearn:" in j]
+    sisa_jobs = [u for u in unlearn if u[0].startswith("sisa")]
+    assert sorted(u[:3] for u in sisa_jobs) == [("sisa", "scattered", "0"), ("sisa", "scattered", "3"),
+                                                ("sisa4", "scattered", "0"), ("sisa4", "scattered", "3"),
+                                                ("sisa4", "structured", "0"), ("sisa4", "structured", "3")]
+    for variant, _, seed, j in sisa_jobs:  # each depends on the shard job of its variant and seed
+        for path in (f"sisa/{variant}/seed{seed}.pt", f"sisa/{variant}/seed{seed}.shards.json",
+                     f"benchmarks/sisa_shards/{variant}/seed{seed}.tsv"):
+            assert f"results/tiny/{path}" in j, (variant, seed, path)
+    others = [j for v, _, _, j in unlearn if not v.startswith("sisa")]
+    assert others and not any("results/tiny/sisa/" in j or "sisa_shards" in j for j in others)  # no extra inputs
 
 
 def test_method_comparison_shows_the_setup_cost_only_when_a_method_has_one():
