@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "profiles/slurm/config.yaml"
 GPU = ROOT / "profiles/slurm-gpu/config.yaml"
-GPU_RULES = {"baseline", "retrain", "unlearn"}
+GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards"}
 
 
 def _load(path):

@@ -117,10 +117,10 @@ def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
     assert counts["unlearn"] == 1 and counts["retrain"] == 3 and counts["forget_set"] == 1
     assert "Megakaryocyte" not in text and "structured" not in text  # nothing of config/config.yaml
 
-    # the shipped tiny study: 2 variants x 2 forget sets + fisher and retain_finetune on one = 6
+    # the shipped tiny study: 2 variants x 2 forget sets + fisher, retain_finetune and sisa on one = 7
     # (more if config/config.yaml's variants were merged in)
     tiny = _write(tmp_path / "tiny.yaml", _tiny(run_name))
-    assert _job_counts((r := _smk(["-n", "--forceall", "--configfile", str(tiny)])).stdout)["unlearn"] == 6, r.stderr
+    assert _job_counts((r := _smk(["-n", "--forceall", "--configfile", str(tiny)])).stdout)["unlearn"] == 7, r.stderr
     # and the same from another working directory
     r = _smk(["-n", "--forceall", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(path),
               "--directory", str(tmp_path)], cwd=tmp_path)

@@ -65,7 +65,7 @@ def test_tiny_study_end_to_end(tmp_path):
     # baseline + retrain on both sets, frozen + extragradient on both, fisher only on scattered
     expected = {("structured", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10")}
     expected |= {("scattered", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10", "fisher",
-                                            "retain_finetune")}
+                                            "retain_finetune", "sisa")}
     assert set(zip(summary["forget_set"], summary["variant"])) == expected
     assert summary["auc"].between(0, 1).all() and summary["pc_auc"].between(0, 1).all()
     assert (summary["auc_ci_low"] <= summary["auc_ci_high"]).all()
@@ -84,6 +84,12 @@ def test_tiny_study_end_to_end(tmp_path):
         assert g["band_high"].iloc[0] == pytest.approx(floor + 0.03)
     assert summary["wall_s"].notna().all() and (summary["wall_s"] > 0).all()
     assert (summary.loc[summary["method"] == "retrain", "cost_vs_retrain"] == 1.0).all()
+    # sisa: the shard ensemble was audited, and its up-front cost is reported apart from the request's
+    sisa = summary[summary["method"] == "sisa"]
+    assert len(sisa) == 1 and (sisa["setup_cost_vs_retrain"] > 0).all() and (sisa["cost_vs_retrain"] > 0).all()
+    assert summary.loc[summary["method"] != "sisa", "setup_cost_vs_retrain"].isna().all()
+    rec = json.loads((out / "audit/scattered/sisa/seed0.json").read_text())
+    assert rec["sisa_shards"] == 2 and rec["sisa_shards_retrained"] == 2  # 20 random cells hit both shards
 
     # the structured forget set is exactly the rare cluster within train
     import anndata as ad

@@ -203,7 +203,7 @@ def stage_unlearn(inp, out, params, threads):
     model, base_meta = load_checkpoint(inp["baseline"], device)
     check_genes(model, adata, inp["baseline"], base_meta)
     traj = Trajectory(params["variant"])
-    ctx = UnlearnContext.build(model, X, part, seed, p, traj)
+    ctx = UnlearnContext.build(model, X, part, seed, p, traj, inputs=_method_inputs(method, inp, adata, part))
     log.info("unlearning with %s (%s) from %s: forget %d, retain %d, validation %d; params %s",
              params["variant"], method.name, inp["baseline"], len(part.forget), len(part.retain),
              len(part.validation), json.dumps(p))
@@ -218,6 +218,41 @@ def stage_unlearn(inp, out, params, threads):
     write_tsv(frame, out["trajectory"])
     _write_cells(model, X, adata, out)
     save_checkpoint(model, out["model"], meta)
+
+
+def _method_inputs(method, inp: dict, adata, part) -> dict:
+    """The extra inputs a method declared (``MethodSpec.needs``: paths from the rule), plus the barcodes of
+    its forget / retain / validation rows to join them with; nothing for a method that declared none."""
+    if not method.needs:
+        return {}
+    missing = [n for n in method.needs if n not in inp]
+    if missing:
+        raise ScunlearnError(f"method {method.name} needs the inputs {missing}, which the unlearn rule did not give")
+    names = adata.obs_names
+    return {**{n: inp[n] for n in method.needs},
+            "barcodes": {k: list(map(str, names[getattr(part, k)])) for k in ("forget", "retain", "validation")}}
+
+
+def stage_sisa_shards(inp, out, params, threads):
+    """SISA's up-front training: S shards of the training cells, one VAE each (the baseline's recipe)."""
+    from .methods.sisa import shard_seed, train_shards
+    from .model import VAEConfig
+    from .train import save_checkpoint
+
+    seed, device, adata, X, part = _setup(inp, params, threads)
+    S, tr = int(params["shards"]), params["train"]
+    cfg = VAEConfig(n_genes=adata.n_vars, **params["model"])
+    log.info("sisa %s: %d training cells in %d shards, validating on %d; seed %d",
+             params["variant"], len(part.train), S, len(part.validation), seed)
+    t0 = time.perf_counter()
+    ens, shards, hists = train_shards(X, adata.obs_names, part.train, part.validation, S, cfg, tr, seed)
+    meta = {"kind": "sisa_shards", "variant": params["variant"], "seed": seed, "n_shards": S,
+            "shard_sizes": [len(c) for c in shards], "shard_seeds": [shard_seed(seed, k) for k in range(S)],
+            "train": tr, "train_seconds": time.perf_counter() - t0, "genes": list(map(str, adata.var_names)),
+            "param_hash": param_hash([params["model"], tr, S])}
+    write_tsv(pd.concat(hists, ignore_index=True), out["history"])
+    write_json({"seed": seed, "n_shards": S, "sizes": [len(c) for c in shards], "shards": shards}, out["assignment"])
+    save_checkpoint(ens, out["model"], meta)
 
 
 def _write_cells(model, X, adata, out) -> None:

@@ -2,8 +2,8 @@
 
 Adam, mini-batches by index over one dense count tensor on the device, KL warm-up,
 early stopping on validation ELBO with the best epoch restored, one log line per epoch.
-Checkpoints hold the state dict, the model config and training metadata and load
-with ``weights_only=True``.
+Checkpoints hold the state dict, the model config, the model kind (a VAE or a SISA
+shard ensemble) and training metadata, and load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from . import ScunlearnError
 from .io import atomic_path
-from .model import VAE, VAEConfig, build_vae, elbo, log_factorial_rows
+from .model import VAE, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,37 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
     return pd.DataFrame(rows)
 
 
-def save_checkpoint(model: VAE, path: str | Path, meta: dict) -> None:
-    """Atomically save state dict + model config + metadata (plain types only)."""
-    payload = {"state_dict": model.state_dict(), "model_config": model.cfg.to_dict(), "meta": meta}
+#: ``model_kind`` of a checkpoint's payload -> how its model is rebuilt (absent = a plain VAE: older checkpoints)
+MODEL_KINDS = ("vae", "shard_ensemble")
+
+
+def save_checkpoint(model: VAE | ShardEnsemble, path: str | Path, meta: dict) -> None:
+    """Atomically save state dict + model config + model kind + metadata (plain types only).
+
+    ``model_kind`` is ``"vae"`` or ``"shard_ensemble"`` (:class:`~scunlearn.model.ShardEnsemble`);
+    :func:`load_checkpoint` rebuilds the model from it.
+    """
+    kind = "shard_ensemble" if isinstance(model, ShardEnsemble) else "vae"
+    payload = {"model_kind": kind, "state_dict": model.state_dict(), "model_config": model.cfg.to_dict(),
+               "meta": meta}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
-    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``)."""
+def _build(payload: dict, path) -> VAE | ShardEnsemble:
+    kind = payload.get("model_kind", "vae")
+    cfg = payload["model_config"]
+    if kind == "vae":
+        return build_vae(VAEConfig(**cfg))
+    if kind == "shard_ensemble":
+        shard = VAEConfig(**cfg["shard"])
+        return ShardEnsemble([build_vae(shard) for _ in range(int(cfg["n_shards"]))])
+    raise ScunlearnError(f"{path}: unknown model_kind '{kind}' (known: {', '.join(MODEL_KINDS)}); "
+                         "it was written by another version of scunlearn: delete it and rerun snakemake")
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE | ShardEnsemble, dict]:
+    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``): a VAE or a shard ensemble."""
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError as e:
@@ -151,7 +173,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     except Exception as e:  # noqa: BLE001
         raise ScunlearnError(f"{path}: not a readable scunlearn checkpoint ({e}); it may be truncated or "
                              "corrupt: delete it and rerun snakemake, which rebuilds it") from e
-    model = build_vae(VAEConfig(**payload["model_config"])).to(device)
+    model = _build(payload, path).to(device)
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload.get("meta", {})

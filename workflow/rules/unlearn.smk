@@ -3,6 +3,8 @@
 
 rule unlearn:
     input:
+        # extra inputs the variant's method declares (sisa's shards; see sisa.smk), none for most
+        unpack(lambda w: {n: METHOD_INPUTS[n](w) for n in METHOD_NEEDS[w.variant]}),
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,

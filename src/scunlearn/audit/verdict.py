@@ -57,10 +57,15 @@ def controls(g: pd.DataFrame) -> dict:
 
 
 def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
-    """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set."""
+    """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set.
+
+    ``cost_vs_retrain`` = the wall time of the job that made the model over the retrain's of
+    the same seed (one unlearning request); ``setup_cost_vs_retrain`` = a method's up-front
+    job (``setup_wall_s`` in its record: sisa's shard training) over the same retrain.
+    """
     df = df.copy()
     for col in ("floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high",
-                "forget_gap_closed", "cost_vs_retrain"):
+                "forget_gap_closed", "cost_vs_retrain", "setup_cost_vs_retrain"):
         df[col] = np.nan
     df["verdict"] = ""
     df["paper_verdict"] = ""
@@ -87,6 +92,8 @@ def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
         ret = g[g["method"] == "retrain"].set_index("seed")["wall_s"]
         ref = g["seed"].map(ret).fillna(ret.mean())
         df.loc[rows, "cost_vs_retrain"] = (g["wall_s"] / ref).values
+        if "setup_wall_s" in g:  # a method's up-front job (sisa's shards), over the same retrain
+            df.loc[rows, "setup_cost_vs_retrain"] = (g["setup_wall_s"] / ref).values
     return df
 
 

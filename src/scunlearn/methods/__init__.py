@@ -33,6 +33,10 @@ class MethodSpec:
     defaults: dict
     schema: dict
     doc: str
+    #: extra inputs the unlearn rule gives this method, by name (files the workflow makes for it,
+    #: e.g. sisa's shard ensemble); they reach it as ``ctx.inputs[name]`` (paths), with the barcodes
+    #: of its forget / retain / validation rows as ``ctx.inputs["barcodes"]``. Empty for most methods.
+    needs: tuple[str, ...] = ()
 
     @property
     def fn(self) -> Callable:
@@ -48,12 +52,15 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 
 def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None = None,
-         function: str | None = None) -> MethodSpec:
-    """Add a method to the registry; its defaults must match its schema key for key."""
+         function: str | None = None, needs: tuple[str, ...] = ()) -> MethodSpec:
+    """Add a method to the registry; its defaults must match its schema key for key.
+
+    ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`).
+    """
     if name in REGISTRY:
         raise ValueError(f"method '{name}' registered twice")
     check_schema_covers(defaults, schema, f"method {name} defaults")
-    s = MethodSpec(name, module or name, function or name, defaults, schema, doc)
+    s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs))
     REGISTRY[name] = s
     return s
 
@@ -190,3 +197,11 @@ spec("dp_retrain",
          kl_warmup_epochs=integer(0), patience=integer(1), match_k=integer(1)),
      "A private-training anchor, not unlearning: a fresh VAE trained with DP-SGD (Abadi et al. 2016, Opacus) "
      "on retain ∪ forget cells at a target epsilon (or a given noise_multiplier); delta null = 1/(10 n_train).")
+
+spec("sisa",
+     {"shards": 4, "match_k": 7},
+     obj(shards=integer(1), match_k=integer(1)),
+     "Bourtoule et al. (2021) SISA, exact unlearning: S shards trained independently from the start "
+     "(training recipe = config train); retrain from scratch only the shards holding forget cells. "
+     "The audited model is the shard ensemble.",
+     needs=("shards", "shard_assignment", "setup_benchmark"))

@@ -75,7 +75,9 @@ TABLES: dict[str, tuple[str, str]] = {
         "fine-tuning control (mean, mean per-seed CI; 'better than fine-tuning' only when that "
         "CI lies below 0), the share of the baseline's excess forget-cell score removed "
         "(1 = as retrain, 0 = as baseline), the verdicts of the seeds, utility (latent "
-        "accuracy, reconstruction MSE, validation ELBO) and wall time relative to retraining."),
+        "accuracy, reconstruction MSE, validation ELBO) and wall time relative to retraining: of one "
+        "unlearning request (cost), and of a method's up-front job done once per seed before any "
+        "request (setup cost: sisa's shard training; — for methods without one)."),
     "table2_adversarial": (
         "Table II. Adversarial unlearning on the {forget_set} forget set (the paper's rule)",
         "The paper's Table II: baseline, each variant of the paper's adversarial methods "

@@ -46,6 +46,7 @@ LABELS = {
     "marker_mse": "marker MSE",
     "latent_acc": "latent accuracy", "val_elbo": "val ELBO", "wall_s": "wall time (s)",
     "max_rss_mb": "peak memory (MB)", "cost_vs_retrain": "cost vs retrain",
+    "setup_cost_vs_retrain": "setup cost vs retrain",
     "n_models": "n models", "paper_status": "paper status (mean)",
     "paper_success_rate": "paper success rate", "pc_auc_mean": "per-cell AUC",
     "pc_auc_sd": "per-cell SD", "verdicts": "verdicts (seeds)", "delta_mean": "Δ vs retrain",
@@ -270,10 +271,14 @@ def render_comparison(comp: pd.DataFrame) -> str:
     """The method comparison table (HTML): intervals, labels and marks composed from the exact TSV columns."""
     head = ["forget set", "variant", "seeds", "per-cell AUC [mean 95% CI]", "Δ vs retrain [mean 95% CI]",
             "p vs retrain (seeds)", "Δ vs fine-tuning [mean 95% CI]", "vs fine-tuning", "forget gap closed",
-            "verdicts (seeds)", "latent accuracy", "recon MSE", "val ELBO", "cost vs retrain"]
+            "verdicts (seeds)", "latent accuracy", "recon MSE", "val ELBO", "cost vs retrain",
+            "setup cost vs retrain"]
     # without a control in the study the two fine-tuning columns would say so on every row: say it once
     has_control = bool((comp["method"] == CONTROL_METHOD).any() or comp["dft_mean"].notna().any())
     keep = [i for i in range(len(head)) if has_control or i not in (6, 7)]
+    # the setup cost column only when a method has an up-front job (sisa's shards)
+    if not comp["setup_cost_vs_retrain"].notna().any():
+        keep.remove(head.index("setup cost vs retrain"))
     rows, last_fs = [], None
     for r in comp.to_dict("records"):
         classes = []
@@ -305,6 +310,7 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f"<td>{_cell(r['recon_mse'], '')}</td>",
             f"<td>{_fixed(r['val_elbo'])}</td>",
             cost_td,
+            f"<td>{_cell(r['setup_cost_vs_retrain'], '')}</td>",
         ]
         cls = f' class="{" ".join(classes)}"' if classes else ""
         rows.append(f"<tr{cls}>{''.join(cells[i] for i in keep)}</tr>")
