@@ -200,12 +200,17 @@ def test_relu_dropout_is_relu_then_dropout():
     assert torch.equal(_relu_dropout(h.detach(), 1.0), torch.zeros_like(h))
 
 
-def test_mlp_attack_does_not_import_torch_dynamo():
-    """torch.optim imports torch._dynamo on its first step (~1 s per audit process); the attack avoids it."""
+def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
+    """torch.use_deterministic_algorithms and torch.optim's first step import torch._dynamo (~1 s of CPU per
+    audit process); seed_everything and the attack avoid both, and the kernels are still deterministic."""
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np\n"
+    code = ("import sys, numpy as np, torch\n"
+            "from scunlearn.model import seed_everything\n"
+            "seed_everything(0, 1)\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
             "from scunlearn.audit.attack import mia\n"
             "rng = np.random.default_rng(0)\n"
             "y = np.r_[np.ones(20), np.zeros(40)].astype(int)\n"
