@@ -311,12 +311,16 @@ def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path,
     model, meta = load_checkpoint(model_path)
     check_genes(model, adata, model_path, meta)
     cfg = params["audit"]
+    # each model's attacks get their own copies of the shared arrays (small): an attack that
+    # changed one in place could otherwise change the next model's record
+    own = copy.deepcopy({k: shared[k] for k in ("negatives", "groups", "retrain_stats", "baseline_stats",
+                                                 "control_stats", "types")})
     data = AuditData(
-        model=model, X=X, forget=part.forget, negatives=shared["negatives"], groups=shared["groups"],
+        model=model, X=X, forget=part.forget.copy(), negatives=own["negatives"], groups=own["groups"],
         seed=seed, alpha=cfg["alpha"], margin=cfg["equivalence_margin"], bootstrap=cfg["bootstrap"],
         target_stats=read_cell_stats(cells_path, adata.obs_names),
-        retrain_stats=shared["retrain_stats"], baseline_stats=shared["baseline_stats"],
-        control_stats=shared["control_stats"], self_name=self_name, cell_types=shared["types"])
+        retrain_stats=own["retrain_stats"], baseline_stats=own["baseline_stats"],
+        control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"])
     record: dict = {}
     for name, p in cfg["attacks"].items():
         t0 = time.perf_counter()
