@@ -60,23 +60,28 @@ def audit_study(tmp_path_factory, processed):
     return d, paths
 
 
-def _run_audit(d, paths, attacks, out):
+def _run_audit(d, paths, attacks, out, seeds=(0,)):
+    """Run the audit stage on the baseline models of ``seeds`` (one job, one record each); the first record."""
     from scunlearn.pipeline import stage_audit
 
     names = sorted(paths)
-    inp = {"model": str(d / "baseline0.pt"), "cells": paths["baseline/seed0"], "adata": str(d / "adata.h5ad"),
+    outs = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}_seed{s}.json") for s in seeds]
+    inp = {"models": [str(d / f"baseline{s}.pt") for s in seeds],
+           "cells": [paths[f"baseline/seed{s}"] for s in seeds], "benchmarks": ["" for _ in seeds],
+           "adata": str(d / "adata.h5ad"),
            "split": str(d / "split.json"), "forget": str(d / "forget.json"), "matched": str(d / "matched.json"),
            "markers": str(d / "markers.tsv"),
            "ref_retrain": [paths[n] for n in names if n.startswith("retrain")],
            "ref_baseline": [paths[n] for n in names if n.startswith("baseline")], "controls": []}
     params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "baseline", "method": "baseline",
-              "model_seed": 0, "seed": 0, "target_sum": 1e4, "self_name": "baseline/seed0",
+              "model_seeds": list(seeds), "seed": 0, "target_sum": 1e4,
+              "self_names": [f"baseline/seed{s}" for s in seeds],
               "ref_retrain": [n for n in names if n.startswith("retrain")],
               "ref_baseline": [n for n in names if n.startswith("baseline")], "controls": [],
               "audit": {"alpha": 0.05, "equivalence_margin": 0.1, "bootstrap": 50,
                         "attacks": resolve_attacks(attacks), "utility": {"max_cells": 300, "folds": 3}}}
-    stage_audit(inp, {"audit": str(out)}, params, 1)
-    return json.loads(out.read_text())
+    stage_audit(inp, {"audits": [str(o) for o in outs]}, params, 1)
+    return json.loads(outs[0].read_text())
 
 
 def test_a_toy_attack_is_one_module_and_one_config_entry(audit_study, tmp_path, monkeypatch):
@@ -123,3 +128,31 @@ def test_every_builtin_attack_runs_through_the_audit_stage(audit_study, tmp_path
     for key in ("pc_auc", "delta_vs_retrain", "auc", "auc_ci_low", "loss_attack_auc", "recon_mse"):
         assert np.isfinite(rec[key]), key
     assert rec["n_references"] == 3 and rec["n_in_references"] == 2  # a model is never its own reference
+
+
+SMALL_MLP = {"per_cell": {}, "mlp": {"folds": 3, "repeats": 1, "attacker": {"hidden": [8], "epochs": 10}}, "loss": {}}
+
+
+def test_one_audit_job_audits_every_seed_and_each_record_ignores_its_job_mates(audit_study, tmp_path):
+    """Seeds 0, 1, 2 audited in one job: one record per seed, each equal to auditing that seed alone."""
+    d, paths = audit_study
+    _run_audit(d, paths, SMALL_MLP, tmp_path / "all.json", seeds=(0, 1, 2))
+    records = {s: json.loads((tmp_path / f"all_seed{s}.json").read_text()) for s in (0, 1, 2)}
+    assert [r["seed"] for r in records.values()] == [0, 1, 2]
+    assert len({r["model"] for r in records.values()}) == 3
+    assert len({r["pc_auc"] for r in records.values()}) > 1  # three different models, not one record thrice
+    alone = _run_audit(d, paths, SMALL_MLP, tmp_path / "alone.json", seeds=(1,))
+    assert alone == records[1]  # bit for bit: its torch RNG is reset before each model
+    # later seed first: same record again
+    _run_audit(d, paths, SMALL_MLP, tmp_path / "rev.json", seeds=(2, 1))
+    assert json.loads((tmp_path / "rev_seed1.json").read_text()) == records[1]
+
+
+def test_audit_job_refuses_mismatched_seed_lists(audit_study, tmp_path):
+    from scunlearn.pipeline import stage_audit
+
+    d, paths = audit_study
+    inp = {"models": [str(d / "baseline0.pt")], "cells": [], "benchmarks": [""]}
+    params = {"variant": "baseline", "forget": "scattered", "model_seeds": [0], "self_names": [None]}
+    with pytest.raises(ScunlearnError, match="1 checkpoints, 0 cell statistics"):
+        stage_audit(inp, {"audits": [str(tmp_path / "x.json")]}, params, 1)

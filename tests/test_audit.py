@@ -159,3 +159,63 @@ def test_grouped_folds_keep_groups_together():
     for _, tr, te in fold_splits(y, 5, 2, 0, groups):
         assert not set(groups[tr]) & set(groups[te])
         assert y[te].sum() > 0 and y[tr].sum() > 0
+
+
+def test_attack_adam_step_is_torch_adam():
+    """The attack's written-out Adam step gives torch.optim.Adam's parameters bit for bit."""
+    import torch
+
+    from scunlearn.audit.attack import _adam_step
+
+    torch.manual_seed(0)
+    p1 = torch.nn.Parameter(torch.randn(3, 4, 5))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    opt = torch.optim.Adam([p1], lr=3e-3, weight_decay=1e-4)
+    state = [(torch.zeros_like(p2), torch.zeros_like(p2))]
+    for step in range(1, 30):
+        g = torch.randn(3, 4, 5)
+        p1.grad = g.clone()
+        opt.step()
+        p2.grad = g.clone()
+        _adam_step([p2], state, step, 3e-3, 1e-4)
+    assert torch.equal(p1, p2) and not torch.equal(p2, torch.zeros_like(p2))
+
+
+def test_relu_dropout_is_relu_then_dropout():
+    """One mask: each entry is 0 or relu(h) / (1 - p), about 1 - p of the positive entries kept; gradient = mask."""
+    import torch
+
+    from scunlearn.audit.attack import _relu_dropout
+
+    torch.manual_seed(0)
+    h = torch.randn(4, 500, 64, requires_grad=True)
+    out = _relu_dropout(h, 0.3)
+    pos = h.detach() > 0
+    kept = out.detach() != 0
+    assert not (kept & ~pos).any()  # nothing negative survives (relu)
+    assert torch.allclose(out.detach()[kept], h.detach()[kept] / 0.7)
+    assert abs(kept.sum().item() / pos.sum().item() - 0.7) < 0.01
+    out.sum().backward()
+    assert torch.allclose(h.grad, kept.float() / 0.7)
+    assert torch.equal(_relu_dropout(h.detach(), 1.0), torch.zeros_like(h))
+
+
+def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
+    """torch.use_deterministic_algorithms and torch.optim's first step import torch._dynamo (~1 s of CPU per
+    audit process); seed_everything and the attack avoid both, and the kernels are still deterministic."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, torch\n"
+            "from scunlearn.model import seed_everything\n"
+            "seed_everything(0, 1)\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "from scunlearn.audit.attack import mia\n"
+            "rng = np.random.default_rng(0)\n"
+            "y = np.r_[np.ones(20), np.zeros(40)].astype(int)\n"
+            "mia(rng.normal(size=(60, 5)), y, {'folds': 2, 'repeats': 1, 'bootstrap': 10, 'attacker': "
+            "{'hidden': [4], 'dropout': 0.3, 'lr': 1e-3, 'weight_decay': 1e-4, 'epochs': 2}}, 0)\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -10,7 +10,7 @@ BENCH = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
          "{s}\t0:00:{s}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
 
 
-def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready):
+def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready, units=None):
     b = root / "benchmarks" / bench_rel
     b.parent.mkdir(parents=True, exist_ok=True)
     b.write_text(BENCH.format(s=s, cpu=cpu, rss=rss))
@@ -19,7 +19,8 @@ def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready):
         lg.parent.mkdir(parents=True, exist_ok=True)
         lg.write_text(f"2026 INFO scunlearn.pipeline: stage x: rule {rule}, wildcards {{}}, threads 1\n"
                       f"2026 INFO scunlearn.pipeline: ready 1.00s after process start, 0.50s CPU (stage called)\n"
-                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n")
+                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n"
+                      + (f"2026 INFO scunlearn.pipeline: units of work: {units} (models audited)\n" if units else ""))
 
 
 def test_rule_table_pairs_logs_and_sums(tmp_path):
@@ -40,6 +41,36 @@ def test_rule_table_pairs_logs_and_sums(tmp_path):
     assert t.loc["split", "startup_share"] != t.loc["split", "startup_share"]  # NaN
     assert t.loc["TOTAL", "jobs"] == 4 and t.loc["TOTAL", "startup_share"] == pytest.approx(18 / 70)
     assert "audit" in format_table(t.reset_index())
+    assert t.loc["audit", "units"] == 2 and t.loc["audit", "wall_per_unit_s"] == 15  # no units logged: 1 per job
+
+
+def test_grouped_audit_jobs_count_their_models(tmp_path):
+    """One audit job per (forget set, model) auditing 2 seeds: start-up counted once, cost per model halved."""
+    from scunlearn.costs import log_units
+
+    _job(tmp_path, "audit/f/baseline.tsv", "audit/f/baseline.log", "audit", 20, 18, 700, 4.0, units=2)
+    _job(tmp_path, "audit/f/fisher.tsv", "audit/f/fisher.log", "audit", 16, 14, 700, 4.0, units=2)
+    jobs = job_costs(tmp_path)
+    assert list(jobs["units"]) == [2, 2] and set(jobs["job"]) == {"audit/f/baseline", "audit/f/fisher"}
+    t = rule_costs(jobs).set_index("rule")
+    assert t.loc["audit", "jobs"] == 2 and t.loc["audit", "units"] == 4
+    assert t.loc["audit", "startup_share"] == pytest.approx(8 / 36)
+    assert t.loc["audit", "wall_per_job_s"] == 18 and t.loc["audit", "wall_per_unit_s"] == 9
+    assert t.loc["audit", "cpu_per_unit_s"] == pytest.approx(32 / 4)
+    assert t.loc["TOTAL", "units"] == 4
+
+    # the stage's own log line is what the table parses
+    logger = logging.getLogger("t.units")
+    lg = tmp_path / "logs" / "audit" / "f" / "baseline.log"
+    handler = logging.FileHandler(lg)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log_units(logger, 3, "models audited")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert job_costs(tmp_path).set_index("job").loc["audit/f/baseline", "units"] == 3  # the last line counts
 
 
 def test_ready_mark_counts_from_process_start(caplog):

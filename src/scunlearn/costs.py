@@ -7,6 +7,10 @@ gives, per rule, the wall time, CPU time, peak memory and the share of wall time
 CPU time) spent before the work starts — what a per-job process costs before it does
 anything useful. The CPU share is the one to trust on a shared machine, where other
 users' work stretches the wall clock.
+
+A job that does several units of work in one process (the audit: every seed of one model)
+logs ``units of work: <n> (<what>)`` (see :func:`log_units`), so the table can also show
+the cost per unit, comparable with a layout of one job per unit.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 READY = re.compile(r"ready ([0-9.]+)s after process start(?:, ([0-9.]+)s CPU)?")
 RULE = re.compile(r"stage \S+: rule (\S+),")
+UNITS = re.compile(r"units of work: (\d+)")
 
 
 def process_age() -> float | None:
@@ -77,6 +82,11 @@ def log_ready(log: logging.Logger, what: str) -> None:
     log.info("ready %.2fs after process start, %.2fs CPU (%s)", age, time.process_time(), what)
 
 
+def log_units(log: logging.Logger, n: int, what: str) -> None:
+    """Log how many units of work (e.g. audited models) this job does, for the per-unit costs."""
+    log.info("units of work: %d (%s)", n, what)
+
+
 def read_benchmark(path) -> dict:
     """``s``, ``cpu_time`` and ``max_rss`` of a Snakemake ``benchmark:`` file (empty when absent or unreadable)."""
     import pandas as pd
@@ -90,22 +100,27 @@ def read_benchmark(path) -> dict:
     return {k: float(v.iloc[0]) for k, v in num.items() if len(v)}
 
 
-def _log_facts(path: Path | None) -> tuple[str | None, float, float]:
-    """(rule name, wall and CPU seconds to the last ``ready`` mark) from a stage log; NaN if absent."""
-    rule, ready, ready_cpu = None, float("nan"), float("nan")
+def _log_facts(path: Path | None) -> tuple[str | None, float, float, int]:
+    """(rule name, wall and CPU seconds to the last ``ready`` mark, units of work) from a stage log.
+
+    NaN seconds when there is no log or no mark; 1 unit unless the log says otherwise.
+    """
+    rule, ready, ready_cpu, units = None, float("nan"), float("nan"), 1
     if path is None:
-        return rule, ready, ready_cpu
+        return rule, ready, ready_cpu, units
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return rule, ready, ready_cpu
+        return rule, ready, ready_cpu, units
     for line in text.splitlines():
         if rule is None and (m := RULE.search(line)):
             rule = m.group(1)
         if m := READY.search(line):
             ready = float(m.group(1))
             ready_cpu = float(m.group(2)) if m.group(2) else float("nan")
-    return rule, ready, ready_cpu
+        if m := UNITS.search(line):
+            units = int(m.group(1))
+    return rule, ready, ready_cpu, units
 
 
 def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
@@ -118,7 +133,7 @@ def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
 
 
 def job_costs(results_dir: str | os.PathLike):
-    """One row per benchmarked job: rule, job, wall_s, cpu_s, max_rss_mb, startup_s, startup_cpu_s, log."""
+    """One row per benchmarked job: rule, job, units, wall_s, cpu_s, max_rss_mb, startup_s, startup_cpu_s, log."""
     import pandas as pd
 
     root = Path(results_dir)
@@ -129,16 +144,16 @@ def job_costs(results_dir: str | os.PathLike):
     for b in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
         rel = b.relative_to(bench_dir)
         log = _match_log(rel, logs)
-        rule, ready, ready_cpu = _log_facts(log)
+        rule, ready, ready_cpu, units = _log_facts(log)
         bm = read_benchmark(b)
         rows.append({
-            "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(),
+            "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(), "units": units,
             "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),
             "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready, "startup_cpu_s": ready_cpu,
             "log": str(log) if log else "",
         })
-    return pd.DataFrame(rows, columns=["rule", "job", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_cpu_s",
-                                       "log"])
+    return pd.DataFrame(rows, columns=["rule", "job", "units", "wall_s", "cpu_s", "max_rss_mb", "startup_s",
+                                       "startup_cpu_s", "log"])
 
 
 def _share(jobs, part: str, whole: str) -> float:
@@ -147,16 +162,21 @@ def _share(jobs, part: str, whole: str) -> float:
 
 
 def rule_costs(jobs):
-    """Per rule: jobs, wall / CPU seconds summed, peak RSS, start-up seconds and their share of wall / CPU."""
+    """Per rule: jobs and their units of work, wall / CPU seconds summed, peak RSS, start-up seconds and
+    their share of wall / CPU, per job and per unit (a unit = one audited model for the audit)."""
     import pandas as pd
 
-    cols = ["rule", "jobs", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_share",
-            "startup_cpu_s", "startup_cpu_share", "wall_per_job_s", "startup_per_job_s"]
+    cols = ["rule", "jobs", "units", "wall_s", "cpu_s", "max_rss_mb", "startup_s", "startup_share",
+            "startup_cpu_s", "startup_cpu_share", "wall_per_job_s", "startup_per_job_s", "wall_per_unit_s",
+            "cpu_per_unit_s"]
+    if "units" not in jobs:  # a table from before units were logged: one unit per job
+        jobs = jobs.assign(units=1)
     if jobs.empty:
         return pd.DataFrame(columns=cols)
     g = jobs.groupby("rule", sort=False)
     out = pd.DataFrame({
         "jobs": g.size(),
+        "units": g["units"].sum(),
         "wall_s": g["wall_s"].sum(min_count=1),
         "cpu_s": g["cpu_s"].sum(min_count=1),
         "max_rss_mb": g["max_rss_mb"].max(),
@@ -170,14 +190,18 @@ def rule_costs(jobs):
     out["startup_cpu_share"] = timed_cpu["startup_cpu_s"].sum() / timed_cpu["cpu_s"].sum()
     out["wall_per_job_s"] = out["wall_s"] / out["jobs"]
     out["startup_per_job_s"] = out["startup_s"] / timed.size()
+    out["wall_per_unit_s"] = out["wall_s"] / out["units"]
+    out["cpu_per_unit_s"] = out["cpu_s"] / out["units"]
     out = out.sort_values("wall_s", ascending=False).reset_index()
-    total = {"rule": "TOTAL", "jobs": int(out["jobs"].sum()), "wall_s": out["wall_s"].sum(),
+    total = {"rule": "TOTAL", "jobs": int(out["jobs"].sum()), "units": int(out["units"].sum()),
+             "wall_s": out["wall_s"].sum(),
              "cpu_s": out["cpu_s"].sum(), "max_rss_mb": out["max_rss_mb"].max(),
              "startup_s": out["startup_s"].sum(min_count=1),
              "startup_share": _share(jobs, "startup_s", "wall_s"),
              "startup_cpu_s": out["startup_cpu_s"].sum(min_count=1),
              "startup_cpu_share": _share(jobs, "startup_cpu_s", "cpu_s"),
-             "wall_per_job_s": float("nan"), "startup_per_job_s": float("nan")}
+             "wall_per_job_s": float("nan"), "startup_per_job_s": float("nan"), "wall_per_unit_s": float("nan"),
+             "cpu_per_unit_s": float("nan")}
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)[cols]
 
 
@@ -185,7 +209,8 @@ def format_table(df) -> str:
     """Fixed-width text of :func:`rule_costs` output."""
     fmt = {"wall_s": "{:.1f}", "cpu_s": "{:.1f}", "max_rss_mb": "{:.0f}", "startup_s": "{:.1f}",
            "startup_share": "{:.0%}", "startup_cpu_s": "{:.1f}", "startup_cpu_share": "{:.0%}",
-           "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}"}
+           "wall_per_job_s": "{:.1f}", "startup_per_job_s": "{:.1f}", "wall_per_unit_s": "{:.1f}",
+           "cpu_per_unit_s": "{:.1f}"}
     cells = [[str(c) for c in df.columns]]
     for r in df.itertuples(index=False):
         row = []

@@ -343,10 +343,29 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
+def _deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing the compiler.
+
+    The public call also imports ``torch._inductor`` (and ``torch._dynamo``: ~1 s of CPU in
+    every job process) only to set the compiler's own flag; nothing here is compiled, so the
+    kernels' flag is set directly, and the compiler's too if something imported it already.
+    """
+    import sys
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:  # a torch without the private setter: the public call
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    setter(True, warn_only=True)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = True
+
+
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Seed torch's RNGs, make CPU kernels deterministic, set the thread count."""
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_kernels()
     if threads:
         torch.set_num_threads(int(threads))
 

@@ -264,23 +264,50 @@ def _write_cells(model, X, adata, out) -> None:
 
 
 def stage_audit(inp, out, params, threads):
-    """Audit one model: every configured attack (the per-cell calibrated one first), then utility."""
+    """Audit every seed of one model on one forget set: the shared data read once, then each model in turn.
+
+    One job per (forget set, model): the data, split, matched negatives, fold groups and the
+    references' statistics are the same for all seeds of a model, so they are read once.
+    Each model's torch RNG is reset to the audit seed before it is audited, so its record
+    is the same whichever seeds share its job; each record is written (atomically) as soon
+    as it is done.
+    """
     import torch
 
-    from .audit.attacks import get_attack
-    from .audit.data import AuditData
-    from .audit.utility import model_utility
-    from .cellstats import read_cell_stats
-    from .costs import read_benchmark
-    from .matched import neighbourhood_groups, read_matched
+    # the audit's imports, before the data are read: start-up is measured to the last ready mark
+    # (in _load_experiment), so they count as start-up, as they did with one job per model
+    from .audit import attacks, data, utility  # noqa: F401
+    from .costs import log_units
+    from .matched import neighbourhood_groups  # noqa: F401  (sklearn)
     from .model import seed_everything
-    from .train import check_genes, load_checkpoint
+    from .train import load_checkpoint  # noqa: F401
 
-    seed = int(params["seed"])
-    seed_everything(seed, threads)
-    adata, X, part = _load_experiment(inp, torch.device("cpu"))
-    model, meta = load_checkpoint(inp["model"])
-    check_genes(model, adata, inp["model"], meta)
+    models, cells, benches = list(inp["models"]), list(inp["cells"]), list(inp["benchmarks"])
+    seeds, self_names, outs = list(params["model_seeds"]), list(params["self_names"]), list(out["audits"])
+    if not len({len(models), len(cells), len(benches), len(seeds), len(self_names), len(outs)}) == 1:
+        raise ScunlearnError(
+            f"audit of {params['variant']} on {params['forget']}: {len(models)} checkpoints, {len(cells)} "
+            f"cell statistics, {len(benches)} benchmarks, {len(seeds)} seeds, {len(self_names)} names and "
+            f"{len(outs)} outputs: one of each per audited seed")
+    seed_everything(int(params["seed"]), threads)
+    shared = _audit_shared(inp, params, torch.device("cpu"))
+    log_units(log, len(models), "models audited")
+    for model_path, cells_path, bench, model_seed, self_name, path in zip(models, cells, benches, seeds,
+                                                                          self_names, outs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        seed_everything(int(params["seed"]), threads)  # per model: its record never depends on its job-mates
+        record = _audit_model(shared, params, model_path, cells_path, bench, int(model_seed), self_name)
+        write_json(record, path)
+        log.info("audited %s/seed%s in %.1fs (%.1fs CPU): %s", params["variant"], model_seed,
+                 time.perf_counter() - t0, time.process_time() - c0, path)
+
+
+def _audit_shared(inp, params, device) -> dict:
+    """What every model of an audit job shares: data, partition, negatives, fold groups, references."""
+    from .cellstats import read_cell_stats
+    from .matched import neighbourhood_groups, read_matched
+
+    adata, X, part = _load_experiment(inp, device)
     _, neg, nearest = read_matched(inp["matched"], adata, part.audit)
     cfg = params["audit"]
 
@@ -289,19 +316,46 @@ def stage_audit(inp, out, params, threads):
 
     types = adata.obs["cell_type"].astype(str).to_numpy()
     fpos = {b: i for i, b in enumerate(adata.obs_names[part.forget])}
-    data = AuditData(
-        model=model, X=X, forget=part.forget,
-        negatives={"matched": neg, "all": part.audit,
-                   "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
+    return {
+        "adata": adata, "X": X, "part": part, "neg": neg, "types": types,
+        "negatives": {"matched": neg, "all": part.audit,
+                      "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
         # the MLP attack's folds keep neighbourhoods together: forget cells clustered in PCA,
         # each matched negative with its nearest forget cell
-        groups=neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
-                                    2 * cfg["attacks"].get("mlp", {}).get("folds", 5), seed),
+        "groups": neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
+                                       2 * cfg["attacks"].get("mlp", {}).get("folds", 5), int(params["seed"])),
+        "retrain_stats": stats(inp["ref_retrain"], params["ref_retrain"]),
+        "baseline_stats": stats(inp["ref_baseline"], params["ref_baseline"]),
+        "control_stats": stats(inp["controls"], params["controls"]),
+        "markers": adata.var_names.isin(read_markers(inp["markers"])["gene"]),
+    }
+
+
+def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, model_seed: int,
+                 self_name: str | None) -> dict:
+    """One model's audit record: every configured attack (the per-cell calibrated one first), then utility."""
+    from .audit.attacks import get_attack
+    from .audit.data import AuditData
+    from .audit.utility import model_utility
+    from .cellstats import read_cell_stats
+    from .costs import read_benchmark
+    from .train import check_genes, load_checkpoint
+
+    adata, X, part = shared["adata"], shared["X"], shared["part"]
+    seed = int(params["seed"])
+    model, meta = load_checkpoint(model_path)
+    check_genes(model, adata, model_path, meta)
+    cfg = params["audit"]
+    # each model's attacks get their own copies of the shared arrays (small): an attack that
+    # changed one in place could otherwise change the next model's record
+    own = copy.deepcopy({k: shared[k] for k in ("negatives", "groups", "retrain_stats", "baseline_stats",
+                                                 "control_stats", "types")})
+    data = AuditData(
+        model=model, X=X, forget=part.forget.copy(), negatives=own["negatives"], groups=own["groups"],
         seed=seed, alpha=cfg["alpha"], margin=cfg["equivalence_margin"], bootstrap=cfg["bootstrap"],
-        target_stats=read_cell_stats(inp["cells"], adata.obs_names),
-        retrain_stats=stats(inp["ref_retrain"], params["ref_retrain"]),
-        baseline_stats=stats(inp["ref_baseline"], params["ref_baseline"]),
-        control_stats=stats(inp["controls"], params["controls"]), self_name=params["self_name"], cell_types=types)
+        target_stats=read_cell_stats(cells_path, adata.obs_names),
+        retrain_stats=own["retrain_stats"], baseline_stats=own["baseline_stats"],
+        control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"])
     record: dict = {}
     for name, p in cfg["attacks"].items():
         t0 = time.perf_counter()
@@ -310,20 +364,19 @@ def stage_audit(inp, out, params, threads):
         log.info("attack %s (%.1fs): %s", name, time.perf_counter() - t0,
                  {k: round(v, 4) for k, v in res.items() if isinstance(v, float)})
 
-    util = model_utility(model, X, part, types, adata.var_names.isin(read_markers(inp["markers"])["gene"]),
-                         cfg["utility"], seed, params["target_sum"])
+    util = model_utility(model, X, part, shared["types"], shared["markers"], cfg["utility"], seed,
+                         params["target_sum"])
     log.info("utility: %s", util)
-    bench = read_benchmark(inp.get("benchmark", ""))
+    bench = read_benchmark(bench_path or "")
     wall, rss = bench.get("s", float("nan")), bench.get("max_rss", float("nan"))
-    record = {
+    return {
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],
-        "param_hash": meta.get("param_hash", ""), "seed": int(params["model_seed"]),
-        **record, **util, **meta.get("report", {}), "n_forget": int(len(part.forget)), "n_negatives": int(len(neg)),
-        "n_negatives_cell_type": int(len(data.negatives["cell_type"])), "n_audit": int(len(part.audit)),
-        "wall_s": wall, "max_rss_mb": rss, "model": str(inp["model"]),
+        "param_hash": meta.get("param_hash", ""), "seed": model_seed,
+        **record, **util, **meta.get("report", {}), "n_forget": int(len(part.forget)),
+        "n_negatives": int(len(shared["neg"])), "n_negatives_cell_type": int(len(shared["negatives"]["cell_type"])),
+        "n_audit": int(len(part.audit)), "wall_s": wall, "max_rss_mb": rss, "model": str(model_path),
     }
-    write_json(record, out["audit"])
 
 
 def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:

@@ -1,9 +1,12 @@
-# post-hoc audit of every model (fresh attacker each), then the tidy summary
+# post-hoc audit of every model (fresh attackers each), then the tidy summary.
+# One audit job per (forget set, model): it audits every seed of the model, reading the data
+# and references once. A variant's seeds rerun together anyway (its params are shared), so
+# this loses no rerun granularity; each seed keeps its own record, written atomically.
 
 
 rule audit:
     input:
-        unpack(model_of),
+        unpack(models_of),
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
@@ -26,28 +29,28 @@ rule audit:
             "splits.py",
         ),
     output:
-        audit=f"{OUT}/audit/{{forget}}/{{model}}/seed{{seed}}.json",
+        audits=[f"{OUT}/audit/{{forget}}/{{model}}/seed{s}.json" for s in SEEDS],
     params:
         run=RUN,
         dataset=config["dataset"]["source"],
         forget=lambda w: w.forget,
         variant=lambda w: w.model,
         method=method_of,
-        model_seed=lambda w: int(w.seed),
+        model_seeds=SEEDS,
         seed=config["seed"],
         audit={
             **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},
             "attacks": ATTACKS,
         },
-        self_name=lambda w: audit_names(w)["self_name"],
+        self_names=lambda w: audit_names(w)["self_names"],
         ref_retrain=lambda w: audit_names(w)["ref_retrain"],
         ref_baseline=lambda w: audit_names(w)["ref_baseline"],
         controls=lambda w: audit_names(w)["controls"],
         target_sum=config["preprocess"]["target_sum"],
     log:
-        f"{OUT}/logs/audit/{{forget}}/{{model}}/seed{{seed}}.log",
+        f"{OUT}/logs/audit/{{forget}}/{{model}}.log",
     benchmark:
-        f"{OUT}/benchmarks/audit/{{forget}}/{{model}}/seed{{seed}}.tsv"
+        f"{OUT}/benchmarks/audit/{{forget}}/{{model}}.tsv"
     wildcard_constraints:
         model=alternatives(["baseline", "retrain", *VARIANTS]),
     conda:
@@ -55,7 +58,7 @@ rule audit:
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=60 * len(SEEDS),  # minutes: an hour per audited model, as when each had its own job
     script:
         "../scripts/audit.py"
 

@@ -161,13 +161,14 @@ def _stem(model, forget, seed):
     return f"baseline/seed{seed}" if model == "baseline" else f"{model}/{forget}/seed{seed}"
 
 
-def model_of(w):
-    """Checkpoint, per-cell statistics and training benchmark of an audited model, and its references."""
-    stem = _stem(w.model, w.forget, w.seed)
+def models_of(w):
+    """Checkpoints, per-cell statistics and training benchmarks of every seed of an audited model (one
+    audit job per forget set and model), and the references they share."""
+    stems = [_stem(w.model, w.forget, s) for s in SEEDS]
     return {
-        "model": f"{OUT}/models/{stem}.pt",
-        "cells": f"{OUT}/models/{stem}.cells.npz",
-        "benchmark": f"{OUT}/benchmarks/{stem}.tsv",
+        "models": [f"{OUT}/models/{stem}.pt" for stem in stems],
+        "cells": [f"{OUT}/models/{stem}.cells.npz" for stem in stems],
+        "benchmarks": [f"{OUT}/benchmarks/{stem}.tsv" for stem in stems],
         "ref_retrain": [f"{OUT}/models/retrain/{w.forget}/seed{s}.cells.npz" for s in ALL_SEEDS],
         "ref_baseline": [f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
         "controls": [f"{OUT}/models/{v}/{w.forget}/seed{s}.cells.npz" for v in controls_of(w) for s in SEEDS],
@@ -184,9 +185,11 @@ def controls_of(w):
 
 
 def audit_names(w):
-    """Names of the audited model and its references, as the audit stage reports them."""
+    """Names of the audited model's seeds (baseline and retrain are among their own references) and of
+    the references, as the audit stage reports them."""
+    own = w.model in ("baseline", "retrain")
     return {
-        "self_name": f"{w.model}/seed{w.seed}" if w.model in ("baseline", "retrain") else None,
+        "self_names": [f"{w.model}/seed{s}" if own else None for s in SEEDS],
         "ref_retrain": [f"retrain/seed{s}" for s in ALL_SEEDS],
         "ref_baseline": [f"baseline/seed{s}" for s in ALL_SEEDS],
         "controls": [f"{v}/seed{s}" for v in controls_of(w) for s in SEEDS],
