@@ -274,18 +274,19 @@ def test_audit_stage_runs_on_an_ensemble(tmp_path):
     save_checkpoint(ens, d / "sisa.pt", {"genes": genes, "report": {"sisa_shards": 2, "setup_wall_s": 7.0}})
     write_cell_stats(ens, X, adata.obs_names, d / "sisa.cells.npz")
     (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
-    inp = {"model": str(d / "sisa.pt"), "cells": str(d / "sisa.cells.npz"), "adata": str(d / "adata.h5ad"),
+    inp = {"models": [str(d / "sisa.pt")], "cells": [str(d / "sisa.cells.npz")], "benchmarks": [""],
+           "adata": str(d / "adata.h5ad"),
            "split": str(d / "split.json"), "forget": str(d / "forget.json"), "matched": str(d / "matched.json"),
            "markers": str(d / "markers.tsv"), "ref_retrain": refs["retrain"], "ref_baseline": refs["baseline"],
            "controls": []}
     attacks = {"per_cell": {}, "mlp": {"folds": 3, "repeats": 1, "attacker": {"hidden": [8], "epochs": 10}},
                "loss": {}}
     params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "sisa", "method": "sisa",
-              "model_seed": 0, "seed": 0, "target_sum": 1e4, "self_name": None,
+              "model_seeds": [0], "seed": 0, "target_sum": 1e4, "self_names": [None],
               "ref_retrain": ["retrain/seed0", "retrain/seed1"], "ref_baseline": ["baseline/seed0", "baseline/seed1"],
               "controls": [], "audit": {"alpha": 0.05, "equivalence_margin": 0.1, "bootstrap": 50,
                                         "attacks": resolve_attacks(attacks), "utility": {"max_cells": 300, "folds": 3}}}
-    stage_audit(inp, {"audit": str(d / "audit.json")}, params, 1)
+    stage_audit(inp, {"audits": [str(d / "audit.json")]}, params, 1)
     rec = json.loads((d / "audit.json").read_text())
     for key in ("pc_auc", "delta_vs_retrain", "auc", "loss_attack_auc", "recon_mse", "latent_acc", "val_elbo"):
         assert np.isfinite(rec[key]), key
