@@ -179,3 +179,20 @@ def test_population_centring_removes_a_seed_shift_shared_by_a_cell_type():
         centred.append(per_cell_audit(shifted, retrain, base, pos, negs, strata=strata)["pc_auc"])
     assert np.mean(raw) > 0.65
     assert abs(np.mean(centred) - 0.5) < 0.04
+
+
+def test_methods_of_another_model_class_get_no_verdict():
+    """sisa's ensemble and dp_retrain's DP VAE are not comparable with retrained single VAEs."""
+    from scunlearn.audit.verdict import NOT_COMPARABLE, add_verdicts, comparable
+
+    assert not comparable("sisa") and not comparable("dp_retrain")
+    assert comparable("fisher") and comparable("baseline") and comparable("a_users_method")
+    rows = []
+    for method, test in [("baseline", "ABOVE"), ("retrain", "UNDECIDED"), ("sisa", "ABOVE"), ("fisher", "ABOVE")]:
+        rows.append({"forget_set": "f", "method": method, "variant": method, "seed": 0, "auc": 0.6,
+                     "auc_ci_low": 0.5, "auc_ci_high": 0.7, "test_vs_retrain": test, "pc_forget_score": 1.0,
+                     "wall_s": 10.0, "delta_vs_retrain": 0.3, "p_vs_retrain": 0.01})
+    out = add_verdicts(pd.DataFrame(rows), 0.03).set_index("method")
+    assert out.loc["sisa", "verdict"] == NOT_COMPARABLE
+    assert out.loc["sisa", "delta_vs_retrain"] == 0.3  # the numbers stay
+    assert out.loc["fisher", "verdict"] == "FAIL" and out.loc["baseline", "verdict"] == "LEAK"

@@ -10,7 +10,7 @@ BENCH = ("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load
          "{s}\t0:00:{s}\t{rss}\t1\t1\t1\t0\t0\t50\t{cpu}\n")
 
 
-def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready, units=None):
+def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready, units=None, done_cpu=None):
     b = root / "benchmarks" / bench_rel
     b.parent.mkdir(parents=True, exist_ok=True)
     b.write_text(BENCH.format(s=s, cpu=cpu, rss=rss))
@@ -20,7 +20,8 @@ def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready, units=None):
         lg.write_text(f"2026 INFO scunlearn.pipeline: stage x: rule {rule}, wildcards {{}}, threads 1\n"
                       f"2026 INFO scunlearn.pipeline: ready 1.00s after process start, 0.50s CPU (stage called)\n"
                       f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n"
-                      + (f"2026 INFO scunlearn.pipeline: units of work: {units} (models audited)\n" if units else ""))
+                      + (f"2026 INFO scunlearn.pipeline: units of work: {units} (models audited)\n" if units else "")
+                      + (f"2026 INFO scunlearn.pipeline: stage x done, {done_cpu:.2f}s CPU\n" if done_cpu else ""))
 
 
 def test_rule_table_pairs_logs_and_sums(tmp_path):
@@ -109,3 +110,37 @@ def test_tune_allocator_takes_effect_on_linux_glibc():
         assert ok is True
     else:
         assert ok is False
+
+
+def test_the_logged_process_cpu_time_overrides_the_sampled_benchmark(tmp_path):
+    """Snakemake's benchmark samples CPU time and missed half of a 30 s job; the stage's own figure wins."""
+    _job(tmp_path, "eg/f/seed0.tsv", "unlearn/eg/f/seed0.log", "unlearn", 30, 15.4, 500, 2.0, done_cpu=29.5)
+    _job(tmp_path, "eg/f/seed1.tsv", "unlearn/eg/f/seed1.log", "unlearn", 30, 15.4, 500, 2.0)  # an older log
+    jobs = job_costs(tmp_path).set_index("job")
+    assert jobs.loc["eg/f/seed0", "cpu_s"] == pytest.approx(29.5)
+    assert jobs.loc["eg/f/seed1", "cpu_s"] == pytest.approx(15.4)
+
+
+def test_stage_logs_its_process_cpu_time_when_done(tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from scunlearn.costs import DONE
+    from scunlearn.pipeline import run
+
+    # run() sends stdout, stderr and the root logger to the rule's log: put them back afterwards
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+
+    def stage_noop(inp, out, params, threads):
+        sum(range(10000))
+
+    log = tmp_path / "x.log"
+    smk = SimpleNamespace(log=[str(log)], input={}, output={}, params={}, rule="noop", wildcards={}, threads=1)
+    run(stage_noop, smk)
+    sys.stdout.flush()
+    m = DONE.search(log.read_text())
+    assert m and 0 < float(m.group(1)) < 1e4

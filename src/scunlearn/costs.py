@@ -24,6 +24,7 @@ from pathlib import Path
 READY = re.compile(r"ready ([0-9.]+)s after process start(?:, ([0-9.]+)s CPU)?")
 RULE = re.compile(r"stage \S+: rule (\S+),")
 UNITS = re.compile(r"units of work: (\d+)")
+DONE = re.compile(r"stage \S+ done, ([0-9.]+)s CPU")
 
 
 def process_age() -> float | None:
@@ -100,18 +101,21 @@ def read_benchmark(path) -> dict:
     return {k: float(v.iloc[0]) for k, v in num.items() if len(v)}
 
 
-def _log_facts(path: Path | None) -> tuple[str | None, float, float, int]:
-    """(rule name, wall and CPU seconds to the last ``ready`` mark, units of work) from a stage log.
+def _log_facts(path: Path | None) -> tuple[str | None, float, float, int, float]:
+    """(rule name, wall and CPU seconds to the last ``ready`` mark, units of work, the job's CPU seconds).
 
-    NaN seconds when there is no log or no mark; 1 unit unless the log says otherwise.
+    NaN seconds when there is no log or no mark; 1 unit unless the log says otherwise. The
+    job's CPU seconds are the process's own, logged when the stage is done (NaN before that
+    line existed): Snakemake's benchmark samples CPU time and can miss the end of a job (it
+    gave 15.4 s for a 30 s single-thread job).
     """
-    rule, ready, ready_cpu, units = None, float("nan"), float("nan"), 1
+    rule, ready, ready_cpu, units, cpu = None, float("nan"), float("nan"), 1, float("nan")
     if path is None:
-        return rule, ready, ready_cpu, units
+        return rule, ready, ready_cpu, units, cpu
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return rule, ready, ready_cpu, units
+        return rule, ready, ready_cpu, units, cpu
     for line in text.splitlines():
         if rule is None and (m := RULE.search(line)):
             rule = m.group(1)
@@ -120,7 +124,9 @@ def _log_facts(path: Path | None) -> tuple[str | None, float, float, int]:
             ready_cpu = float(m.group(2)) if m.group(2) else float("nan")
         if m := UNITS.search(line):
             units = int(m.group(1))
-    return rule, ready, ready_cpu, units
+        if m := DONE.search(line):
+            cpu = float(m.group(1))
+    return rule, ready, ready_cpu, units, cpu
 
 
 def _match_log(rel: Path, logs: dict[str, Path]) -> Path | None:
@@ -144,11 +150,12 @@ def job_costs(results_dir: str | os.PathLike):
     for b in sorted(bench_dir.rglob("*.tsv")) if bench_dir.is_dir() else []:
         rel = b.relative_to(bench_dir)
         log = _match_log(rel, logs)
-        rule, ready, ready_cpu, units = _log_facts(log)
+        rule, ready, ready_cpu, units, cpu = _log_facts(log)
         bm = read_benchmark(b)
         rows.append({
             "rule": rule or rel.parts[0].removesuffix(".tsv"), "job": rel.with_suffix("").as_posix(), "units": units,
-            "wall_s": bm.get("s", float("nan")), "cpu_s": bm.get("cpu_time", float("nan")),
+            "wall_s": bm.get("s", float("nan")),
+            "cpu_s": cpu if cpu == cpu else bm.get("cpu_time", float("nan")),  # the log's, else the benchmark's
             "max_rss_mb": bm.get("max_rss", float("nan")), "startup_s": ready, "startup_cpu_s": ready_cpu,
             "log": str(log) if log else "",
         })

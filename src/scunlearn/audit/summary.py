@@ -28,4 +28,4 @@ RENAME = {"delta_vs_retrain_ci_low": "delta_ci_low", "delta_vs_retrain_ci_high":
            "delta_vs_finetune_ci_high": "dft_ci_high", "delta_vs_finetune_p": "p_vs_finetune"}
 
 #: verdicts a summary row can carry (see :mod:`scunlearn.audit.verdict`)
-VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE")
+VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE", "NOT-COMPARABLE")

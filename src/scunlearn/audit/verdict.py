@@ -56,6 +56,21 @@ def controls(g: pd.DataFrame) -> dict:
             "n_retrain": len(ret), "controls_ok": bool(len(base) and caught == len(base) and alarms == 0)}
 
 
+NOT_COMPARABLE = "NOT-COMPARABLE"
+
+
+def comparable(method: str) -> bool:
+    """Whether the per-cell audit's references (retrained single VAEs) are of this method's model class.
+
+    A registered method says so (``MethodSpec.audit_comparable``: False for sisa's shard
+    ensemble and dp_retrain's DP-trained VAE); baseline, retrain and unknown methods are.
+    """
+    from ..methods import REGISTRY
+
+    spec = REGISTRY.get(method)
+    return True if spec is None else spec.audit_comparable
+
+
 def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set.
 
@@ -83,7 +98,8 @@ def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
             (g["auc_ci_low"] <= st["floor_max"]) & (g["auc_ci_high"] >= st["floor_min"])).values
         ok = controls(g)["controls_ok"]
         df.loc[rows, "controls_ok"] = ok
-        df.loc[rows, "verdict"] = [stat_verdict(m, t, ok) for m, t in zip(g["method"], g["test_vs_retrain"])]
+        df.loc[rows, "verdict"] = [stat_verdict(m, t, ok) if comparable(m) else NOT_COMPARABLE
+                                   for m, t in zip(g["method"], g["test_vs_retrain"])]
         # share of the baseline's excess forget-cell score that a model removed (1 = as retrain)
         b = g.loc[g["method"] == "baseline", "pc_forget_score"].mean()
         r = g.loc[g["method"] == "retrain", "pc_forget_score"].mean()

@@ -37,6 +37,11 @@ class MethodSpec:
     #: e.g. sisa's shard ensemble); they reach it as ``ctx.inputs[name]`` (paths), with the barcodes
     #: of its forget / retain / validation rows as ``ctx.inputs["barcodes"]``. Empty for most methods.
     needs: tuple[str, ...] = ()
+    #: False when its models are not of the class the audit's references are (single VAEs of the
+    #: training recipe): a shard ensemble, a DP-trained VAE. Per-cell statistics then shift by cell
+    #: type for reasons other than membership, which the matched-negative AUC reads as a leak, so
+    #: the audit reports the numbers but its verdict is NOT-COMPARABLE (see README "Verdicts").
+    audit_comparable: bool = True
 
     @property
     def fn(self) -> Callable:
@@ -52,7 +57,7 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 
 def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None = None,
-         function: str | None = None, needs: tuple[str, ...] = ()) -> MethodSpec:
+         function: str | None = None, needs: tuple[str, ...] = (), audit_comparable: bool = True) -> MethodSpec:
     """Add a method to the registry; its defaults must match its schema key for key.
 
     ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`).
@@ -60,7 +65,8 @@ def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None =
     if name in REGISTRY:
         raise ValueError(f"method '{name}' registered twice")
     check_schema_covers(defaults, schema, f"method {name} defaults")
-    s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs))
+    s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs),
+                   bool(audit_comparable))
     REGISTRY[name] = s
     return s
 
@@ -196,7 +202,8 @@ spec("dp_retrain",
          max_grad_norm=number(positive=True), epochs=integer(1), lr=number(positive=True), batch_size=integer(1),
          kl_warmup_epochs=integer(0), patience=integer(1), match_k=integer(1)),
      "A private-training anchor, not unlearning: a fresh VAE trained with DP-SGD (Abadi et al. 2016, Opacus) "
-     "on retain ∪ forget cells at a target epsilon (or a given noise_multiplier); delta null = 1/(10 n_train).")
+     "on retain ∪ forget cells at a target epsilon (or a given noise_multiplier); delta null = 1/(10 n_train).",
+     audit_comparable=False)
 
 spec("sisa",
      {"shards": 4, "match_k": 7},
@@ -204,4 +211,4 @@ spec("sisa",
      "Bourtoule et al. (2021) SISA, exact unlearning: S shards trained independently from the start "
      "(training recipe = config train); retrain from scratch only the shards holding forget cells. "
      "The audited model is the shard ensemble.",
-     needs=("shards", "shard_assignment", "setup_benchmark"))
+     needs=("shards", "shard_assignment", "setup_benchmark"), audit_comparable=False)

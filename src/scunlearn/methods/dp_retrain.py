@@ -85,30 +85,33 @@ class NBPerCellNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, log_theta_rows, x, library):
         theta = log_theta_rows[0].exp()
+        theta_eps = theta + EPS
         counts = _CountIndex(x)
-        p = torch.softmax(logits, dim=-1)
+        log_p = torch.log_softmax(logits, dim=-1)
+        p = log_p.exp()
         mean = p * library
-        mean_eps = mean + EPS
-        denom = mean + theta + EPS
+        denom = mean + theta_eps
         log_denom = denom.log()
         xt = x + theta
+        # as _NBTrainingNLL: Σ_g x log(mean) = Σ_g x log p + L log L, the exact log mean
         ll = counts.lgamma_shift(theta)
-        ll.addcmul_(x, mean_eps.log()).addcmul_(xt, log_denom, value=-1.0)
-        log_theta_eps = (theta + EPS).log()
+        ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
+        log_theta_eps = theta_eps.log()
         ctx.counts = counts
-        ctx.save_for_backward(p, mean, mean_eps, denom, log_denom, xt, theta, log_theta_eps)
-        return -(ll.sum(-1) + (theta * log_theta_eps).sum())
+        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
+        lib = library.squeeze(-1)
+        return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum())
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        p, mean, mean_eps, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
+        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
         x = ctx.counts.x
         g = -grad.unsqueeze(-1)
         r = xt / denom
         grad_logits = grad_rows = None
         if ctx.needs_input_grad[0]:
-            a = (x / mean_eps).sub_(r).mul_(mean)
+            a = torch.addcmul(x, mean, r, value=-1.0)
             grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
         if ctx.needs_input_grad[1]:
             # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ

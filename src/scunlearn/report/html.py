@@ -64,7 +64,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td.txt,th.txt{text-align:left}
 td.v-SUCCESS{background:#dff0d8}td.v-FAIL,td.v-LEAK{background:#f8d7da}
 td.v-OVER-UNLEARN{background:#fff3cd}td.v-TARGET{background:#d9e8f6}
-td.v-INCONCLUSIVE,td.v-NO-LEAK{background:#eeeeee}
+td.v-INCONCLUSIVE,td.v-NO-LEAK,td.v-NOT-COMPARABLE{background:#eeeeee}
 tr.ref td{background:#f7f7fb;font-style:italic}tr.fs-start td{border-top:2px solid #888}
 td.warn{color:#a15c00;font-weight:600}td.good{color:#1e6b2a;font-weight:600}
 .alert{background:#f8d7da;border:1px solid #e0a4aa;padding:.6em .9em;border-radius:4px}
