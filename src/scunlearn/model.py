@@ -87,48 +87,62 @@ class _NBTrainingNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, log_theta, x, library):
-        theta = log_theta.exp()
-        theta_eps = theta + EPS
-        counts = _CountIndex(x)
-        log_p = torch.log_softmax(logits, dim=-1)
-        p = log_p.exp()
-        mean = p * library
-        denom = mean + theta_eps                    # θ + mean + EPS
-        log_denom = denom.log()
-        xt = x + theta
-        # lgamma(x+θ) - lgamma(θ) + x log(mean) - (x+θ) log(θ+mean+EPS) + θ log(θ+EPS), with
-        # Σ_g x log(mean) = Σ_g x log p + L log L (L = Σ_g x, the library): no log per entry
-        ll = counts.lgamma_shift(theta)
-        ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
-        log_theta_eps = theta_eps.log()
-        ctx.counts = counts
-        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
-        lib = library.squeeze(-1)
-        return -(ll.sum(-1) + _xlogy(lib, lib) + (theta * log_theta_eps).sum())
+        return nb_forward(ctx, logits, log_theta, x, library)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
-        x = ctx.counts.x
-        g = -grad.unsqueeze(-1)                     # the output is -ll: d out / d ll = -1
-        r = xt / denom                              # (x + θ) / (θ + mean + EPS)
-        grad_logits = grad_log_theta = None
-        if ctx.needs_input_grad[0]:
-            # d ll / d log mean = x - mean · r; through log-softmax: a - p Σ a
-            a = torch.addcmul(x, mean, r, value=-1.0)
-            grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
-        if ctx.needs_input_grad[1]:
-            # d ll / d θ = ψ(x + θ) - ψ(θ) - log(θ + mean + EPS) - r + log(θ + EPS) + θ / (θ + EPS)
-            e = ctx.counts.digamma_shift(theta).sub_(log_denom).sub_(r)
-            per_gene = torch.mv(e.t(), g.squeeze(-1)) + g.sum() * (log_theta_eps + theta / (theta + EPS))
-            grad_log_theta = per_gene * theta
+        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
+        grad_log_theta = None
+        if e is not None:
+            # summed over cells: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
+            grad_log_theta = (torch.mv(e.t(), g.squeeze(-1)) + g.sum() * const) * theta
         return grad_logits, grad_log_theta, None, None
 
 
-def _xlogy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a · log b with 0 · log 0 = 0 (a cell with no counts)."""
-    return torch.special.xlogy(a, b)
+def nb_forward(ctx, logits: torch.Tensor, log_theta: torch.Tensor, x: torch.Tensor,
+               library: torch.Tensor) -> torch.Tensor:
+    """The forward of :class:`_NBTrainingNLL` (shared with DP training's per-cell-θ form), saving what
+    :func:`nb_backward` needs on ``ctx``. ``log_theta``: the genes' log θ (a vector)."""
+    theta = log_theta.exp()
+    theta_eps = theta + EPS
+    counts = _CountIndex(x)
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    mean = p * library
+    denom = mean + theta_eps                    # θ + mean + EPS
+    log_denom = denom.log()
+    xt = x + theta
+    # lgamma(x+θ) - lgamma(θ) + x log(mean) - (x+θ) log(θ+mean+EPS) + θ log(θ+EPS), with
+    # Σ_g x log(mean) = Σ_g x log p + L log L (L = Σ_g x, the library): no log per entry
+    ll = counts.lgamma_shift(theta)
+    ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
+    log_theta_eps = theta_eps.log()
+    ctx.counts = counts
+    ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
+    lib = library.squeeze(-1)
+    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum())
+
+
+def nb_backward(ctx, grad: torch.Tensor):
+    """(grad of the logits or None, e or None, g, const, θ) for :func:`nb_forward`'s output.
+
+    The θ gradient of cell c is ``g_c (e_c + const)`` per gene, with e = ψ(x+θ) − ψ(θ) −
+    log(θ+mean+EPS) − r (cells x genes) and const = log(θ+EPS) + θ/(θ+EPS) (genes): the
+    caller sums it over cells (training) or keeps it per cell (per-sample gradients).
+    """
+    p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
+    x = ctx.counts.x
+    g = -grad.unsqueeze(-1)                     # the output is -ll: d out / d ll = -1
+    r = xt / denom                              # (x + θ) / (θ + mean + EPS)
+    grad_logits = e = None
+    if ctx.needs_input_grad[0]:
+        # d ll / d log mean = x - mean · r; through log-softmax: a - p Σ a
+        a = torch.addcmul(x, mean, r, value=-1.0)
+        grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
+    if ctx.needs_input_grad[1]:
+        e = ctx.counts.digamma_shift(theta).sub_(log_denom).sub_(r)
+    return grad_logits, e, g, log_theta_eps + theta / (theta + EPS), theta
 
 
 def log_factorial_rows(x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import logging
 import time
 import weakref
 from pathlib import Path
+from typing import Callable
 
 import anndata as ad
 import numpy as np
@@ -71,10 +72,13 @@ def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
 
 
 def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor,
-              batch_size: int, beta: float, gen: torch.Generator) -> float:
+              batch_size: int, beta: float, gen: torch.Generator,
+              objective: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """One pass over rows ``idx`` in a seeded random order; returns the mean batch loss.
 
     The loss is summed on the device and read back once per epoch (no host sync per batch).
+    ``objective(batch_loss)``, if given, is what is minimised instead of each batch's loss
+    (``neggrad_plus`` adds its forget-cell ascent); the returned mean is still the batch loss's.
     """
     model.train()
     perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
@@ -87,7 +91,7 @@ def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torc
             continue
         loss = model.loss(X[b], beta, log_factorial=log_fact[b])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if objective is None else objective(loss)).backward()
         opt.step()
         total += loss.detach() * len(b)
         n += len(b)

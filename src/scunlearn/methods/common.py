@@ -22,7 +22,7 @@ import torch
 from ..matched import matched_negatives
 from ..membership import feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
-from ..train import log_factorial_cached, run_epoch
+from ..train import run_epoch
 from .context import UnlearnContext
 
 
@@ -117,33 +117,6 @@ def _rng_devices(device: torch.device) -> list:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def _epoch_with(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor, batch_size: int,
-                gen: torch.Generator, extra_loss: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """:func:`~scunlearn.train.run_epoch` (β = 1) with each batch's loss passed through ``extra_loss``.
-
-    The same shuffle, batches, log-factorial cache, z and dropout draws in the same order
-    as ``run_epoch``; ``extra_loss(retain_loss)`` returns what is minimised instead. If it
-    returns its argument unchanged and draws nothing, the epoch is bit-identical to
-    ``run_epoch``'s. Returns the mean retain batch loss (per cell), as ``run_epoch`` does.
-    """
-    model.train()
-    perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
-    log_fact = log_factorial_cached(X)
-    total = torch.zeros((), dtype=torch.float64, device=X.device)
-    n = 0
-    for s in range(0, len(perm), batch_size):
-        b = perm[s:s + batch_size]
-        if len(b) < 2:
-            continue
-        loss = model.loss(X[b], 1.0, log_factorial=log_fact[b])
-        opt.zero_grad(set_to_none=True)
-        extra_loss(loss).backward()
-        opt.step()
-        total += loss.detach() * len(b)
-        n += len(b)
-    return float(total) / max(n, 1)
-
-
 def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_size: int, patience: int,
              on_epoch: Callable[[int, float, float], None] | None = None,
              extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> VAE:
@@ -159,7 +132,7 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
     ``extra_loss(retain_loss) -> loss`` (``neggrad_plus``) replaces each batch's loss (the
     mean per-cell negative ELBO of the retain batch) by what it returns; a hook that draws
     randomness must take it from its own generator / forked RNG, so that the retain
-    batches, z and dropout stay those of the control. Without a hook: ``run_epoch`` as before.
+    batches, z and dropout stay those of the control (it is ``run_epoch``'s ``objective``).
     """
     X = torch.cat([ctx.retain, ctx.validation])
     nr = len(ctx.retain)
@@ -171,10 +144,7 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         best, best_state, bad = -np.inf, None, 0
         for epoch in range(1, epochs + 1):
-            if extra_loss is None:
-                train_loss = run_epoch(model, opt, X, train_idx, batch_size, 1.0, gen)
-            else:
-                train_loss = _epoch_with(model, opt, X, train_idx, batch_size, gen, extra_loss)
+            train_loss = run_epoch(model, opt, X, train_idx, batch_size, 1.0, gen, objective=extra_loss)
             val = elbo(model, X, val_idx)
             if not (np.isfinite(train_loss) and np.isfinite(val)):
                 raise ValueError(f"fine-tuning diverged at epoch {epoch}; lower the fine-tuning lr")

@@ -67,7 +67,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .. import ScunlearnError
-from ..model import EPS, VAE, _CountIndex, build_vae, elbo, kl_normal, log_factorial_rows
+from ..model import VAE, build_vae, elbo, kl_normal, log_factorial_rows, nb_backward, nb_forward
 from ..train import kl_weight
 from .common import MembershipSet, _rng_devices
 from .context import UnlearnContext
@@ -84,40 +84,14 @@ class NBPerCellNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, log_theta_rows, x, library):
-        theta = log_theta_rows[0].exp()
-        theta_eps = theta + EPS
-        counts = _CountIndex(x)
-        log_p = torch.log_softmax(logits, dim=-1)
-        p = log_p.exp()
-        mean = p * library
-        denom = mean + theta_eps
-        log_denom = denom.log()
-        xt = x + theta
-        # as _NBTrainingNLL: Σ_g x log(mean) = Σ_g x log p + L log L, the exact log mean
-        ll = counts.lgamma_shift(theta)
-        ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
-        log_theta_eps = theta_eps.log()
-        ctx.counts = counts
-        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
-        lib = library.squeeze(-1)
-        return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum())
+        return nb_forward(ctx, logits, log_theta_rows[0], x, library)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
-        x = ctx.counts.x
-        g = -grad.unsqueeze(-1)
-        r = xt / denom
-        grad_logits = grad_rows = None
-        if ctx.needs_input_grad[0]:
-            a = torch.addcmul(x, mean, r, value=-1.0)
-            grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
-        if ctx.needs_input_grad[1]:
-            # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
-            e = ctx.counts.digamma_shift(theta).sub_(log_denom).sub_(r)
-            e.add_(log_theta_eps + theta / (theta + EPS))
-            grad_rows = e.mul_(g).mul_(theta)
+        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
+        # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
+        grad_rows = None if e is None else e.add_(const).mul_(g).mul_(theta)
         return grad_logits, grad_rows, None, None
 
 
