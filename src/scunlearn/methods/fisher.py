@@ -146,13 +146,13 @@ def _start(ctx: UnlearnContext):
     flat = torch.cat([v.flatten() for v in P.values()])
     log.info("%s: preconditioner (F/mean F + %g)^-1 spans %.4g … %.4g (median %.4g)", ctx.trajectory.name,
              ctx.params["damping"], float(flat.min()), float(flat.max()), float(flat.median()))
-    return model, members, before, P
+    return model, members, before, F, P
 
 
-def fisher(ctx: UnlearnContext) -> VAE:
-    """Scrub with the inverse damped, unit-mean diagonal Fisher of the retain set, then fine-tune on retain."""
+def scrub_and_finish(ctx: UnlearnContext, model: VAE, members: MembershipSet, before: dict,
+                     P: dict[str, torch.Tensor]) -> VAE:
+    """Scrub with step preconditioner ``P`` (logging every ``log_every`` steps), then :func:`_finish`."""
     p = ctx.params
-    model, members, before, P = _start(ctx)
 
     def on_step(step, loss):
         if step and step % p["log_every"] == 0:
@@ -162,10 +162,16 @@ def fisher(ctx: UnlearnContext) -> VAE:
     return _finish(ctx, model, members, before, kept)
 
 
+def fisher(ctx: UnlearnContext) -> VAE:
+    """Scrub with the inverse damped, unit-mean diagonal Fisher of the retain set, then fine-tune on retain."""
+    model, members, before, _, P = _start(ctx)
+    return scrub_and_finish(ctx, model, members, before, P)
+
+
 def fisher_noise(ctx: UnlearnContext) -> VAE:
     """Add Gaussian noise of variance alpha · (F̃ + damping)⁻¹ per parameter (Golatkar et al. 2020), then fine-tune."""
     p = ctx.params
-    model, members, before, P = _start(ctx)
+    model, members, before, _, P = _start(ctx)
     gen = torch.Generator().manual_seed(ctx.seed)
     with torch.no_grad():
         for k, q in model.named_parameters():

@@ -42,9 +42,8 @@ import logging
 import torch
 
 from ..model import VAE
-from .common import MembershipSet
 from .context import UnlearnContext
-from .fisher import _cell_loss, _finish, diagonal_fisher, preconditioner, retain_fisher, scrub
+from .fisher import _cell_loss, _start, diagonal_fisher, scrub_and_finish
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +78,10 @@ def forget_fisher(model: VAE, ctx: UnlearnContext, p: dict) -> dict[str, torch.T
 def relative_fisher(ctx: UnlearnContext) -> VAE:
     """Scrub with w ⊙ (F̃_R + damping)⁻¹, w = the forget set's relative Fisher, then fine-tune on retain."""
     p = ctx.params
-    model = ctx.model
-    model.eval()
-    members = MembershipSet.build(model, ctx, p["match_k"])
-    before = members.losses(model)
-    ctx.trajectory.log(epoch=0, step=0, phase="baseline", **before)
-    F_retain = retain_fisher(model, ctx, p)  # the same cells, Fisher and preconditioner as fisher's
-    P = preconditioner(F_retain, p["damping"])
+    model, members, before, F_retain, P = _start(ctx)  # the same cells, Fisher and preconditioner as fisher's
     W = relative_weights(forget_fisher(model, ctx, p), F_retain, p["weighting"])
     flat = torch.cat([v.flatten() for v in W.values()])
     log.info("%s: %s weights: mean %.3g, median %.3g, %.1f%% below 0.1, %.1f%% above 0.9", ctx.trajectory.name,
              p["weighting"], float(flat.mean()), float(flat.median()), 100 * float((flat < 0.1).double().mean()),
              100 * float((flat > 0.9).double().mean()))
-    PW = {k: P[k] * W[k] for k in P}
-
-    def on_step(step, loss):
-        if step and step % p["log_every"] == 0:
-            ctx.trajectory.log(epoch=0, step=step, phase="scrub", **members.losses(model))
-
-    kept = scrub(model, ctx.forget, PW, p["alpha"], p["steps"], p["max_rise"], on_step)
-    return _finish(ctx, model, members, before, kept)
+    return scrub_and_finish(ctx, model, members, before, {k: P[k] * W[k] for k in P})
