@@ -16,22 +16,13 @@ from scunlearn.methods import get_method, resolve_params  # noqa: E402
 from scunlearn.methods.common import per_gene_loss  # noqa: E402
 from scunlearn.methods.context import UnlearnContext  # noqa: E402
 from scunlearn.methods.dp_retrain import DPTraining, DPVAELoss, training_cells  # noqa: E402
-from scunlearn.model import VAEConfig, build_vae, seed_everything  # noqa: E402
-from scunlearn.splits import Partition  # noqa: E402
+from tests.test_methods import _toy as methods_toy  # noqa: E402
 
 FAST = {"epochs": 3, "batch_size": 32, "kl_warmup_epochs": 1, "patience": 2}
 
 
-def _toy(n=240, g=30, seed=0):
-    rng = np.random.default_rng(seed)
-    p = rng.dirichlet(np.ones(g), size=2)
-    lab = (np.arange(n) < 30).astype(int)
-    X = torch.tensor(rng.poisson(p[lab] * 300), dtype=torch.float32)
-    part = Partition(train=np.arange(0, 180), validation=np.arange(180, 210), audit=np.arange(210, 240),
-                     forget=np.arange(0, 30), retain=np.arange(30, 180))
-    seed_everything(0)
-    model = build_vae(VAEConfig(n_genes=g, hidden=[16, 8], latent=4, dropout=0.1))
-    return model, X, part
+def _toy():
+    return methods_toy(n=240, g=30, scale=300, hidden=(16, 8))
 
 
 def _run(X, part, seed=0, **params):

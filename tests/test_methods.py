@@ -72,15 +72,22 @@ def test_diagonal_fisher_hand_computed():
     assert F["bias"].item() == pytest.approx(float((r ** 2).mean()))  # (2.25+6.25+2.25)/3
 
 
-def _toy(n=160, g=40, seed=0):
+def _toy(n=160, g=40, seed=0, n_rare=None, scale=400, hidden=(32, 16)):
+    """Two cell types; the forget cells are the whole rare type (``n_rare`` cells, default n/8).
+
+    Train = the first 3/4 of the cells, validation the next 1/8, audit the last 1/8; a fresh
+    VAE (seeded). Shared by the method test files.
+    """
+    n_rare = n // 8 if n_rare is None else n_rare
     rng = np.random.default_rng(seed)
     p = rng.dirichlet(np.ones(g), size=2)
-    lab = (np.arange(n) < 20).astype(int)
-    X = torch.tensor(rng.poisson(p[lab] * 400), dtype=torch.float32)
-    part = Partition(train=np.arange(0, 120), validation=np.arange(120, 140), audit=np.arange(140, 160),
-                     forget=np.arange(0, 20), retain=np.arange(20, 120))
+    lab = (np.arange(n) < n_rare).astype(int)
+    X = torch.tensor(rng.poisson(p[lab] * scale), dtype=torch.float32)
+    a, b = 3 * n // 4, 7 * n // 8
+    part = Partition(train=np.arange(0, a), validation=np.arange(a, b), audit=np.arange(b, n),
+                     forget=np.arange(0, n_rare), retain=np.arange(n_rare, a))
     seed_everything(0)
-    model = build_vae(VAEConfig(n_genes=g, hidden=[32, 16], latent=4, dropout=0.1))
+    model = build_vae(VAEConfig(n_genes=g, hidden=list(hidden), latent=4, dropout=0.1))
     return model, X, part
 
 
@@ -216,19 +223,19 @@ def test_registry_imports_without_torch_numpy_or_scanpy(root):
 _TRAINED: dict = {}
 
 
-def _trained_toy(epochs=15):
+def _trained_toy(epochs=15, n_rare=20):
     """The toy VAE after a few epochs on its training cells: a Fisher that varies, a fitted model.
 
     Trained once per test session; each call gets its own copy of the model."""
     from scunlearn.train import fit
 
-    if epochs not in _TRAINED:
-        model, X, part = _toy()
+    if (epochs, n_rare) not in _TRAINED:
+        model, X, part = _toy(n_rare=n_rare)
         fit(model, X, part.train, part.validation, lr=3e-3, batch_size=32, max_epochs=epochs, kl_warmup_epochs=0,
             patience=epochs, seed=0)
         model.eval()
-        _TRAINED[epochs] = (model, X, part)
-    model, X, part = _TRAINED[epochs]
+        _TRAINED[(epochs, n_rare)] = (model, X, part)
+    model, X, part = _TRAINED[(epochs, n_rare)]
     return copy.deepcopy(model), X, part
 
 

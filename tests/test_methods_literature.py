@@ -16,38 +16,7 @@ from scunlearn.methods import scrub as scrub_module
 from scunlearn.methods import ssd as ssd_module
 from scunlearn.methods.common import per_gene_loss
 from scunlearn.methods.context import UnlearnContext
-from scunlearn.model import VAEConfig, build_vae, seed_everything
-from scunlearn.splits import Partition
-
-
-def _toy(n=160, g=40, seed=0, n_rare=20):
-    """Two cell types; the forget cells are the whole rare type, its ``n_rare`` cells (a structured forget set)."""
-    rng = np.random.default_rng(seed)
-    p = rng.dirichlet(np.ones(g), size=2)
-    lab = (np.arange(n) < n_rare).astype(int)
-    X = torch.tensor(rng.poisson(p[lab] * 400), dtype=torch.float32)
-    part = Partition(train=np.arange(0, 120), validation=np.arange(120, 140), audit=np.arange(140, 160),
-                     forget=np.arange(0, n_rare), retain=np.arange(n_rare, 120))
-    seed_everything(0)
-    model = build_vae(VAEConfig(n_genes=g, hidden=[32, 16], latent=4, dropout=0.1))
-    return model, X, part
-
-
-_TRAINED: dict = {}
-
-
-def _trained_toy(n_rare=20):
-    """The toy VAE after 15 epochs on its training cells (once per session; each call gets a copy)."""
-    from scunlearn.train import fit
-
-    if n_rare not in _TRAINED:
-        model, X, part = _toy(n_rare=n_rare)
-        fit(model, X, part.train, part.validation, lr=3e-3, batch_size=32, max_epochs=15, kl_warmup_epochs=0,
-            patience=15, seed=0)
-        model.eval()
-        _TRAINED[n_rare] = (model, X, part)
-    model, X, part = _TRAINED[n_rare]
-    return copy.deepcopy(model), X, part
+from tests.test_methods import _toy, _trained_toy
 
 
 def _run(name, params, model, X, part, seed=0):

@@ -18,18 +18,14 @@ from scunlearn.methods.sisa import shard_seed, train_shard, train_shards
 from scunlearn.model import ShardEnsemble, VAEConfig, build_vae, cell_terms, seed_everything
 from scunlearn.splits import Partition
 from scunlearn.train import load_checkpoint, save_checkpoint
+from tests.test_methods import _toy as methods_toy
 
 RECIPE = {"lr": 3e-3, "batch_size": 16, "max_epochs": 2, "kl_warmup_epochs": 1, "patience": 2}
 CFG = VAEConfig(n_genes=40, hidden=[16], latent=3, dropout=0.1)
 
 
-def _toy(n=160, g=40, seed=0):
-    rng = np.random.default_rng(seed)
-    p = rng.dirichlet(np.ones(g), size=2)
-    lab = (np.arange(n) < 20).astype(int)
-    X = torch.tensor(rng.poisson(p[lab] * 400), dtype=torch.float32)
-    part = Partition(train=np.arange(0, 120), validation=np.arange(120, 140), audit=np.arange(140, 160),
-                     forget=np.arange(0, 20), retain=np.arange(20, 120))
+def _toy(n=160):
+    _, X, part = methods_toy(n=n)
     return X, part, np.array([f"c{i}" for i in range(n)])
 
 
