@@ -7,7 +7,7 @@ from scipy import stats
 
 from scunlearn import ScunlearnError
 from scunlearn.matched import matched_negatives
-from scunlearn.model import VAEConfig, build_vae, elbo, kl_normal, nb_log_likelihood, seed_everything
+from scunlearn.model import CountCodes, VAEConfig, _CountIndex, build_vae, elbo, kl_normal, nb_log_likelihood, seed_everything
 from scunlearn.train import fit, kl_weight, load_checkpoint, save_checkpoint
 
 
@@ -131,21 +131,83 @@ def test_fused_training_loss_matches_terms():
     X[:, :5] = 0
     X[0, 7], X[1, 8] = 2.5, 200.0  # a non-integer and a count beyond the lookup tables
     X[2] = 0  # a cell without counts: finite, and equal in both
+    # the table rows from a per-data-set CountCodes, as run_epoch passes them
+    full = torch.cat([torch.poisson(torch.full((7, 60), 3.0, dtype=torch.float64)), X])
+    rows = torch.arange(7, 47)
     out = []
-    for fused in (False, True):
+    for fused in (False, True, "codes"):
         torch.manual_seed(3)  # same dropout masks and z draws
         m.zero_grad()
-        if fused:
+        if fused == "codes":
+            loss = m.loss(X, beta=0.7, counts=CountCodes(full).index(rows, full[rows]))
+        elif fused:
             loss = m.loss(X, beta=0.7)
         else:
             t = m.terms(X, sample=True)
             loss = (t.nll + 0.7 * t.kl).mean()
         loss.backward()
         out.append((loss.detach(), {k: v.grad.clone() for k, v in m.named_parameters()}))
-    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-12, atol=0)
     assert torch.isfinite(out[0][0])
-    for k, g in out[0][1].items():
-        torch.testing.assert_close(out[1][1][k], g, rtol=1e-9, atol=1e-12, msg=k)
+    for other in out[1:]:
+        torch.testing.assert_close(other[0], out[0][0], rtol=1e-12, atol=0)
+        for k, g in out[0][1].items():
+            torch.testing.assert_close(other[1][k], g, rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_count_codes_give_each_batch_the_index_built_from_it():
+    """CountCodes.index(rows) = _CountIndex(X[rows]): the same table rows and the same odd entries,
+    for batches with and without odd entries, in any row order."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.poisson(torch.rand(50, 30, generator=g) * 12, generator=g)
+    X[3, 4], X[3, 9], X[10, 0], X[11, 29], X[40, 2] = 31.0, 32.0, 2.5, 1e4, -1.0
+    codes = CountCodes(X)
+    assert codes.codes.dtype == torch.uint8 and codes.n_odd == int((X != X.clamp(0, 31).round()).sum())
+    for rows in (torch.tensor([11, 3, 0, 40, 10, 3]), torch.tensor([0, 1, 2]), torch.randperm(50, generator=g)):
+        x = X[rows]
+        got, ref = codes.index(rows, x), _CountIndex(x)
+        odd_ref = set() if ref.odd is None else set(zip(*(t.tolist() for t in ref.odd)))
+        odd_got = set() if got.odd is None else set(zip(*(t.tolist() for t in got.odd)))
+        assert odd_got == odd_ref
+        plain = torch.ones_like(x, dtype=torch.bool)
+        for r, c in odd_ref:
+            plain[r, c] = False
+        assert torch.equal(got.k[plain], ref.k[plain])
+        theta = torch.rand(30, dtype=torch.float64, generator=g) + 0.1
+        torch.testing.assert_close(got.lgamma_shift(theta), ref.lgamma_shift(theta))
+        torch.testing.assert_close(got.digamma_shift(theta), ref.digamma_shift(theta))
+    assert {(3, 9), (10, 0), (11, 29), (40, 2)} <= set(zip(*(t.tolist() for t in _CountIndex(X).odd)))
+
+
+def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():
+    """The 16-bit-uniform dropout: keep rate 1 - p (to 2^-17), E[output] = input, gradient = the
+    same mask, identity in eval mode, and the same masks for the same seed."""
+    from scunlearn.model import Dropout, dropout_keep
+
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        keep, scale = dropout_keep(torch.Size([400, 1000]), p)
+        n_keep = int(keep.sum())
+        p_eff = round(p * 65536) / 65536
+        assert abs(p_eff - p) <= 2 ** -17 and scale == pytest.approx(1 / (1 - p_eff), rel=1e-12)
+        # binomial: 5 standard deviations
+        assert abs(n_keep - 4e5 * (1 - p_eff)) < 5 * (4e5 * p_eff * (1 - p_eff)) ** 0.5
+    # masks of neighbouring entries are independent: 2x2 table of (entry, next entry)
+    a, b = keep[:, 0::2].flatten().double(), keep[:, 1::2].flatten().double()
+    assert abs(float((a * b).mean() - a.mean() * b.mean())) < 0.005
+    drop = Dropout(0.25)
+    x = torch.rand(300, 70, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    y = drop(x)
+    y.sum().backward()
+    factor = (y / x).detach()
+    assert set(torch.unique(factor.round(decimals=9)).tolist()) == {0.0, round(1 / 0.75, 9)}
+    torch.testing.assert_close(x.grad, factor)            # gradient through the same mask
+    assert abs(float(factor.mean()) - 1.0) < 0.02          # unbiased
+    torch.manual_seed(1)
+    assert torch.equal(drop(x), y)                         # seeded
+    drop.eval()
+    assert drop(x) is x
+    assert isinstance(drop, torch.nn.Dropout) and not list(drop.parameters())
 
 
 def test_log_factorial_cache_follows_tensor_changes():

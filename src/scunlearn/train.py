@@ -23,7 +23,7 @@ import torch
 
 from . import ScunlearnError
 from .io import atomic_path
-from .model import VAE, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
+from .model import VAE, CountCodes, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +47,40 @@ def adam(params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=fused or None)
 
 
-_LOG_FACTORIAL: dict[int, tuple] = {}
+_CACHE: dict[tuple[str, int], tuple] = {}
+
+
+def _cached(kind: str, X: torch.Tensor, build: Callable[[torch.Tensor], object]):
+    """``build(X)`` once per count tensor and kind, checked against X's identity, storage, shape and
+    version (an in-place change rebuilds it) and dropped with the tensor."""
+    key = (kind, id(X))
+    stamp = (X.data_ptr(), tuple(X.shape), X.dtype, X._version)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    with torch.no_grad():
+        value = build(X)
+    if hit is None:
+        weakref.finalize(X, _CACHE.pop, key, None)
+    _CACHE[key] = (stamp, value)
+    return value
 
 
 def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
     """:func:`~scunlearn.model.log_factorial_rows` of every row of X, computed once per count tensor.
 
     It does not depend on the parameters, so training computes it once per data set
-    instead of once per batch (an ``lgamma`` over the batch). The entry is checked against
-    the tensor's identity, storage, shape and version, and dropped with the tensor.
+    instead of once per batch (an ``lgamma`` over the batch).
     """
-    key = id(X)
-    stamp = (X.data_ptr(), tuple(X.shape), X.dtype, X._version)
-    hit = _LOG_FACTORIAL.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    with torch.no_grad():
+    def build(X):
         chunks = [log_factorial_rows(X[s:s + 4096]) for s in range(0, len(X), 4096)]
-        rows = torch.cat(chunks) if chunks else X.new_zeros(0)
-    if hit is None:
-        weakref.finalize(X, _LOG_FACTORIAL.pop, key, None)
-    _LOG_FACTORIAL[key] = (stamp, rows)
-    return rows
+        return torch.cat(chunks) if chunks else X.new_zeros(0)
+    return _cached("log_factorial", X, build)
+
+
+def count_codes_cached(X: torch.Tensor) -> CountCodes:
+    """The :class:`~scunlearn.model.CountCodes` of X (the NB term's table rows), computed once per count tensor."""
+    return _cached("count_codes", X, CountCodes)
 
 
 def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor,
@@ -82,14 +94,15 @@ def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torc
     """
     model.train()
     perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
-    log_fact = log_factorial_cached(X)
+    log_fact, codes = log_factorial_cached(X), count_codes_cached(X)
     total = torch.zeros((), dtype=torch.float64, device=X.device)
     n = 0
     for s in range(0, len(perm), batch_size):
         b = perm[s:s + batch_size]
         if len(b) < 2:  # LayerNorm/BatchNorm-free, but a 1-cell batch is pure noise
             continue
-        loss = model.loss(X[b], beta, log_factorial=log_fact[b])
+        x = X[b]
+        loss = model.loss(x, beta, log_factorial=log_fact[b], counts=codes.index(b, x))
         opt.zero_grad(set_to_none=True)
         (loss if objective is None else objective(loss)).backward()
         opt.step()
