@@ -55,6 +55,65 @@ def test_extragradient_restores_adam_state_before_update():
     assert p.item() == pytest.approx(2.9, abs=1e-6)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_extragradient_step_equals_one_with_deep_copied_state(fused):
+    """ExtraGradient's in-place snapshot / restore = the textbook version that deep-copies
+    ``state_dict()`` and loads it back: the same parameters and state after several steps."""
+    import copy
+
+    def run(step):
+        torch.manual_seed(0)
+        a, b = torch.nn.Linear(5, 3), torch.nn.Linear(3, 1)
+        oa = torch.optim.Adam(a.parameters(), lr=0.05, fused=fused or None)
+        ob = torch.optim.Adam(b.parameters(), lr=0.02, fused=fused or None)
+        x = torch.randn(16, 5)
+
+        def grads():
+            out = b(torch.tanh(a(x))).pow(2).mean()
+            ga = torch.autograd.grad(out, list(a.parameters()) + list(b.parameters()))
+            for q, g in zip(list(a.parameters()), ga[:2]):
+                q.grad = g
+            for q, g in zip(list(b.parameters()), ga[2:]):
+                q.grad = -g  # b ascends
+
+        for _ in range(4):
+            step([oa, ob], grads)
+        return [q.detach().clone() for q in (*a.parameters(), *b.parameters())], [oa.state_dict(), ob.state_dict()]
+
+    def reference(opts, compute_grads):
+        params = [q for o in opts for g in o.param_groups for q in g["params"]]
+        saved = [q.detach().clone() for q in params]
+        states = [copy.deepcopy(o.state_dict()) for o in opts]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        compute_grads()
+        for o in opts:
+            o.step()
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        compute_grads()
+        grads = [q.grad.detach().clone() for q in params]
+        with torch.no_grad():
+            for q, s in zip(params, saved):
+                q.copy_(s)
+        for o, st in zip(opts, states):
+            o.load_state_dict(st)
+        for q, g in zip(params, grads):
+            q.grad = g
+        for o in opts:
+            o.step()
+
+    got, ref = run(lambda opts, g: ExtraGradient(opts).step(g)), run(reference)
+    for u, v in zip(got[0], ref[0]):
+        assert torch.equal(u, v)
+    for so, sr in zip(got[1], ref[1]):
+        assert so["state"].keys() == sr["state"].keys()
+        for k in sr["state"]:
+            for name, v in sr["state"][k].items():
+                assert torch.equal(so["state"][k][name], v), name
+    assert float(got[1][0]["state"][0]["step"]) == 4  # four real steps, extrapolations undone
+
+
 def test_diagonal_fisher_hand_computed():
     lin = torch.nn.Linear(1, 1)
     with torch.no_grad():

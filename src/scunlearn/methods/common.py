@@ -22,7 +22,7 @@ import torch
 from ..matched import matched_negatives
 from ..membership import feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
-from ..train import run_epoch
+from ..train import adam, run_epoch
 from .context import UnlearnContext
 
 
@@ -141,7 +141,7 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
     with torch.random.fork_rng(devices=_rng_devices(ctx.device)):
         torch.manual_seed(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = adam(model.parameters(), lr)
         best, best_state, bad = -np.inf, None, 0
         for epoch in range(1, epochs + 1):
             train_loss = run_epoch(model, opt, X, train_idx, batch_size, 1.0, gen, objective=extra_loss)

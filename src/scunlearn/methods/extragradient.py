@@ -41,6 +41,7 @@ import torch
 from ..membership import Attacker, bce_balanced, feature_grad
 from ..model import VAE
 from ..optim import ExtraGradient
+from ..train import adam
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
 from .context import UnlearnContext
 
@@ -60,8 +61,8 @@ def extragradient(ctx: UnlearnContext) -> VAE:
         attackers.append(a)
     att_params = [q for a in attackers for q in a.parameters()]
     vae_params = list(model.parameters())
-    opt_vae = torch.optim.Adam(vae_params, lr=p["lr"])
-    opt_att = torch.optim.Adam(att_params, lr=p["lr"] * p["attacker_lr_ratio"])
+    opt_vae = adam(vae_params, p["lr"])
+    opt_att = adam(att_params, p["lr"] * p["attacker_lr_ratio"])
     eg = ExtraGradient([opt_vae, opt_att])
     gen = torch.Generator().manual_seed(ctx.seed)
     n_val = p["validation_per_forget"] * len(ctx.forget)

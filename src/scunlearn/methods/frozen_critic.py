@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..membership import feature_grad, fit_attacker
 from ..model import VAE
+from ..train import adam
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
 from .context import UnlearnContext
 
@@ -41,7 +42,7 @@ def frozen_critic(ctx: UnlearnContext) -> VAE:
         c.requires_grad_(False)
         critics.append(c)
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=p["lr"])
+    opt = adam(params, p["lr"])
     gen = torch.Generator().manual_seed(ctx.seed)
     torch.manual_seed(ctx.seed)
     for epoch in range(1, p["epochs"] + 1):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..model import VAE
+from ..train import adam
 from .common import MembershipSet, _rng_devices, per_gene_loss, retain_batches
 from .context import UnlearnContext
 
@@ -107,7 +108,7 @@ def scrub(ctx: UnlearnContext) -> VAE:
         torch.manual_seed(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)
         fgen = torch.Generator().manual_seed(ctx.seed + 1)  # forget batches: not the retain stream
-        opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+        opt = adam(model.parameters(), p["lr"])
         for epoch in range(1, p["epochs"] + 1):
             model.train()
             maxes, mins, kls, fits = [], [], [], []
