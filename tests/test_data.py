@@ -229,3 +229,44 @@ def test_simulate_too_few_genes_is_a_clear_config_error(markers):
 
     with pytest.raises(ScunlearnError, match=r"dataset.simulate.n_genes=40 is too small"):
         simulate_counts(markers, n_cells=100, n_genes=40, seed=0)
+
+
+def test_read_cells_reads_what_anndata_reads(processed, tmp_path):
+    """The light h5py reader of the model stages = AnnData's reader on a preprocessed file: counts,
+    names, obs (categoricals included), obsm, uns scalars; unknown encodings go through AnnData."""
+    from scunlearn.io import CellData, read_cells, write_h5ad
+
+    path = tmp_path / "adata.h5ad"
+    processed = processed.copy()
+    processed.uns["data_sha256"] = "0123abcd"
+    write_h5ad(processed, path)
+    ref = ad.read_h5ad(path)
+    got = read_cells(path)
+    assert isinstance(got, CellData) and got.shape == ref.shape
+    assert list(got.obs_names) == list(ref.obs_names) and list(got.var_names) == list(ref.var_names)
+    assert (got.layers["counts"] != ref.layers["counts"]).nnz == 0
+    assert (got.X != ref.X).nnz == 0
+    pd.testing.assert_frame_equal(got.obs, ref.obs, check_index_type=False)
+    assert isinstance(got.obs["cell_type"].dtype, pd.CategoricalDtype)
+    np.testing.assert_array_equal(got.obsm["X_pca"], ref.obsm["X_pca"])
+    assert got.uns["data_sha256"] == ref.uns["data_sha256"]
+    # it serves the stages' readers: the partition and the count tensor are AnnData's
+    from scunlearn.train import counts_tensor
+
+    split = make_split(processed.obs_names, 0.6, 0.25, seed=0)
+    save_split(split, tmp_path / "split.json")
+    pg, pr = load_partition(got, tmp_path / "split.json"), load_partition(ref, tmp_path / "split.json")
+    for k in ("train", "validation", "audit", "retain"):
+        np.testing.assert_array_equal(getattr(pg, k), getattr(pr, k))
+    assert bool((counts_tensor(got) == counts_tensor(ref)).all())
+    # an encoding it does not know (a nullable integer column): read by AnnData instead
+    odd = processed.copy()
+    odd.obs["n_nullable"] = pd.array(np.arange(odd.n_obs), dtype="Int64")
+    write_h5ad(odd, tmp_path / "odd.h5ad")
+    back = read_cells(tmp_path / "odd.h5ad")
+    assert isinstance(back, ad.AnnData) and back.obs["n_nullable"].dtype == "Int64"
+    with pytest.raises(ScunlearnError, match="nope.h5ad: file not found"):
+        read_cells(tmp_path / "nope.h5ad")
+    (tmp_path / "bad.h5ad").write_bytes(b"not hdf5")
+    with pytest.raises(ScunlearnError, match="bad.h5ad: unreadable h5ad"):
+        read_cells(tmp_path / "bad.h5ad")

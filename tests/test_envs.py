@@ -39,7 +39,7 @@ HIDDEN_IMPORTS = {"scunlearn.preprocess": {"skmisc", "igraph"}}
 #: the environment variables in common.smk -> file (the CUDA one is chosen by config `device`)
 ENV_VARS = {"ENV_DATA": "data.yaml", "ENV_TORCH": "torch.yaml", "ENV_REPORT": "report.yaml"}
 #: conda-only or build-support packages that need no pyproject counterpart
-CONDA_ONLY = {"python", "h5py"}
+CONDA_ONLY = {"python"}
 
 
 def _env(path: Path) -> dict:

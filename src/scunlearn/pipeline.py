@@ -17,15 +17,15 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
 from . import ScunlearnError
 from .costs import log_ready
-from .io import read_adata, read_json, read_markers, setup_logging, write_h5ad, write_json, write_tsv  # noqa: F401
+from .io import read_adata, read_cells, read_json, read_markers, setup_logging, write_h5ad, write_json, write_tsv  # noqa: F401
 
 if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
+    import anndata as ad
     import torch
 
 log = logging.getLogger("scunlearn.pipeline")
@@ -89,7 +89,7 @@ def _load_experiment(inp: dict, device):
     from .splits import load_partition
     from .train import counts_tensor
 
-    adata = read_adata(inp["adata"])
+    adata = read_cells(inp["adata"])
     part = load_partition(adata, inp["split"], inp.get("forget"))
     X = counts_tensor(adata, device)
     log_ready(log, "counts on the device")
@@ -176,9 +176,9 @@ def stage_train(inp, out, params, threads):
 def stage_matched(inp, out, params, threads):
     """Matched negatives in the preprocessed PCA: a representation no model trained, blind to membership."""
     from .matched import matched_negatives
-
-    adata = read_adata(inp["adata"])
     from .splits import load_partition
+
+    adata = read_cells(inp["adata"])
 
     part = load_partition(adata, inp["split"], inp.get("forget"))
     if "X_pca" not in adata.obsm:
@@ -418,6 +418,8 @@ def stage_report(inp, out, params, threads):
     from .report import build_report
 
     provenance = package_versions()
+    import anndata as ad
+
     adata = ad.read_h5ad(inp["adata"], backed="r")
     provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
     adata.file.close()

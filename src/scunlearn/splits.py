@@ -8,11 +8,15 @@ retain = train − forget. Files store barcodes, sizes and seed; loading checks 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
+    from anndata import AnnData
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
@@ -50,7 +54,7 @@ def make_split(barcodes, train_fraction: float, validation_fraction: float, seed
     }
 
 
-def make_forget_set(adata: ad.AnnData, split: dict, spec: dict, seed: int) -> dict:
+def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int) -> dict:
     """Choose a forget set from the train cells by ``spec``.
 
     ``kind: cell_type`` (``cell_type``: label from the marker annotation), ``kind: cluster``
@@ -121,7 +125,7 @@ class Partition:
     retain: np.ndarray
 
 
-def load_partition(adata: ad.AnnData, split_path: str | Path, forget_path: str | Path | None = None) -> Partition:
+def load_partition(adata: AnnData, split_path: str | Path, forget_path: str | Path | None = None) -> Partition:
     """Load a split (and optionally a forget set), check the barcodes, return row indices."""
     split = read_json(split_path)
     for k in PARTS:

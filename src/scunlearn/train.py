@@ -8,6 +8,11 @@ shard ensemble) and training metadata, and load with ``weights_only=True``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
+    from anndata import AnnData
+
 import copy
 import logging
 import time
@@ -15,7 +20,6 @@ import weakref
 from pathlib import Path
 from typing import Callable
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -28,7 +32,7 @@ from .model import VAE, CountCodes, ShardEnsemble, VAEConfig, build_vae, elbo, l
 log = logging.getLogger(__name__)
 
 
-def counts_tensor(adata: ad.AnnData, device: torch.device | str = "cpu") -> torch.Tensor:
+def counts_tensor(adata: AnnData, device: torch.device | str = "cpu") -> torch.Tensor:
     """The whole raw-count matrix (``layers['counts']``) as one dense float32 tensor."""
     X = adata.layers["counts"] if "counts" in adata.layers else adata.X
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
@@ -196,7 +200,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     return model, payload.get("meta", {})
 
 
-def check_genes(model: VAE, adata: ad.AnnData, path: str | Path, meta: dict | None = None) -> None:
+def check_genes(model: VAE, adata: AnnData, path: str | Path, meta: dict | None = None) -> None:
     """Fail clearly when a checkpoint was trained on another gene set."""
     if model.cfg.n_genes != adata.n_vars:
         raise ScunlearnError(f"{path}: model has {model.cfg.n_genes} genes, data has {adata.n_vars}")
