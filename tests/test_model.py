@@ -219,3 +219,52 @@ def test_log_factorial_cache_follows_tensor_changes():
     assert log_factorial_cached(X) is first  # cached
     X[0, 0] += 3  # in-place change: recomputed
     torch.testing.assert_close(log_factorial_cached(X), torch.lgamma(X + 1).sum(-1))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_is_torch_fused_adam_bit_for_bit(weight_decay):
+    """scunlearn.optim.Adam (the fused kernel called directly) = torch.optim.Adam(fused=True): same
+    parameters and state after steps where one parameter sometimes has no gradient."""
+    from scunlearn.optim import Adam
+
+    def run(make):
+        torch.manual_seed(0)
+        lin, extra = torch.nn.Linear(7, 5), torch.nn.Parameter(torch.randn(3, 4))
+        opt = make([*lin.parameters(), extra])
+        x = torch.randn(20, 7)
+        for step in range(6):
+            opt.zero_grad(set_to_none=True)
+            loss = lin(x).pow(2).mean() + (extra.pow(3).sum() if step % 2 == 0 else 0.0)
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in (*lin.parameters(), extra)], opt
+
+    ours, opt_o = run(lambda ps: Adam(ps, 0.01, weight_decay=weight_decay))
+    ref, opt_r = run(lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=weight_decay, fused=True))
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    for p_o, p_r in zip(opt_o.param_groups[0]["params"], opt_r.param_groups[0]["params"]):
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_o.state[p_o][k], opt_r.state[p_r][k]), k
+    assert float(opt_o.state[opt_o.param_groups[0]["params"][-1]]["step"]) == 3  # stepped only with a gradient
+    with pytest.raises(ValueError, match="floating-point CPU or CUDA"):
+        Adam([torch.zeros(2, dtype=torch.long)], 0.1)
+
+
+def test_training_does_not_import_dynamo():
+    """A training job never imports torch._dynamo (1-1.7 s of CPU per process): fit, its Adam and seeding."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from scunlearn.model import VAE, VAEConfig, seed_everything\n"
+        "from scunlearn.train import fit\n"
+        "seed_everything(0, 1)\n"
+        "X = torch.poisson(torch.rand(120, 30) * 5)\n"
+        "m = VAE(VAEConfig(n_genes=30, hidden=[16, 8], latent=4))\n"
+        "fit(m, X, np.arange(80), np.arange(80, 120), lr=1e-3, batch_size=16, max_epochs=2,\n"
+        "    kl_warmup_epochs=1, patience=2, seed=0)\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

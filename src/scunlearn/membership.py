@@ -19,6 +19,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .audit.metrics import auc_score
 from .model import VAE, Terms, cell_terms
+from .train import adam
 
 
 def feature_names(latent: int) -> list[str]:
@@ -92,7 +93,7 @@ def _fit_attacker(feats, y, cfg: dict, seed: int) -> Attacker:
     yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
     att = Attacker(Xt.shape[1], tuple(cfg["hidden"]), cfg["dropout"])
     att.set_standardisation(Xt)
-    opt = torch.optim.Adam(att.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = adam(att.parameters(), cfg["lr"], weight_decay=cfg["weight_decay"])
     att.train()
     for _ in range(cfg["epochs"]):
         loss = bce_balanced(att(Xt), yt)

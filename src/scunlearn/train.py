@@ -44,11 +44,17 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
 
 
-def adam(params, lr: float) -> torch.optim.Optimizer:
-    """Adam as training uses it: the fused single-kernel update (CPU and CUDA), 3-5x faster per step."""
+def adam(params, lr: float, weight_decay: float = 0.0):
+    """Adam as training uses it: the fused single-kernel update (3-5x faster per step than the
+    default), through :class:`scunlearn.optim.Adam` (no ``torch._dynamo`` import) where the
+    parameters are on the CPU or CUDA, else ``torch.optim.Adam``."""
+    from .optim import Adam
+
     params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+    if hasattr(torch, "_fused_adam_") and all(
+            p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params):
+        return Adam(params, lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 _CACHE: dict[tuple[str, int], tuple] = {}
