@@ -196,3 +196,27 @@ def test_methods_of_another_model_class_get_no_verdict():
     assert out.loc["sisa", "verdict"] == NOT_COMPARABLE
     assert out.loc["sisa", "delta_vs_retrain"] == 0.3  # the numbers stay
     assert out.loc["fisher", "verdict"] == "FAIL" and out.loc["baseline", "verdict"] == "LEAK"
+
+
+def test_negative_control_tests_each_retrained_seed_at_alpha_over_their_number():
+    """A retrained seed is a false alarm only below α / n_retrain (Bonferroni over the seeds):
+    p = 0.045 with two seeds is not one (it would be at α), p = 0.02 is."""
+    def frame(p_retrain):
+        rows = [("baseline", 0, "ABOVE", 0.001), ("baseline", 1, "ABOVE", 0.002),
+                ("retrain", 0, "UNDECIDED", 0.6),
+                ("retrain", 1, "BELOW" if p_retrain < 0.05 else "UNDECIDED", p_retrain),
+                ("m", 0, "EQUIVALENT", 0.9)]
+        return pd.DataFrame([{"forget_set": "s", "method": m, "variant": m, "seed": s, "test_vs_retrain": t,
+                              "p_vs_retrain": p, "pc_forget_score": 1.0, "auc": 0.5, "auc_ci_low": 0.4,
+                              "auc_ci_high": 0.6, "wall_s": 10.0, "delta_vs_retrain": 0.0, "delta_se": 0.05,
+                              "n_references": 3} for m, s, t, p in rows])
+
+    spared = add_verdicts(frame(0.045), 0.03, alpha=0.05)
+    assert spared["controls_ok"].all() and spared.loc[spared["method"] == "m", "verdict"].item() == "SUCCESS"
+    assert power_summary(spared, 0.05).iloc[0]["retrain_false_alarms"] == 0
+    flagged = add_verdicts(frame(0.02), 0.03, alpha=0.05)
+    assert not flagged["controls_ok"].any()
+    assert flagged.loc[flagged["method"] == "m", "verdict"].item() == "INCONCLUSIVE"
+    assert power_summary(flagged, 0.05).iloc[0]["retrain_false_alarms"] == 1
+    # at α = 0.01 the threshold is 0.005: p = 0.02 is no alarm
+    assert add_verdicts(frame(0.02), 0.03, alpha=0.01)["controls_ok"].all()

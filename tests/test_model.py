@@ -7,7 +7,16 @@ from scipy import stats
 
 from scunlearn import ScunlearnError
 from scunlearn.matched import matched_negatives
-from scunlearn.model import CountCodes, VAEConfig, _CountIndex, build_vae, elbo, kl_normal, nb_log_likelihood, seed_everything
+from scunlearn.model import (
+    CountCodes,
+    VAEConfig,
+    _CountIndex,
+    build_vae,
+    elbo,
+    kl_normal,
+    nb_log_likelihood,
+    seed_everything,
+)
 from scunlearn.train import fit, kl_weight, load_checkpoint, save_checkpoint
 
 

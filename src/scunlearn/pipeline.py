@@ -379,7 +379,7 @@ def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path,
     }
 
 
-def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
+def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05) -> pd.DataFrame:
     """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract)."""
     from .audit.attacks import ATTACKS
     from .audit.summary import RENAME, SUMMARY_COLUMNS
@@ -393,7 +393,7 @@ def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
     for col in SUMMARY_COLUMNS:
         if col not in df:
             df[col] = np.nan
-    df = add_verdicts(df, tolerance)
+    df = add_verdicts(df, tolerance, alpha)
     order = {"baseline": 0, "retrain": 1}
     df["_o"] = df["method"].map(order).fillna(2)
     df = df.sort_values(["forget_set", "_o", "variant", "seed"]).drop(columns="_o")
@@ -402,14 +402,14 @@ def aggregate(records: list[dict], tolerance: float) -> pd.DataFrame:
 
 def stage_aggregate(inp, out, params, threads):
     records = [read_json(p) for p in inp["audits"]]
-    df = aggregate(records, params["tolerance"])
+    df = aggregate(records, params["tolerance"], params["alpha"])
     from .audit.verdict import power_summary
 
     for fs, g in df.groupby("forget_set"):
         log.info("forget set %s: per-cell AUC by variant %s; verdicts %s", fs,
                  g.groupby("variant")["pc_auc"].mean().round(3).to_dict(),
                  g.groupby("variant")["verdict"].agg(lambda v: "/".join(v)).to_dict())
-    for row in power_summary(df).to_dict("records"):
+    for row in power_summary(df, params["alpha"]).to_dict("records"):
         log.info("audit power: %s", row)
     write_tsv(df, out["summary"])
 

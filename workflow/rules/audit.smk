@@ -71,6 +71,7 @@ rule aggregate:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
     params:
         tolerance=config["audit"]["tolerance"],
+        alpha=config["audit"]["alpha"],
     log:
         f"{OUT}/logs/aggregate.log",
     benchmark:

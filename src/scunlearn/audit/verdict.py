@@ -4,7 +4,8 @@
 (:mod:`scunlearn.audit.calibrated`): LEAK / FAIL when the model scores significantly
 above the retrained models, OVER-UNLEARN significantly below, SUCCESS only when
 equivalence within the margin is shown *and* this study's controls passed (every
-baseline seed caught, no retrained seed flagged), INCONCLUSIVE otherwise.
+baseline seed caught, no retrained seed flagged at α / number of retrained seeds),
+INCONCLUSIVE otherwise.
 ``paper_verdict`` keeps the paper's rule (MLP AUC within the retrain floor ± tolerance)
 for comparison with the paper.
 """
@@ -46,12 +47,22 @@ def paper_verdict(auc: float, method: str, band_low: float, band_high: float) ->
     return "SUCCESS"
 
 
-def controls(g: pd.DataFrame) -> dict:
-    """This forget set's controls: baseline seeds caught (positive) and retrained seeds flagged (negative)."""
+def controls(g: pd.DataFrame, alpha: float = 0.05) -> dict:
+    """This forget set's controls: baseline seeds caught (positive) and retrained seeds flagged (negative).
+
+    Every baseline seed must be caught at ``alpha``. The negative control is one test per
+    retrained seed, so a retrained seed counts as a false alarm when its test flagged it
+    (``test_vs_retrain`` ABOVE / BELOW) at ``p_vs_retrain`` below ``alpha / n_retrain``
+    (Bonferroni): a sound audit then fails its own control with probability at most
+    ``alpha``, not ~``n_retrain · alpha`` (with two seeds at 0.05 each, one study in ten).
+    """
     base = g[g["method"] == "baseline"]
     ret = g[g["method"] == "retrain"]
     caught = int((base["test_vs_retrain"] == "ABOVE").sum())
-    alarms = int(ret["test_vs_retrain"].isin(["ABOVE", "BELOW"]).sum())
+    flagged = ret["test_vs_retrain"].isin(["ABOVE", "BELOW"])
+    if len(ret) and "p_vs_retrain" in ret:
+        flagged &= ~(ret["p_vs_retrain"] >= alpha / len(ret))  # NaN p: the record's own test decides
+    alarms = int(flagged.sum())
     return {"baseline_caught": caught, "n_baseline": len(base), "retrain_false_alarms": alarms,
             "n_retrain": len(ret), "controls_ok": bool(len(base) and caught == len(base) and alarms == 0)}
 
@@ -71,7 +82,7 @@ def comparable(method: str) -> bool:
     return True if spec is None else spec.audit_comparable
 
 
-def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+def add_verdicts(df: pd.DataFrame, tolerance: float, alpha: float = 0.05) -> pd.DataFrame:
     """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set.
 
     ``cost_vs_retrain`` = the wall time of the job that made the model over the retrain's of
@@ -96,7 +107,7 @@ def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
         df.loc[rows, "paper_verdict"] = [paper_verdict(a, m, lo, hi) for a, m in zip(g["auc"], g["method"])]
         df.loc[rows, "ci_overlaps_floor_range"] = (
             (g["auc_ci_low"] <= st["floor_max"]) & (g["auc_ci_high"] >= st["floor_min"])).values
-        ok = controls(g)["controls_ok"]
+        ok = controls(g, alpha)["controls_ok"]
         df.loc[rows, "controls_ok"] = ok
         df.loc[rows, "verdict"] = [stat_verdict(m, t, ok) if comparable(m) else NOT_COMPARABLE
                                    for m, t in zip(g["method"], g["test_vs_retrain"])]
@@ -113,13 +124,13 @@ def add_verdicts(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     return df
 
 
-def power_summary(df: pd.DataFrame) -> pd.DataFrame:
+def power_summary(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One row per forget set: the audit's power on this study (controls and the smallest detectable Δ)."""
     from .calibrated import minimal_detectable_delta
 
     rows = []
     for fs, g in df.groupby("forget_set", sort=False):
-        c = controls(g)
+        c = controls(g, alpha)
         ret = g[g["method"] == "retrain"]
         se = float(ret["delta_se"].median()) if len(ret) else float("nan")
         rows.append({"forget_set": fs, **c,

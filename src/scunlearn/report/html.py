@@ -438,7 +438,8 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
     fs = main_forget_set(summary, forget_set)
     margin = _margin(config)
 
-    tables = build_tables(summary, fs)
+    alpha = (config.get("audit") or {}).get("alpha", 0.05) if isinstance(config, Mapping) else 0.05
+    tables = build_tables(summary, fs, alpha)
     for stem, df in tables.items():
         write_tsv(df.reset_index() if df.index.name else df, out / "tables" / f"{stem}.tsv")
     figures = make_figures(summary, list(trajectories), out / "figures", fs, margin=margin)

@@ -261,10 +261,10 @@ def table_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     return agg[COMPARISON_COLUMNS]
 
 
-def table_power(summary: pd.DataFrame) -> pd.DataFrame:
+def table_power(summary: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """The audit's power on this study, one row per forget set (:func:`scunlearn.audit.verdict.power_summary`)."""
     summary = validate_summary(summary)
-    return power_summary(summary).reset_index(drop=True)
+    return power_summary(summary, alpha).reset_index(drop=True)
 
 
 def check_forget_set(summary: pd.DataFrame, forget_set: str) -> None:
@@ -348,13 +348,13 @@ TABLE_TITLES = {stem: title for stem, (title, _) in TABLES.items()}
 PAPER_TABLES = ["table2_adversarial", "table3_fisher", "table4_utility", "table_all"]
 
 
-def build_tables(summary: pd.DataFrame, forget_set: str | None = None) -> dict[str, pd.DataFrame]:
+def build_tables(summary: pd.DataFrame, forget_set: str | None = None, alpha: float = 0.05) -> dict[str, pd.DataFrame]:
     """All report tables keyed by file stem, in :data:`TABLES` order; Table II uses ``forget_set``
-    (default: structured if present, else the first)."""
+    (default: structured if present, else the first); ``alpha``: the audit's level (``audit.alpha``)."""
     summary = validate_summary(summary)
     fs = main_forget_set(summary, forget_set)
     tables = {
-        "audit_power": table_power(summary),
+        "audit_power": table_power(summary, alpha),
         "method_comparison": table_comparison(summary),
         "table2_adversarial": table_adversarial(summary, fs),
         "table3_fisher": table_fisher(summary),
