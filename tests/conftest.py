@@ -33,3 +33,26 @@ def processed(raw, markers):
     from scunlearn.preprocess import preprocess
 
     return preprocess(raw.copy(), dict(PRE_CFG), markers, seed=0)
+
+
+def write_audit_inputs(d: Path, adata):
+    """An audit's data inputs in folder ``d``: adata.h5ad, split.json, forget.json (30 random train
+    cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``); returns
+    (partition, count tensor)."""
+    import numpy as np
+
+    from scunlearn.io import write_json
+    from scunlearn.matched import matched_negatives
+    from scunlearn.pipeline import write_h5ad
+    from scunlearn.splits import load_partition, make_forget_set, make_split
+    from scunlearn.train import counts_tensor
+
+    write_h5ad(adata, d / "adata.h5ad")
+    split = make_split(adata.obs_names, 0.6, 0.25, seed=0)
+    write_json(split, d / "split.json")
+    write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
+    part = load_partition(adata, d / "split.json", d / "forget.json")
+    pca = np.asarray(adata.obsm["X_pca"])
+    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
+                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
+    return part, counts_tensor(adata)

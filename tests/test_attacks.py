@@ -10,6 +10,8 @@ from scunlearn import ScunlearnError
 from scunlearn.audit.attacks import ATTACKS, resolve_attacks, spec
 from scunlearn.params import number, obj
 
+from .conftest import write_audit_inputs
+
 
 def test_resolve_attacks_fills_defaults_and_names_bad_keys():
     out = resolve_attacks({"per_cell": {}, "mlp": {"repeats": 2}})
@@ -28,24 +30,12 @@ def test_resolve_attacks_fills_defaults_and_names_bad_keys():
 def audit_study(tmp_path_factory, processed):
     """A micro study on disk: data, split, forget set, matched negatives, 3 baselines and 3 retrains."""
     from scunlearn.cellstats import write_cell_stats
-    from scunlearn.io import write_json
-    from scunlearn.matched import matched_negatives
     from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.pipeline import write_h5ad
-    from scunlearn.splits import load_partition, make_forget_set, make_split
-    from scunlearn.train import counts_tensor, fit, save_checkpoint
+    from scunlearn.train import fit, save_checkpoint
 
     d = tmp_path_factory.mktemp("audit")
     adata = processed.copy()
-    write_h5ad(adata, d / "adata.h5ad")
-    split = make_split(adata.obs_names, 0.6, 0.25, seed=0)
-    write_json(split, d / "split.json")
-    write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
-    part = load_partition(adata, d / "split.json", d / "forget.json")
-    pca = np.asarray(adata.obsm["X_pca"])
-    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
-                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
-    X = counts_tensor(adata)
+    part, X = write_audit_inputs(d, adata)
     paths = {}
     for kind, train in (("baseline", part.train), ("retrain", part.retain)):
         for s in range(3):

@@ -18,6 +18,7 @@ from scunlearn.methods.sisa import shard_seed, train_shard, train_shards
 from scunlearn.model import ShardEnsemble, VAEConfig, build_vae, cell_terms, seed_everything
 from scunlearn.splits import Partition
 from scunlearn.train import load_checkpoint, save_checkpoint
+from tests.conftest import write_audit_inputs
 from tests.test_methods import _toy as methods_toy
 
 RECIPE = {"lr": 3e-3, "batch_size": 16, "max_epochs": 2, "kl_warmup_epochs": 1, "patience": 2}
@@ -228,11 +229,8 @@ def test_audit_stage_runs_on_an_ensemble(tmp_path):
     """The audit stage (per-cell, MLP and LOSS attacks, utility) loads and audits a shard ensemble."""
     from scunlearn.audit.attacks import resolve_attacks
     from scunlearn.cellstats import write_cell_stats
-    from scunlearn.io import write_json
-    from scunlearn.matched import matched_negatives
-    from scunlearn.pipeline import stage_audit, write_h5ad
-    from scunlearn.splits import load_partition, make_forget_set, make_split
-    from scunlearn.train import counts_tensor, fit
+    from scunlearn.pipeline import stage_audit
+    from scunlearn.train import fit
 
     d = tmp_path
     rng = np.random.default_rng(0)
@@ -245,15 +243,7 @@ def test_audit_stage_runs_on_an_ensemble(tmp_path):
     adata.layers["counts"] = counts.copy()
     logc = np.log1p(counts)
     adata.obsm["X_pca"] = (logc - logc.mean(0)) @ rng.normal(size=(g, 5))
-    write_h5ad(adata, d / "adata.h5ad")
-    split = make_split(adata.obs_names, 0.6, 0.25, seed=0)
-    write_json(split, d / "split.json")
-    write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
-    part = load_partition(adata, d / "split.json", d / "forget.json")
-    pca = np.asarray(adata.obsm["X_pca"])
-    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
-                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
-    X = counts_tensor(adata)
+    part, X = write_audit_inputs(d, adata)
     genes = list(map(str, adata.var_names))
     refs = {"retrain": [], "baseline": []}
     for kind, train in (("retrain", part.retain), ("baseline", part.train)):

@@ -415,11 +415,11 @@ def stage_aggregate(inp, out, params, threads):
 
 
 def stage_report(inp, out, params, threads):
+    import anndata as ad
+
     from .report import build_report
 
     provenance = package_versions()
-    import anndata as ad
-
     adata = ad.read_h5ad(inp["adata"], backed="r")
     provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
     adata.file.close()

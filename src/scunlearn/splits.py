@@ -8,20 +8,19 @@ retain = train − forget. Files store barcodes, sizes and seed; loading checks 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
-    from anndata import AnnData
-
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from . import ScunlearnError
 from .io import read_json, write_json
+
+if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 

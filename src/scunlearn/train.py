@@ -8,17 +8,12 @@ shard ensemble) and training metadata, and load with ``weights_only=True``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
-    from anndata import AnnData
-
 import copy
 import logging
 import time
 import weakref
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -28,6 +23,9 @@ import torch
 from . import ScunlearnError
 from .io import atomic_path
 from .model import VAE, CountCodes, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
+
+if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
+    from anndata import AnnData
 
 log = logging.getLogger(__name__)
 

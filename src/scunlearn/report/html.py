@@ -163,9 +163,14 @@ def render_config(config: Mapping) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
+def _audit_setting(config: Mapping, key: str, default=None):
+    """``audit.<key>`` of the run's config, else ``default``."""
+    return (config.get("audit") or {}).get(key, default) if isinstance(config, Mapping) else default
+
+
 def _tolerance(config: Mapping, summary: pd.DataFrame) -> float:
     """Band half-width: the config's audit.tolerance, else read off the summary."""
-    tol = (config.get("audit") or {}).get("tolerance") if isinstance(config, Mapping) else None
+    tol = _audit_setting(config, "tolerance")
     return float(tol) if tol is not None else float((summary["band_high"] - summary["floor"]).median())
 
 
@@ -417,7 +422,7 @@ def _run_name(config: Mapping, summary: pd.DataFrame) -> str:
 
 def _margin(config: Mapping) -> float | None:
     """The equivalence margin of the per-cell audit from the config (``audit.equivalence_margin``)."""
-    m = (config.get("audit") or {}).get("equivalence_margin") if isinstance(config, Mapping) else None
+    m = _audit_setting(config, "equivalence_margin")
     return float(m) if m is not None else None
 
 
@@ -438,8 +443,7 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
     fs = main_forget_set(summary, forget_set)
     margin = _margin(config)
 
-    alpha = (config.get("audit") or {}).get("alpha", 0.05) if isinstance(config, Mapping) else 0.05
-    tables = build_tables(summary, fs, alpha)
+    tables = build_tables(summary, fs, _audit_setting(config, "alpha", 0.05))
     for stem, df in tables.items():
         write_tsv(df.reset_index() if df.index.name else df, out / "tables" / f"{stem}.tsv")
     figures = make_figures(summary, list(trajectories), out / "figures", fs, margin=margin)
