@@ -202,7 +202,8 @@ def test_relu_dropout_is_relu_then_dropout():
 
 def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
     """torch.use_deterministic_algorithms and torch.optim's first step import torch._dynamo (~1 s of CPU per
-    audit process); seed_everything and the attack avoid both, and the kernels are still deterministic."""
+    audit process); seed_everything and the attack avoid both, and the kernels are still deterministic, without
+    deterministic mode's NaN fill of every new tensor (an extra pass per allocation)."""
     import subprocess
     import sys
 
@@ -211,6 +212,7 @@ def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
             "seed_everything(0, 1)\n"
             "assert torch.are_deterministic_algorithms_enabled()\n"
             "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+            "assert not torch.utils.deterministic.fill_uninitialized_memory, 'NaN fill of new tensors left on'\n"
             "from scunlearn.audit.attack import mia\n"
             "rng = np.random.default_rng(0)\n"
             "y = np.r_[np.ones(20), np.zeros(40)].astype(int)\n"

@@ -49,8 +49,8 @@ def tune_allocator() -> bool:
 
     A training batch allocates a few dozen cells × genes temporaries (4 MB each at batch
     512 × 2,000 genes). glibc serves blocks that large with fresh mmaps and returns
-    them on free, so every batch page-faults its temporaries in again (the profiler shows it
-    as a 30 ms ``fill_`` of a 4 MB tensor). Serving them from the heap (mmap threshold
+    them on free, so every batch page-faults its temporaries in again (the first write to a
+    fresh 4 MB block cost up to 30 ms). Serving them from the heap (mmap threshold
     32 MB, the most glibc allows) and trimming the heap only above 512 MB is 5-10% more
     cells/s on CPU (``bench/train_throughput.py``). The process's peak memory is unchanged;
     it only keeps what it already used. Linux/glibc only; elsewhere a no-op returning False.
