@@ -128,10 +128,23 @@ class Adam:
                     states.append(st)
                 steps = [st["step"] for st in states]
                 torch._foreach_add_(steps, 1)
-                torch._fused_adam_(params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                torch._fused_adam_(params, [_as_laid_out(p.grad, p) for p in params], [st["exp_avg"] for st in states],
                                    [st["exp_avg_sq"] for st in states], [], steps, amsgrad=False, lr=g["lr"],
                                    beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
                                    eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+def _as_laid_out(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` with ``param``'s memory layout (a copy only when the strides differ).
+
+    The fused kernel walks parameter, gradient and state as flat memory: a gradient laid out
+    otherwise (a transposed one from ``torch.autograd.grad`` of a batched matmul, which
+    ``.backward()`` would have re-laid into ``.grad``) is read in the wrong element order and
+    the update is garbage, silently (torch 2.13 CPU; ``torch.optim.Adam(fused=True)`` too).
+    """
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
 
 
 def simultaneous_step(optimizers: Sequence[torch.optim.Optimizer], compute_grads: Callable[[], None]) -> None:
