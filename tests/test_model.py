@@ -130,6 +130,28 @@ def test_matched_negatives_grow_k_when_neighbourhoods_collapse():
         matched_negatives(forget, audit, bc, k=7, min_matched=500)
 
 
+def test_nearest_rows_is_exact_knn():
+    """matched.nearest_rows (brute force, no scikit-learn import) = sklearn's NearestNeighbors: same order and
+    distances, in chunks or not; exact ties go to the lower index."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from scunlearn.matched import nearest_rows
+
+    rng = np.random.default_rng(3)
+    q, r = rng.normal(size=(25, 6)), rng.normal(size=(140, 6))
+    d_ref, i_ref = NearestNeighbors(n_neighbors=140).fit(r).kneighbors(q)
+    for chunk in (1 << 22, 50):               # one block, and one query row per block
+        d, i = nearest_rows(q, r, chunk_elements=chunk)
+        assert np.array_equal(i, i_ref)
+        np.testing.assert_allclose(d, d_ref, rtol=0, atol=1e-12)
+    d1, i1 = nearest_rows(q, r, k=3)
+    assert i1.shape == (25, 3) and np.array_equal(i1, i_ref[:, :3])
+    tie = nearest_rows(np.zeros((1, 2)), np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]))[1]
+    assert tie.tolist() == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="same number of columns"):
+        nearest_rows(q, r[:, :3])
+
+
 def test_fused_training_loss_matches_terms():
     """VAE.loss (fused NB term, count tables) = the autograd formula of terms(): value and gradients."""
     torch.manual_seed(0)
@@ -259,6 +281,48 @@ def test_adam_is_torch_fused_adam_bit_for_bit(weight_decay):
     with pytest.raises(ValueError, match="floating-point CPU or CUDA"):
         Adam([torch.zeros(2, dtype=torch.long)], 0.1)
 
+
+def test_adam_steps_a_gradient_laid_out_otherwise_as_its_contiguous_copy():
+    """The fused kernel reads parameter and gradient as flat memory: a transposed gradient (what
+    torch.autograd.grad returns for a batched matmul's weight) must be re-laid out first, not read in
+    the wrong order (torch.optim.Adam(fused=True) on CPU gets this wrong, silently)."""
+    from scunlearn.membership import BatchedAttackers
+    from scunlearn.optim import Adam
+
+    torch.manual_seed(0)
+    p0 = torch.randn(4, 6)
+    g = torch.randn(6, 4).t()                    # a (4, 6) gradient with strides (1, 4)
+    assert not g.is_contiguous()
+    a, b = p0.clone().requires_grad_(), p0.clone().requires_grad_()
+    a.grad, b.grad = g, g.contiguous()
+    oa, ob = Adam([a], 0.1), Adam([b], 0.1)
+    for _ in range(3):
+        oa.step()
+        ob.step()
+    assert torch.equal(a, b)
+    assert torch.equal(oa.state[a]["exp_avg_sq"], ob.state[b]["exp_avg_sq"])
+    # where it bit: batched attackers trained from torch.autograd.grad learn as with .backward()
+    X, y = torch.randn(40, 5), (torch.arange(40) % 3 == 0).float()
+    X[y == 1] += 1.0
+
+    def losses(use_grad_api):
+        torch.manual_seed(1)
+        att = BatchedAttackers(2, 5, hidden=(16,), dropout=0.0)
+        params = list(att.parameters())
+        opt, out = Adam(params, 0.01), []
+        for _ in range(5):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(att(X.expand(2, 40, 5)), y.expand(2, 40))
+            if use_grad_api:
+                for q, gq in zip(params, torch.autograd.grad(loss, params)):
+                    q.grad = gq
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    assert losses(True) == losses(False)
 
 def test_training_does_not_import_dynamo():
     """A training job never imports torch._dynamo (1-1.7 s of CPU per process): fit, its Adam and seeding."""

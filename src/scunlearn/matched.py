@@ -13,11 +13,35 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from . import ScunlearnError
 
 log = logging.getLogger(__name__)
+
+
+def nearest_rows(query: np.ndarray, ref: np.ndarray, k: int | None = None,
+                 chunk_elements: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of the ``k`` (default: all) rows of ``ref`` nearest each row of ``query``, nearest first.
+
+    Exact Euclidean distances by brute force in float64, the differences taken row by row
+    (no |a|² + |b|² − 2ab cancellation), in chunks of query rows; ties go to the lower index.
+    scikit-learn's ``NearestNeighbors`` gives the same neighbours, but importing it costs
+    ~1 s in every unlearning job, which matches only a few hundred cells.
+    """
+    q = np.asarray(query, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    if q.ndim != 2 or r.ndim != 2 or q.shape[1] != r.shape[1]:
+        raise ValueError(f"nearest_rows: query {q.shape} and reference {r.shape} need the same number of columns")
+    k = len(r) if k is None else min(int(k), len(r))
+    rows = max(1, chunk_elements // max(1, r.size))
+    dist = np.empty((len(q), k))
+    ind = np.empty((len(q), k), dtype=np.int64)
+    for s in range(0, len(q), rows):
+        d2 = ((q[s:s + rows, None, :] - r[None, :, :]) ** 2).sum(-1)
+        order = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        ind[s:s + rows] = order
+        dist[s:s + rows] = np.sqrt(np.take_along_axis(d2, order, axis=1))
+    return dist, ind
 
 
 def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcodes, k: int,
@@ -36,8 +60,7 @@ def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcode
         raise ScunlearnError(
             f"matched negatives: min_matched={min_matched} but the audit pool has only {n_a} cells; "
             "enlarge the audit split (splits.validation_fraction / train_fraction) or lower matched.min_matched")
-    nn = NearestNeighbors(n_neighbors=n_a).fit(mu_audit)
-    dist, ind = nn.kneighbors(mu_forget)  # every audit cell, nearest first
+    dist, ind = nearest_rows(mu_forget, mu_audit)  # every audit cell, nearest first
     k_used = int(k)
     while True:
         chosen = np.unique(ind[:, :k_used])
@@ -51,7 +74,7 @@ def matched_negatives(mu_forget: np.ndarray, mu_audit: np.ndarray, audit_barcode
     np.minimum.at(dmin, ind[:, :k_used].ravel(), dist[:, :k_used].ravel())
     # the forget cell each negative is closest to: the audit groups a negative with it, so that
     # out-of-fold scoring never trains on a cell's matched neighbours while scoring the cell
-    nearest = NearestNeighbors(n_neighbors=1).fit(mu_forget).kneighbors(mu_audit[chosen])[1][:, 0]
+    nearest = nearest_rows(mu_audit[chosen], mu_forget, k=1)[1][:, 0]
     if k_used != k:
         log.info("matched negatives: k=%d gave %d distinct cells (< %d); grew k to %d",
                  k, len(np.unique(ind[:, :k])), min_matched, k_used)

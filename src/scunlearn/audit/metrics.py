@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def auc_score(y, scores) -> float:
@@ -13,6 +12,8 @@ def auc_score(y, scores) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs both positives and negatives")
+    from scipy.stats import rankdata  # here: scipy.stats costs ~0.5 s to import, and unlearning jobs rarely score
+
     ranks = rankdata(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -22,13 +22,22 @@ import torch
 from ..matched import matched_negatives
 from ..membership import feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
-from ..train import adam, run_epoch
+from ..train import adam, count_codes_cached, log_factorial_cached, run_epoch
 from .context import UnlearnContext
 
 
-def per_gene_loss(model: VAE, x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """Mean over cells of the (sampled-z) negative ELBO divided by the number of genes."""
-    return model.loss(x, beta=beta) / x.shape[-1]
+def per_gene_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, *, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over cells of the (sampled-z) negative ELBO divided by the number of genes.
+
+    With ``rows``, the cells are rows ``rows`` of the count tensor ``x`` (a method's retain
+    cells, say): the same value, with their NB table rows and log-factorials read from
+    x's per-tensor caches instead of computed per batch (as training does).
+    """
+    if rows is None:
+        return model.loss(x, beta=beta) / x.shape[-1]
+    batch = x[rows]
+    return model.loss(batch, beta=beta, log_factorial=log_factorial_cached(x)[rows],
+                      counts=count_codes_cached(x).index(rows, batch)) / x.shape[-1]
 
 
 @torch.no_grad()

@@ -67,7 +67,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .. import ScunlearnError
-from ..model import VAE, build_vae, elbo, kl_normal, log_factorial_rows, nb_backward, nb_forward
+from ..model import VAE, arm_dropout, build_vae, elbo, kl_normal, log_factorial_rows, nb_backward, nb_forward
 from ..train import kl_weight
 from .common import MembershipSet, _rng_devices
 from .context import UnlearnContext
@@ -130,6 +130,8 @@ class DPVAELoss(nn.Module):
         self.theta = GeneTheta(vae.log_theta)
 
     def forward(self, x: torch.Tensor, beta: float = 1.0, log_factorial: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:  # the VAE's own order of random draws: dropout masks, then z
+            arm_dropout((self.encoder, self.decoder), x.shape[0], x.device)
         hid = self.encoder(torch.log1p(x))
         mu, logvar = self.mu(hid), self.logvar(hid).clamp(-15.0, 15.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()

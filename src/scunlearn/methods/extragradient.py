@@ -6,7 +6,8 @@ extragradient step (extrapolate, re-evaluate, update from the saved point), the 
 with a learning rate ``attacker_lr_ratio`` × the VAE's (TTUR).
 
 **Scale.** L_retain is the per-gene negative ELBO (≈ 0.9 nats; see :mod:`.common`), A a
-BCE (≈ 0.7 at chance): the same order, as in the paper's per-element loss, so λ = 5 and
+BCE (≈ 0.7 at chance; the ``n_attackers`` attackers are trained as one batched model,
+:class:`~scunlearn.membership.BatchedAttackers`): the same order, as in the paper's per-element loss, so λ = 5 and
 λ = 10 weigh the two terms differently. With L_retain summed over genes the attacker
 term had ~1% of the gradient and λ did not matter. Each epoch's trajectory row has the
 gradient share of each term in the VAE's update (‖∇θ λ·L_retain‖ and ‖∇θ A‖ over their sum,
@@ -38,8 +39,8 @@ import copy
 import numpy as np
 import torch
 
-from ..membership import Attacker, bce_balanced, feature_grad
-from ..model import VAE
+from ..membership import BatchedAttackers, bce_balanced, feature_grad
+from ..model import VAE, set_training
 from ..optim import ExtraGradient
 from ..train import adam
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
@@ -53,13 +54,15 @@ def extragradient(ctx: UnlearnContext) -> VAE:
     members = MembershipSet.build(model, ctx, p["match_k"])
     base = members.losses(model)
     ctx.trajectory.log(epoch=0, phase="baseline", **base)
-    feats0 = members.features(model)
-    attackers = []
-    for _ in range(p["n_attackers"]):
-        a = Attacker(feats0.shape[1], tuple(p["attacker"]["hidden"]), p["attacker"]["dropout"]).to(ctx.device)
-        a.set_standardisation(torch.as_tensor(feats0, dtype=torch.float32, device=ctx.device))
-        attackers.append(a)
-    att_params = [q for a in attackers for q in a.parameters()]
+    feats0 = torch.as_tensor(members.features(model), dtype=torch.float32, device=ctx.device)
+    # the attackers as one batched model (one batched matmul per layer, not one attacker after
+    # another); 15 power iterations at the start, as torch's spectral_norm; each standardises
+    # with the starting features
+    n_att = p["n_attackers"]
+    attackers = BatchedAttackers(n_att, feats0.shape[1], tuple(p["attacker"]["hidden"]),
+                                 p["attacker"]["dropout"], init_power_iterations=15).to(ctx.device)
+    f_mean, f_std = feats0.mean(0), feats0.std(0).clamp_min(1e-6)
+    att_params = list(attackers.parameters())
     vae_params = list(model.parameters())
     opt_vae = adam(vae_params, p["lr"])
     opt_att = adam(att_params, p["lr"] * p["attacker_lr_ratio"])
@@ -77,17 +80,16 @@ def extragradient(ctx: UnlearnContext) -> VAE:
         sh = []
         batches = retain_batches(len(ctx.retain), p["batch_size"], gen, ctx.device)
         for b in batches:
-            xr = ctx.retain[b]
             xm, ym = members.batch(n_val, gen)
             last: dict = {}
 
             def grads():
-                model.train()
-                for a in attackers:
-                    a.train()
-                retain_loss = per_gene_loss(model, xr)
-                f = feature_grad(model, xm)
-                att_loss = torch.stack([bce_balanced(a(f), ym) for a in attackers]).mean()
+                set_training(model, True)
+                set_training(attackers, True)
+                retain_loss = per_gene_loss(model, ctx.retain, rows=b)
+                f = (feature_grad(model, xm) - f_mean) / f_std
+                # the mean of the attackers' balanced BCEs: one BCE over all (attacker, cell) pairs
+                att_loss = bce_balanced(attackers(f.expand(n_att, *f.shape)).reshape(-1), ym.repeat(n_att))
                 g_r = torch.autograd.grad(p["retain_weight"] * retain_loss, vae_params, allow_unused=True)
                 g_a = torch.autograd.grad(att_loss, vae_params + att_params, allow_unused=True)
                 g_av, g_att = g_a[:len(vae_params)], g_a[len(vae_params):]

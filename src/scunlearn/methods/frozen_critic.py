@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ..membership import feature_grad, fit_attacker
-from ..model import VAE
+from ..model import VAE, set_training
 from ..train import adam
 from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
 from .context import UnlearnContext
@@ -50,8 +50,8 @@ def frozen_critic(ctx: UnlearnContext) -> VAE:
         sh = []
         batches = retain_batches(len(ctx.retain), p["batch_size"], gen, ctx.device)
         for b in batches:
-            model.train()
-            retain_loss = per_gene_loss(model, ctx.retain[b])
+            set_training(model, True)
+            retain_loss = per_gene_loss(model, ctx.retain, rows=b)
             f = feature_grad(model, ctx.forget)
             # membership score: the critics' mean log-odds that forget cells are members,
             # pushed towards "non-member" through softplus(logit) = BCE(logit, label 0)
