@@ -241,6 +241,52 @@ def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():
     assert isinstance(drop, torch.nn.Dropout) and not list(drop.parameters())
 
 
+
+def test_vae_draws_every_layers_dropout_mask_at_once_and_uses_each_once():
+    """VAE.loss arms all six dropout layers from one random block (arm_dropout): each layer gets its own
+    (rows x width) mask with keep rate 1 - p, uses it in that forward pass only, and the loss equals the
+    one computed with those masks applied by hand; eval mode arms nothing."""
+    from scunlearn.model import Dropout, arm_dropout
+
+    torch.manual_seed(0)
+    m = build_vae(VAEConfig(n_genes=40, hidden=[64, 32, 16], latent=4, dropout=0.2))
+    drops = [d for stack in (m.encoder, m.decoder) for d in stack if isinstance(d, Dropout)]
+    assert [d.width for d in drops] == [64, 32, 16, 16, 32, 64]
+    m.train()
+    arm_dropout((m.encoder, m.decoder), 500, torch.device("cpu"))
+    masks = [d.mask for d in drops]
+    assert [tuple(k.shape) for k in masks] == [(500, w) for w in (64, 32, 16, 16, 32, 64)]
+    kept = torch.cat([(k > 0).flatten() for k in masks]).double()
+    p_eff = round(0.2 * 65536) / 65536
+    assert abs(float(kept.mean()) - (1 - p_eff)) < 5 * (p_eff * (1 - p_eff) / kept.numel()) ** 0.5
+    assert not torch.equal(masks[1], masks[4])             # layers of equal width: different draws
+    x = torch.poisson(torch.rand(500, 40) * 4)
+    m.encoder(torch.log1p(x))
+    assert all(d.mask is None for d in drops[:3]) and all(d.mask is not None for d in drops[3:])
+    # VAE.loss: the armed masks, one random block before z's draw
+    torch.manual_seed(5)
+    loss = m.loss(x)
+    assert all(d.mask is None for d in drops)
+    torch.manual_seed(5)
+    arm_dropout((m.encoder, m.decoder), 500, torch.device("cpu"))
+    by_hand = [d.mask.clone() for d in drops]
+    for d in drops:
+        d.mask = None
+    it = iter(by_hand)
+
+    def apply_mask(mod, inp, out):
+        return out * next(it)
+
+    hooks = [d.register_forward_hook(apply_mask) for d in drops]
+    for d in drops:
+        d.eval()                                           # identity: the hook applies the mask instead
+    loss_by_hand = m.loss(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(loss, loss_by_hand)
+    m.eval()
+    m.loss(x)
+    assert all(d.mask is None for d in drops)
 def test_log_factorial_cache_follows_tensor_changes():
     from scunlearn.train import log_factorial_cached
 
