@@ -11,6 +11,19 @@ PRE_CFG = dict(min_genes=200, max_mt_fraction=0.10, min_cells_per_gene=3, target
                n_pcs=20, n_neighbors=15, neighbors_pcs=15, leiden_resolution=0.5)
 
 
+def fresh_python(code: str, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter (this one's Python and path); fail with its stderr, else return its stdout.
+
+    For what only a new process shows: which modules a stage imports, global torch settings.
+    """
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -10,6 +10,8 @@ from scunlearn.audit.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
 from scunlearn.audit.verdict import add_verdicts, floor_stats, paper_verdict
 from scunlearn.membership import oof_scores
 
+from .conftest import fresh_python
+
 ATT = {"folds": 5, "repeats": 2, "bootstrap": 300,
        "attacker": {"hidden": [32, 32], "dropout": 0.3, "lr": 3e-3, "weight_decay": 1e-4, "epochs": 80}}
 
@@ -204,9 +206,6 @@ def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
     """torch.use_deterministic_algorithms and torch.optim's first step import torch._dynamo (~1 s of CPU per
     audit process); seed_everything and the attack avoid both, and the kernels are still deterministic, without
     deterministic mode's NaN fill of every new tensor (an extra pass per allocation)."""
-    import subprocess
-    import sys
-
     code = ("import sys, numpy as np, torch\n"
             "from scunlearn.model import seed_everything\n"
             "seed_everything(0, 1)\n"
@@ -219,5 +218,4 @@ def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
             "mia(rng.normal(size=(60, 5)), y, {'folds': 2, 'repeats': 1, 'bootstrap': 10, 'attacker': "
             "{'hidden': [4], 'dropout': 0.3, 'lr': 1e-3, 'weight_decay': 1e-4, 'epochs': 2}}, 0)\n"
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    fresh_python(code)

@@ -16,6 +16,8 @@ from scunlearn.model import VAEConfig, build_vae, seed_everything
 from scunlearn.optim import ExtraGradient, simultaneous_step
 from scunlearn.splits import Partition
 
+from .conftest import fresh_python
+
 
 def _bilinear(step_fn, steps=1000, lr=0.1):
     """min_x max_y x·y from (1, 1): returns the distance to the equilibrium (0, 0)."""
@@ -268,12 +270,7 @@ def test_registry_imports_without_torch_numpy_or_scanpy(root):
         "    resolve_params(n, {}, 'v')\n"
         "print(' '.join(names))\n"
     )
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert set(r.stdout.split()) == set(REGISTRY)
+    assert set(fresh_python(code, timeout=60).split()) == set(REGISTRY)
 
 
 # ---- each method's defining property, with numbers that could fail
@@ -405,9 +402,6 @@ def test_methods_are_deterministic_for_a_seed():
 def test_unlearning_without_attackers_does_not_import_sklearn_or_scipy_stats():
     """scikit-learn and scipy.stats cost ~1.3 s of start-up per process: an unlearning job whose method never
     matches cells or scores an attack (fine-tuning here) runs without importing them."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np, torch\n"
         "import scunlearn.pipeline\n"
@@ -423,6 +417,4 @@ def test_unlearning_without_attackers_does_not_import_sklearn_or_scipy_stats():
         "                           params=resolve_params('retain_finetune', {'epochs': 1}))\n"
         "get_method('retain_finetune').fn(ctx)\n"
         "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code).strip() == "[]"

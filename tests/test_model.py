@@ -19,6 +19,8 @@ from scunlearn.model import (
 )
 from scunlearn.train import fit, kl_weight, load_checkpoint, save_checkpoint
 
+from .conftest import fresh_python
+
 
 def test_nb_log_likelihood_matches_scipy():
     rng = np.random.default_rng(0)
@@ -372,9 +374,6 @@ def test_adam_steps_a_gradient_laid_out_otherwise_as_its_contiguous_copy():
 
 def test_training_does_not_import_dynamo():
     """A training job never imports torch._dynamo (1-1.7 s of CPU per process): fit, its Adam and seeding."""
-    import subprocess
-    import sys
-
     code = (
         "import sys, numpy as np, torch\n"
         "from scunlearn.model import VAE, VAEConfig, seed_everything\n"
@@ -385,5 +384,4 @@ def test_training_does_not_import_dynamo():
         "fit(m, X, np.arange(80), np.arange(80, 120), lr=1e-3, batch_size=16, max_epochs=2,\n"
         "    kl_warmup_epochs=1, patience=2, seed=0)\n"
         "print('torch._dynamo' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code).strip() == "False"
