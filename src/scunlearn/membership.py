@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .audit.metrics import auc_score
-from .model import VAE, Terms, cell_terms, set_training
+from .model import VAE, Terms, cell_terms, dropout_keep, set_training
 from .train import adam
 
 
@@ -140,34 +140,17 @@ class BatchedAttackers(nn.Module):
 def _relu_dropout(h: torch.Tensor, p: float) -> torch.Tensor:
     """``dropout(relu(h), p)`` as one multiplicative mask: keep (probability 1 - p) and h > 0, scaled by 1 / (1 - p).
 
-    The same values and gradients as the two ops; the keep draw is ``uniform >= p`` (one float
-    per entry, about 3x cheaper on CPU than ``bernoulli_``, which was the attack's largest cost).
+    The same values and gradients as the two ops. The keep draw is the VAE's
+    (:func:`~scunlearn.model.dropout_keep`: 16-bit uniforms, four per random word, p rounded
+    to a multiple of 2⁻¹⁶): a float uniform per entry (``torch.rand``) was a tenth of an
+    attack step, ``bernoulli_`` before it three times that.
     """
     with torch.no_grad():
-        scale = 1.0 / (1.0 - p) if p < 1 else 0.0  # p = 1 drops everything, as nn.functional.dropout
-        mask = torch.rand(h.shape, dtype=h.dtype, device=h.device).ge_(p).mul_(h > 0).mul_(scale)
+        if p >= 1:  # drops everything, as nn.functional.dropout
+            return h * 0.0
+        keep, scale = dropout_keep(h.shape, p, h.device)
+        mask = keep.logical_and_(h > 0).to(h.dtype).mul_(scale)
     return h * mask
-
-
-def _adam_step(params: list[torch.Tensor], state: list[tuple[torch.Tensor, torch.Tensor]], step: int, lr: float,
-               weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-    """One step of ``torch.optim.Adam`` (L2 weight decay, no amsgrad), op for op as its CPU implementation.
-
-    Written out because the first ``torch.optim`` step imports ``torch._dynamo`` (about 1 s of
-    CPU per audit process) for a wrapper the attack does not need; the update is the same.
-    """
-    beta1, beta2 = betas
-    bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    with torch.no_grad():
-        for param, (exp_avg, exp_avg_sq) in zip(params, state):
-            grad = param.grad
-            if weight_decay != 0:
-                grad = grad.add(param, alpha=weight_decay)
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-(lr / bias_correction1))
 
 
 def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: dict, seed: int) -> np.ndarray:
@@ -202,16 +185,15 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
         w = torch.as_tensor(valid, dtype=torch.float32) * torch.where(target.bool(), pos_weight[:, None], 1.0)
         att = BatchedAttackers(M.shape[0], X.shape[1], tuple(cfg["hidden"]), cfg["dropout"])
         params = list(att.parameters())
-        state = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
+        opt = adam(params, cfg["lr"], weight_decay=cfg["weight_decay"])
         att.train()
-        for step in range(1, cfg["epochs"] + 1):
+        for _ in range(cfg["epochs"]):
             bce = nn.functional.binary_cross_entropy_with_logits(att(xt), target, reduction="none")
             # per attacker: mean of its weighted training rows (as bce_balanced), summed over attackers
             loss = ((bce * w).sum(1) / cnt[:, 0]).sum()
-            for q in params:
-                q.grad = None
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            _adam_step(params, state, step, cfg["lr"], cfg["weight_decay"])
+            opt.step()
         att.eval()
         with torch.no_grad():
             return att(xs).double().numpy()

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..membership import (  # noqa: F401  (re-exported for the audit)
     BatchedAttackers,
-    _adam_step,
     _relu_dropout,
     feature_names,
     fit_score_batched,
