@@ -81,8 +81,9 @@ class BatchedAttackers(nn.Module):
     Same architecture and training as :class:`Attacker` (one power iteration of the
     spectral norm per training step, Adam, class-balanced BCE), but every layer is a
     batched matmul over the B attackers, so the k × repeats fold attackers of an audit
-    cost about as much as one. Attacker b sees only the rows ``masks[b]`` (its training
-    fold), standardised with those rows' statistics.
+    cost about as much as one. Inputs come standardised (:func:`fit_score_batched`: with
+    each attacker's own training rows). ``init_power_iterations``: power iterations at
+    construction (torch's ``spectral_norm`` does 15).
     """
 
     def __init__(self, B: int, d: int, hidden=(256, 256), dropout: float = 0.3, init_power_iterations: int = 0):
@@ -143,7 +144,7 @@ def _relu_dropout(h: torch.Tensor, p: float) -> torch.Tensor:
     The same values and gradients as the two ops. The keep draw is the VAE's
     (:func:`~scunlearn.model.dropout_keep`: 16-bit uniforms, four per random word, p rounded
     to a multiple of 2⁻¹⁶): a float uniform per entry (``torch.rand``) was a tenth of an
-    attack step, ``bernoulli_`` before it three times that.
+    attack step, ``bernoulli_`` before it a quarter.
     """
     with torch.no_grad():
         if p >= 1:  # drops everything, as nn.functional.dropout
@@ -229,21 +230,6 @@ def _fit_attacker(feats, y, cfg: dict, seed: int) -> Attacker:
     return att
 
 
-def attacker_scorer(cfg: dict) -> Callable:
-    """A ``fit(X_train, y_train, seed) -> score(X_test)`` function for :func:`oof_scores`."""
-
-    def fit(Xtr, ytr, seed):
-        att = fit_attacker(Xtr, ytr, cfg, seed)
-
-        @torch.no_grad()
-        def score(Xte):
-            return att(torch.as_tensor(np.asarray(Xte), dtype=torch.float32)).numpy()
-
-        return score
-
-    return fit
-
-
 def fold_splits(y: np.ndarray, folds: int, repeats: int, seed: int, groups=None):
     """(repeat, train, test) index triples of repeated stratified k-fold, grouped when ``groups`` is given.
 
@@ -276,20 +262,27 @@ def oof_scores(feats: np.ndarray, y: np.ndarray, fit: Callable, folds: int, repe
     return out
 
 
-def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3, groups=None) -> float:
-    """A quick single-repeat out-of-fold AUC: the shadow attacker used to steer unlearning.
-
-    Its fold attackers are trained as one batched model (:func:`fit_score_batched`); each
-    cell is scored by the attacker of the fold that held it out, and the scores pooled.
-    """
-    y = np.asarray(y).astype(int)
-    folds = min(folds, int(y.sum()), int((1 - y).sum()))
-    splits = list(fold_splits(y, folds, 1, seed, groups))
+def held_out_scores(feats: np.ndarray, y: np.ndarray, splits, cfg: dict, seed: int) -> list[np.ndarray]:
+    """Each (repeat, train, test) split's held-out scores: one attacker per split, trained on its
+    train rows, all trained as one batched model (:func:`fit_score_batched`)."""
+    splits = list(splits)
     masks = np.zeros((len(splits), len(y)), dtype=bool)
     for i, (_, tr, _) in enumerate(splits):
         masks[i, tr] = True
     scores = fit_score_batched(feats, y, masks, cfg, seed)
+    return [scores[i, te] for i, (_, _, te) in enumerate(splits)]
+
+
+def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3, groups=None) -> float:
+    """A quick single-repeat out-of-fold AUC: the shadow attacker used to steer unlearning.
+
+    Each cell is scored by the attacker of the fold that held it out (:func:`held_out_scores`),
+    and the scores pooled.
+    """
+    y = np.asarray(y).astype(int)
+    folds = min(folds, int(y.sum()), int((1 - y).sum()))
+    splits = list(fold_splits(y, folds, 1, seed, groups))
     s = np.full(len(y), np.nan)
-    for i, (_, _, te) in enumerate(splits):
-        s[te] = scores[i, te]
+    for (_, _, te), scores in zip(splits, held_out_scores(feats, y, splits, cfg, seed)):
+        s[te] = scores
     return auc_score(y, s)

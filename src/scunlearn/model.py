@@ -252,9 +252,9 @@ def arm_dropout(stacks, n_rows: int, device: torch.device) -> None:
     """Draw the masks of every :class:`Dropout` in ``stacks`` (the layers one forward pass runs, in
     order) for ``n_rows`` rows at once: one random draw, one compare and one multiply for all.
 
-    Per layer, a mask cost four small ops (~10-30 µs each on CPU, whatever the size) and
-    dropout was ~15% of a demo-size training step; drawn together it is ~5%. The masks are
-    the same function of the random stream as the layers' own draws, in one block.
+    Per layer, a mask cost four small ops (~10-30 µs each on CPU, whatever the size), and
+    dropout was ~15% of a demo-size training step. Each layer's mask is a slice of one
+    :func:`dropout_keep` block, so it has the distribution of the layer's own draw.
     """
     drops = [m for stack in stacks for m in stack if isinstance(m, Dropout) and m.training and 0.0 < m.p < 1.0]
     if not drops:
@@ -267,14 +267,6 @@ def arm_dropout(stacks, n_rows: int, device: torch.device) -> None:
     keep, scale = dropout_keep((sum(sizes),), p, device)
     for d, m, w in zip(drops, torch.mul(keep, scale).split(sizes), widths):
         d.mask = m.view(n_rows, w)
-
-
-def disarm_dropout(stacks) -> None:
-    """Drop masks :func:`arm_dropout` set that no forward used (after an error, say)."""
-    for stack in stacks:
-        for m in stack:
-            if isinstance(m, Dropout):
-                m.mask = None
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -529,14 +521,12 @@ def _deterministic_kernels() -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         setter(True, warn_only=True)
+        inductor = sys.modules.get("torch._inductor.config")
+        if inductor is not None:
+            inductor.deterministic = True
     no_fill = getattr(torch._C, "_set_deterministic_fill_uninitialized_memory", None)
     if no_fill is not None:
         no_fill(False)
-    if setter is None:
-        return
-    inductor = sys.modules.get("torch._inductor.config")
-    if inductor is not None:
-        inductor.deterministic = True
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:

@@ -91,6 +91,13 @@ def count_codes_cached(X: torch.Tensor) -> CountCodes:
     return _cached("count_codes", X, CountCodes)
 
 
+def rows_loss(model: VAE, X: torch.Tensor, rows: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """``model.loss`` of rows ``rows`` of the count tensor X, with X's cached log-factorials and NB
+    table rows (:func:`log_factorial_cached`, :func:`count_codes_cached`): the batch loss of training."""
+    x = X[rows]
+    return model.loss(x, beta, log_factorial=log_factorial_cached(X)[rows], counts=count_codes_cached(X).index(rows, x))
+
+
 def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torch.Tensor,
               batch_size: int, beta: float, gen: torch.Generator,
               objective: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
@@ -102,15 +109,13 @@ def run_epoch(model: VAE, opt: torch.optim.Optimizer, X: torch.Tensor, idx: torc
     """
     model.train()
     perm = idx[torch.randperm(len(idx), generator=gen).to(idx.device)]
-    log_fact, codes = log_factorial_cached(X), count_codes_cached(X)
     total = torch.zeros((), dtype=torch.float64, device=X.device)
     n = 0
     for s in range(0, len(perm), batch_size):
         b = perm[s:s + batch_size]
         if len(b) < 2:  # LayerNorm/BatchNorm-free, but a 1-cell batch is pure noise
             continue
-        x = X[b]
-        loss = model.loss(x, beta, log_factorial=log_fact[b], counts=codes.index(b, x))
+        loss = rows_loss(model, X, b, beta)
         opt.zero_grad(set_to_none=True)
         (loss if objective is None else objective(loss)).backward()
         opt.step()

@@ -18,6 +18,7 @@ from ..membership import (  # noqa: F401  (re-exported for the audit)
     feature_names,
     fit_score_batched,
     fold_splits,
+    held_out_scores,
     model_features,
 )
 from .metrics import auc_score, tpr_at_fpr
@@ -57,11 +58,7 @@ def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | 
         raise ValueError(f"need at least 2 positives and 2 negatives, got {int(y.sum())} / {int((1 - y).sum())}")
     splits = list(fold_splits(y, folds, cfg["repeats"], seed, groups))
     if fit is None:
-        masks = np.zeros((len(splits), len(y)), dtype=bool)
-        for i, (_, tr, _) in enumerate(splits):
-            masks[i, tr] = True
-        all_scores = fit_score_batched(feats, y, masks, cfg["attacker"], seed)
-        fold_scores = [all_scores[i, te] for i, (_, _, te) in enumerate(splits)]
+        fold_scores = held_out_scores(feats, y, splits, cfg["attacker"], seed)
     else:
         fold_scores = [fit(feats[tr], y[tr], seed * 100_003 + i)(feats[te]) for i, (_, tr, te) in enumerate(splits)]
     keep = [i for i, (_, _, te) in enumerate(splits) if 0 < y[te].sum() < len(te)]

@@ -22,7 +22,7 @@ import torch
 from ..matched import matched_negatives
 from ..membership import feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
-from ..train import adam, count_codes_cached, log_factorial_cached, run_epoch
+from ..train import adam, rows_loss, run_epoch
 from .context import UnlearnContext
 
 
@@ -33,11 +33,8 @@ def per_gene_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, *, rows: torch
     cells, say): the same value, with their NB table rows and log-factorials read from
     x's per-tensor caches instead of computed per batch (as training does).
     """
-    if rows is None:
-        return model.loss(x, beta=beta) / x.shape[-1]
-    batch = x[rows]
-    return model.loss(batch, beta=beta, log_factorial=log_factorial_cached(x)[rows],
-                      counts=count_codes_cached(x).index(rows, batch)) / x.shape[-1]
+    loss = model.loss(x, beta=beta) if rows is None else rows_loss(model, x, rows, beta)
+    return loss / x.shape[-1]
 
 
 @torch.no_grad()

@@ -6,10 +6,10 @@ extragradient step (extrapolate, re-evaluate, update from the saved point), the 
 with a learning rate ``attacker_lr_ratio`` × the VAE's (TTUR).
 
 **Scale.** L_retain is the per-gene negative ELBO (≈ 0.9 nats; see :mod:`.common`), A a
-BCE (≈ 0.7 at chance; the ``n_attackers`` attackers are trained as one batched model,
-:class:`~scunlearn.membership.BatchedAttackers`): the same order, as in the paper's per-element loss, so λ = 5 and
-λ = 10 weigh the two terms differently. With L_retain summed over genes the attacker
-term had ~1% of the gradient and λ did not matter. Each epoch's trajectory row has the
+BCE (≈ 0.7 at chance, the mean over the ``n_attackers`` attackers, trained as one batched
+model): the same order, as in the paper's per-element loss, so λ = 5 and λ = 10 weigh the
+two terms differently. With L_retain summed over genes the attacker term had ~1% of the
+gradient and λ did not matter. Each epoch's trajectory row has the
 gradient share of each term in the VAE's update (‖∇θ λ·L_retain‖ and ‖∇θ A‖ over their sum,
 mean over batches, at the extragradient's first evaluation).
 
