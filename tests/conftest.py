@@ -48,14 +48,14 @@ def processed(raw, markers):
     return preprocess(raw.copy(), dict(PRE_CFG), markers, seed=0)
 
 
-def write_audit_inputs(d: Path, adata):
+def write_audit_inputs(d: Path, adata, fold_groups: int = 0):
     """An audit's data inputs in folder ``d``: adata.h5ad, split.json, forget.json (30 random train
-    cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``); returns
-    (partition, count tensor)."""
+    cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``; with ``fold_groups``
+    the MLP attack's fold groups, as the matched stage writes them); returns (partition, count tensor)."""
     import numpy as np
 
     from scunlearn.io import write_json
-    from scunlearn.matched import matched_negatives
+    from scunlearn.matched import fold_groups_record, matched_negatives
     from scunlearn.pipeline import write_h5ad
     from scunlearn.splits import load_partition, make_forget_set, make_split
     from scunlearn.train import counts_tensor
@@ -66,6 +66,57 @@ def write_audit_inputs(d: Path, adata):
     write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
     part = load_partition(adata, d / "split.json", d / "forget.json")
     pca = np.asarray(adata.obsm["X_pca"])
-    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
-                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
+    rec = matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
+                            forget_barcodes=adata.obs_names[part.forget])
+    if fold_groups:
+        rec["fold_groups"] = fold_groups_record(pca[part.forget], adata.obs_names[part.forget], rec["nearest_forget"],
+                                                fold_groups, 0)
+    write_json(rec, d / "matched.json")
     return part, counts_tensor(adata)
+
+
+def tiny_audit_job(d: Path, fold_groups: int = 0):
+    """A small audit job in folder ``d``: its data inputs (:func:`write_audit_inputs`), two retrained
+    and two baseline reference models (one epoch each) and a markers file. Returns (adata, partition,
+    count tensor, the stage's ``inp`` without its audited models, its ``params`` for one model of
+    variant ``x``); the caller adds ``models``, ``cells`` and ``benchmarks``."""
+    import anndata as ad
+    import numpy as np
+
+    from scunlearn.audit.attacks import resolve_attacks
+    from scunlearn.cellstats import write_cell_stats
+    from scunlearn.model import VAEConfig, build_vae, seed_everything
+    from scunlearn.train import fit
+
+    rng = np.random.default_rng(0)
+    n, g = 600, 40
+    types = np.where(np.arange(n) % 3 == 0, "B", "T")
+    p = rng.dirichlet(np.ones(g), size=2)[(types == "B").astype(int)]
+    counts = rng.poisson(p * 400).astype(np.float32)
+    adata = ad.AnnData(counts, obs=pd.DataFrame({"cell_type": types}, index=[f"c{i}" for i in range(n)]),
+                       var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
+    adata.layers["counts"] = counts.copy()
+    logc = np.log1p(counts)
+    adata.obsm["X_pca"] = (logc - logc.mean(0)) @ rng.normal(size=(g, 5))
+    part, X = write_audit_inputs(d, adata, fold_groups)
+    refs = {"retrain": [], "baseline": []}
+    for kind, train in (("retrain", part.retain), ("baseline", part.train)):
+        for s in range(2):
+            seed_everything(s, 1)
+            m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
+            fit(m, X, train, part.validation, lr=3e-3, batch_size=64, max_epochs=1, kl_warmup_epochs=0,
+                patience=1, seed=s)
+            write_cell_stats(m, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
+            refs[kind].append(str(d / f"{kind}{s}.cells.npz"))
+    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
+    inp = {"adata": str(d / "adata.h5ad"), "split": str(d / "split.json"), "forget": str(d / "forget.json"),
+           "matched": str(d / "matched.json"), "markers": str(d / "markers.tsv"), "ref_retrain": refs["retrain"],
+           "ref_baseline": refs["baseline"], "controls": []}
+    attacks = {"per_cell": {}, "mlp": {"folds": 3, "repeats": 1, "attacker": {"hidden": [8], "epochs": 10}},
+               "loss": {}}
+    params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "x", "method": "x",
+              "model_seeds": [0], "seed": 0, "target_sum": 1e4, "self_names": [None],
+              "ref_retrain": ["retrain/seed0", "retrain/seed1"], "ref_baseline": ["baseline/seed0", "baseline/seed1"],
+              "controls": [], "audit": {"alpha": 0.05, "equivalence_margin": 0.1, "bootstrap": 50,
+                                        "attacks": resolve_attacks(attacks), "utility": {"max_cells": 300, "folds": 3}}}
+    return adata, part, X, inp, params

@@ -23,6 +23,18 @@ def test_auc_equals_sklearn_with_ties():
     assert auc_score(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
+def test_average_ranks_equal_scipy_rankdata():
+    from scipy.stats import rankdata
+
+    from scunlearn.audit.metrics import average_ranks
+
+    rng = np.random.default_rng(1)
+    for s in [np.round(rng.normal(size=200), 1), rng.normal(size=50), np.zeros(7), np.array([3.0]),
+              np.array([2.0, -np.inf, 2.0, np.inf, 1.0])]:
+        np.testing.assert_array_equal(average_ranks(s), rankdata(s))
+    assert np.isnan(auc_score([0, 1, 1], [0.1, np.nan, 0.3]))
+
+
 def test_out_of_fold_never_scores_a_training_cell():
     n = 120
     ids = np.arange(n, dtype=float)[:, None]  # feature = the cell's id, so we can see who is who
@@ -199,3 +211,45 @@ def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
             "{'hidden': [4], 'dropout': 0.3, 'lr': 1e-3, 'weight_decay': 1e-4, 'epochs': 2}}, 0)\n"
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n")
     fresh_python(code)
+
+
+def test_audit_stage_imports_no_sklearn_and_reads_the_matched_stage_fold_groups(tmp_path):
+    """An audit job imports neither scikit-learn nor scipy.stats / scipy.optimize (~2 s of each job's
+    start-up): the MLP attack's fold groups come from the matched stage, folds and the utility's
+    regression are ours. Its record equals that of a job whose matched file has no groups, which
+    clusters them itself."""
+    import json
+
+    from scunlearn.cellstats import write_cell_stats
+    from scunlearn.model import VAEConfig, build_vae, seed_everything
+    from scunlearn.pipeline import stage_audit
+    from scunlearn.train import fit, save_checkpoint
+
+    from .conftest import tiny_audit_job
+
+    jobs = {}
+    for name, groups in (("precomputed", 6), ("clustered_here", 0)):  # 6 = 2 x the MLP attack's 3 folds
+        d = tmp_path / name
+        d.mkdir()
+        adata, part, X, inp, params = tiny_audit_job(d, fold_groups=groups)
+        seed_everything(7, 1)
+        m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
+        fit(m, X, part.train, part.validation, lr=3e-3, batch_size=64, max_epochs=1, kl_warmup_epochs=0,
+            patience=1, seed=7)
+        save_checkpoint(m, d / "m.pt", {"genes": list(map(str, adata.var_names))})
+        write_cell_stats(m, X, adata.obs_names, d / "m.cells.npz")
+        inp.update(models=[str(d / "m.pt")], cells=[str(d / "m.cells.npz")], benchmarks=[""])
+        jobs[name] = (inp, {"audits": [str(d / "audit.json")]}, params)
+    assert "fold_groups" in json.loads((tmp_path / "precomputed/matched.json").read_text())
+    stage_audit(*jobs["clustered_here"], 1)
+    code = (
+        "import json, sys\n"
+        "from scunlearn.pipeline import stage_audit\n"
+        f"inp, out, params = json.loads({json.dumps(json.dumps(jobs['precomputed']))})\n"
+        "stage_audit(inp, out, params, 1)\n"
+        "print(sorted(m for m in ('sklearn', 'scipy.stats', 'scipy.optimize') if m in sys.modules))\n")
+    assert fresh_python(code).strip().splitlines()[-1] == "[]"
+    a = json.loads((tmp_path / "precomputed/audit.json").read_text())
+    b = json.loads((tmp_path / "clustered_here/audit.json").read_text())
+    for key in ("pc_auc", "delta_vs_retrain", "auc", "auc_ci_low", "loss_attack_auc", "latent_acc", "recon_mse"):
+        assert np.isfinite(a[key]) and a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key

@@ -18,7 +18,7 @@ from scunlearn.methods.sisa import shard_seed, train_shard, train_shards
 from scunlearn.model import ShardEnsemble, VAEConfig, build_vae, cell_terms, seed_everything
 from scunlearn.splits import Partition
 from scunlearn.train import load_checkpoint, save_checkpoint
-from tests.conftest import write_audit_inputs
+from tests.conftest import tiny_audit_job
 from tests.test_methods import _toy as methods_toy
 
 RECIPE = {"lr": 3e-3, "batch_size": 16, "max_epochs": 2, "kl_warmup_epochs": 1, "patience": 2}
@@ -227,52 +227,19 @@ def test_shard_and_unlearn_stages_hand_the_method_its_inputs(tmp_path):
 
 def test_audit_stage_runs_on_an_ensemble(tmp_path):
     """The audit stage (per-cell, MLP and LOSS attacks, utility) loads and audits a shard ensemble."""
-    from scunlearn.audit.attacks import resolve_attacks
     from scunlearn.cellstats import write_cell_stats
     from scunlearn.pipeline import stage_audit
-    from scunlearn.train import fit
 
     d = tmp_path
-    rng = np.random.default_rng(0)
-    n, g = 600, 40
-    types = np.where(np.arange(n) % 3 == 0, "B", "T")
-    p = rng.dirichlet(np.ones(g), size=2)[(types == "B").astype(int)]
-    counts = rng.poisson(p * 400).astype(np.float32)
-    adata = ad.AnnData(counts, obs=pd.DataFrame({"cell_type": types}, index=[f"c{i}" for i in range(n)]),
-                       var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
-    adata.layers["counts"] = counts.copy()
-    logc = np.log1p(counts)
-    adata.obsm["X_pca"] = (logc - logc.mean(0)) @ rng.normal(size=(g, 5))
-    part, X = write_audit_inputs(d, adata)
-    genes = list(map(str, adata.var_names))
-    refs = {"retrain": [], "baseline": []}
-    for kind, train in (("retrain", part.retain), ("baseline", part.train)):
-        for s in range(2):
-            seed_everything(s, 1)
-            m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
-            fit(m, X, train, part.validation, lr=3e-3, batch_size=64, max_epochs=1, kl_warmup_epochs=0,
-                patience=1, seed=s)
-            write_cell_stats(m, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
-            refs[kind].append(str(d / f"{kind}{s}.cells.npz"))
+    adata, part, X, inp, params = tiny_audit_job(d)
     recipe = dict(RECIPE, batch_size=64, max_epochs=1)
     cfg = VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2)
     ens, _, _ = train_shards(X, adata.obs_names, part.retain, part.validation, 2, cfg, recipe, 0)
-    save_checkpoint(ens, d / "sisa.pt", {"genes": genes, "report": {"sisa_shards": 2, "setup_wall_s": 7.0}})
+    save_checkpoint(ens, d / "sisa.pt", {"genes": list(map(str, adata.var_names)),
+                                         "report": {"sisa_shards": 2, "setup_wall_s": 7.0}})
     write_cell_stats(ens, X, adata.obs_names, d / "sisa.cells.npz")
-    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
-    inp = {"models": [str(d / "sisa.pt")], "cells": [str(d / "sisa.cells.npz")], "benchmarks": [""],
-           "adata": str(d / "adata.h5ad"),
-           "split": str(d / "split.json"), "forget": str(d / "forget.json"), "matched": str(d / "matched.json"),
-           "markers": str(d / "markers.tsv"), "ref_retrain": refs["retrain"], "ref_baseline": refs["baseline"],
-           "controls": []}
-    attacks = {"per_cell": {}, "mlp": {"folds": 3, "repeats": 1, "attacker": {"hidden": [8], "epochs": 10}},
-               "loss": {}}
-    params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "sisa", "method": "sisa",
-              "model_seeds": [0], "seed": 0, "target_sum": 1e4, "self_names": [None],
-              "ref_retrain": ["retrain/seed0", "retrain/seed1"], "ref_baseline": ["baseline/seed0", "baseline/seed1"],
-              "controls": [], "audit": {"alpha": 0.05, "equivalence_margin": 0.1, "bootstrap": 50,
-                                        "attacks": resolve_attacks(attacks), "utility": {"max_cells": 300, "folds": 3}}}
-    stage_audit(inp, {"audits": [str(d / "audit.json")]}, params, 1)
+    inp.update(models=[str(d / "sisa.pt")], cells=[str(d / "sisa.cells.npz")], benchmarks=[""])
+    stage_audit(inp, {"audits": [str(d / "audit.json")]}, {**params, "variant": "sisa", "method": "sisa"}, 1)
     rec = json.loads((d / "audit.json").read_text())
     for key in ("pc_auc", "delta_vs_retrain", "auc", "loss_attack_auc", "recon_mse", "latent_acc", "val_elbo"):
         assert np.isfinite(rec[key]), key

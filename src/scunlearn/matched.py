@@ -106,6 +106,29 @@ def neighbourhood_groups(pca_forget: np.ndarray, nearest_forget_idx: np.ndarray,
     return np.r_[lab, lab[np.asarray(nearest_forget_idx, dtype=int)]]
 
 
+def fold_groups_record(pca_forget: np.ndarray, forget_barcodes, nearest_forget, n_groups: int, seed: int) -> dict:
+    """The matched JSON's ``fold_groups``: :func:`neighbourhood_groups` with what made them (n, seed)."""
+    fpos = {b: i for i, b in enumerate(forget_barcodes)}
+    labels = neighbourhood_groups(pca_forget, [fpos[b] for b in nearest_forget], n_groups, seed)
+    return {"n_groups": int(n_groups), "seed": int(seed), "labels": labels.astype(int).tolist()}
+
+
+def matched_fold_groups(rec: dict, path, adata, forget_idx: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
+    """The MLP attack's fold groups (forget cells, then matched negatives) from the matched JSON.
+
+    The matched stage clusters them once per forget set, so that audit jobs need no
+    k-means (nor scikit-learn's ~1.5 s import). A file written before that, or for other
+    settings, gets them computed here, identically.
+    """
+    fg = rec.get("fold_groups") or {}
+    n_cells = len(forget_idx) + len(rec["barcodes"])
+    if fg.get("n_groups") == int(n_groups) and fg.get("seed") == int(seed) and len(fg.get("labels", ())) == n_cells:
+        return np.asarray(fg["labels"], dtype=int)
+    log.info("%s: no fold groups for n_groups=%d, seed=%d: clustering the forget cells here", path, n_groups, seed)
+    return np.asarray(fold_groups_record(np.asarray(adata.obsm["X_pca"])[forget_idx], adata.obs_names[forget_idx],
+                                         rec["nearest_forget"], n_groups, seed)["labels"], dtype=int)
+
+
 def read_matched(path, adata, audit_idx) -> tuple[dict, np.ndarray, np.ndarray]:
     """The matched-negatives JSON, checked against the data: (record, negative rows, nearest forget barcodes)."""
     from .io import read_json

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .audit.metrics import auc_score
+from .folds import repeated_stratified_test_folds, splits_from_folds
 from .model import VAE, Terms, cell_terms, dropout_keep, set_training
 from .train import adam
 
@@ -238,17 +239,7 @@ def fold_splits(y: np.ndarray, folds: int, repeats: int, seed: int, groups=None)
     the training fold and scores the held-out forget cell as negative, an anti-learning
     bias that drives null AUCs far below 0.5.
     """
-    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold  # ~1 s: only when used
-
-    if groups is None:
-        splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-        for i, (tr, te) in enumerate(splitter.split(np.zeros(len(y)), y)):
-            yield i // folds, tr, te
-        return
-    for r in range(repeats):
-        sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
-        for tr, te in sgkf.split(np.zeros(len(y)), y, groups):
-            yield r, tr, te
+    yield from splits_from_folds(repeated_stratified_test_folds(y, folds, repeats, seed, groups), folds)
 
 
 def oof_scores(feats: np.ndarray, y: np.ndarray, fit: Callable, folds: int, repeats: int, seed: int,

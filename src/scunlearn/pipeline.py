@@ -175,7 +175,7 @@ def stage_train(inp, out, params, threads):
 
 def stage_matched(inp, out, params, threads):
     """Matched negatives in the preprocessed PCA: a representation no model trained, blind to membership."""
-    from .matched import matched_negatives
+    from .matched import fold_groups_record, matched_negatives
     from .splits import load_partition
 
     adata = read_cells(inp["adata"])
@@ -187,6 +187,9 @@ def stage_matched(inp, out, params, threads):
     res = matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], params["k"],
                             params["min_matched"], forget_barcodes=adata.obs_names[part.forget])
     res["representation"] = "X_pca"
+    if params.get("fold_groups"):  # the MLP attack's fold groups: once here, not in every audit job
+        res["fold_groups"] = fold_groups_record(pca[part.forget], adata.obs_names[part.forget], res["nearest_forget"],
+                                                int(params["fold_groups"]), int(params["seed"]))
     res["cell_types"] = adata.obs.loc[res["barcodes"], "cell_type"].astype(str).value_counts().to_dict()
     log.info("matched negatives: %d cells (k used %d); cell types %s", res["size"], res["k_used"], res["cell_types"])
     write_json(res, out["matched"])
@@ -278,7 +281,6 @@ def stage_audit(inp, out, params, threads):
     # (in _load_experiment), so they count as start-up, as they did with one job per model
     from .audit import attacks, data, utility  # noqa: F401
     from .costs import log_units
-    from .matched import neighbourhood_groups  # noqa: F401  (sklearn)
     from .model import seed_everything
     from .train import load_checkpoint  # noqa: F401
 
@@ -305,25 +307,24 @@ def stage_audit(inp, out, params, threads):
 def _audit_shared(inp, params, device) -> dict:
     """What every model of an audit job shares: data, partition, negatives, fold groups, references."""
     from .cellstats import read_cell_stats
-    from .matched import neighbourhood_groups, read_matched
+    from .matched import matched_fold_groups, read_matched
 
     adata, X, part = _load_experiment(inp, device)
-    _, neg, nearest = read_matched(inp["matched"], adata, part.audit)
+    rec, neg, _ = read_matched(inp["matched"], adata, part.audit)
     cfg = params["audit"]
 
     def stats(paths, names):
         return {n: read_cell_stats(p, adata.obs_names) for n, p in zip(names, paths)}
 
     types = adata.obs["cell_type"].astype(str).to_numpy()
-    fpos = {b: i for i, b in enumerate(adata.obs_names[part.forget])}
     return {
         "adata": adata, "X": X, "part": part, "neg": neg, "types": types,
         "negatives": {"matched": neg, "all": part.audit,
                       "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
         # the MLP attack's folds keep neighbourhoods together: forget cells clustered in PCA,
-        # each matched negative with its nearest forget cell
-        "groups": neighbourhood_groups(np.asarray(adata.obsm["X_pca"])[part.forget], [fpos[b] for b in nearest],
-                                       2 * cfg["attacks"].get("mlp", {}).get("folds", 5), int(params["seed"])),
+        # each matched negative with its nearest forget cell (clustered by the matched stage)
+        "groups": matched_fold_groups(rec, inp["matched"], adata, part.forget,
+                                      2 * cfg["attacks"].get("mlp", {}).get("folds", 5), int(params["seed"])),
         "retrain_stats": stats(inp["ref_retrain"], params["ref_retrain"]),
         "baseline_stats": stats(inp["ref_baseline"], params["ref_baseline"]),
         "control_stats": stats(inp["controls"], params["controls"]),

@@ -68,6 +68,8 @@ rule matched_negatives:
         k=config["matched"]["k"],
         min_matched=config["matched"]["min_matched"],
         seed=config["seed"],
+        # the MLP attack's fold groups (two per fold), clustered here once per forget set
+        fold_groups=2 * ATTACKS.get("mlp", {}).get("folds", 5),
     log:
         f"{OUT}/logs/matched/{{forget}}.log",
     benchmark:
