@@ -69,7 +69,10 @@ def startup_seconds(reps: int = 3) -> tuple[float, float]:
     """Median (wall, CPU) seconds of a fresh interpreter importing what a training or audit job imports."""
     import resource
 
-    code = "import scunlearn.pipeline, torch, anndata, sklearn.model_selection, scunlearn.train"
+    # a job's own imports (no AnnData, scikit-learn or scipy.stats: jobs read h5ad with h5py and
+    # take their folds, groups and regression from scunlearn), as in the stages' "ready" marks
+    code = ("import torch, scunlearn.pipeline, scunlearn.train, scunlearn.membership, scunlearn.audit.attacks, "
+            "scunlearn.audit.utility, scunlearn.audit.calibrated")
     walls, cpus = [], []
     for _ in range(reps):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
