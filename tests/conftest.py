@@ -75,18 +75,39 @@ def write_audit_inputs(d: Path, adata, fold_groups: int = 0):
     return part, counts_tensor(adata)
 
 
+def write_reference_models(d: Path, adata, X, part, n_seeds: int, max_epochs: int = 1, batch_size: int = 64,
+                           kl_warmup_epochs: int = 0, checkpoints: bool = False) -> dict[str, str]:
+    """Baselines (trained on all training cells) and retrained models (on the retain cells), seeds
+    0..n_seeds-1, in folder ``d``: their per-cell statistics ``{kind}{seed}.cells.npz`` (and with
+    ``checkpoints`` their ``{kind}{seed}.pt``). Returns {"baseline/seed0": statistics path, ...}."""
+    from scunlearn.cellstats import write_cell_stats
+    from scunlearn.model import VAEConfig, build_vae, seed_everything
+    from scunlearn.train import fit, save_checkpoint
+
+    paths = {}
+    for kind, train in (("baseline", part.train), ("retrain", part.retain)):
+        for s in range(n_seeds):
+            seed_everything(s, 1)
+            m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
+            fit(m, X, train, part.validation, lr=3e-3, batch_size=batch_size, max_epochs=max_epochs,
+                kl_warmup_epochs=kl_warmup_epochs, patience=max_epochs, seed=s)
+            if checkpoints:
+                save_checkpoint(m, d / f"{kind}{s}.pt", {"genes": list(map(str, adata.var_names))})
+            write_cell_stats(m, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
+            paths[f"{kind}/seed{s}"] = str(d / f"{kind}{s}.cells.npz")
+    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
+    return paths
+
+
 def tiny_audit_job(d: Path, fold_groups: int = 0):
     """A small audit job in folder ``d``: its data inputs (:func:`write_audit_inputs`), two retrained
-    and two baseline reference models (one epoch each) and a markers file. Returns (adata, partition,
-    count tensor, the stage's ``inp`` without its audited models, its ``params`` for one model of
-    variant ``x``); the caller adds ``models``, ``cells`` and ``benchmarks``."""
+    and two baseline reference models (one epoch each, :func:`write_reference_models`) and a markers
+    file. Returns (adata, partition, count tensor, the stage's ``inp`` without its audited models, its
+    ``params`` for one model of variant ``x``); the caller adds ``models``, ``cells`` and ``benchmarks``."""
     import anndata as ad
     import numpy as np
 
     from scunlearn.audit.attacks import resolve_attacks
-    from scunlearn.cellstats import write_cell_stats
-    from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.train import fit
 
     rng = np.random.default_rng(0)
     n, g = 600, 40
@@ -99,19 +120,11 @@ def tiny_audit_job(d: Path, fold_groups: int = 0):
     logc = np.log1p(counts)
     adata.obsm["X_pca"] = (logc - logc.mean(0)) @ rng.normal(size=(g, 5))
     part, X = write_audit_inputs(d, adata, fold_groups)
-    refs = {"retrain": [], "baseline": []}
-    for kind, train in (("retrain", part.retain), ("baseline", part.train)):
-        for s in range(2):
-            seed_everything(s, 1)
-            m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
-            fit(m, X, train, part.validation, lr=3e-3, batch_size=64, max_epochs=1, kl_warmup_epochs=0,
-                patience=1, seed=s)
-            write_cell_stats(m, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
-            refs[kind].append(str(d / f"{kind}{s}.cells.npz"))
-    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
+    refs = write_reference_models(d, adata, X, part, 2)
     inp = {"adata": str(d / "adata.h5ad"), "split": str(d / "split.json"), "forget": str(d / "forget.json"),
-           "matched": str(d / "matched.json"), "markers": str(d / "markers.tsv"), "ref_retrain": refs["retrain"],
-           "ref_baseline": refs["baseline"], "controls": []}
+           "matched": str(d / "matched.json"), "markers": str(d / "markers.tsv"),
+           "ref_retrain": [refs[f"retrain/seed{s}"] for s in range(2)],
+           "ref_baseline": [refs[f"baseline/seed{s}"] for s in range(2)], "controls": []}
     attacks = {"per_cell": {}, "mlp": {"folds": 3, "repeats": 1, "attacker": {"hidden": [8], "epochs": 10}},
                "loss": {}}
     params = {"run": "t", "dataset": "simulate", "forget": "scattered", "variant": "x", "method": "x",

@@ -10,7 +10,7 @@ from scunlearn import ScunlearnError
 from scunlearn.audit.attacks import ATTACKS, resolve_attacks, spec
 from scunlearn.params import number, obj
 
-from .conftest import write_audit_inputs
+from .conftest import write_audit_inputs, write_reference_models
 
 
 def test_resolve_attacks_fills_defaults_and_names_bad_keys():
@@ -29,24 +29,11 @@ def test_resolve_attacks_fills_defaults_and_names_bad_keys():
 @pytest.fixture(scope="module")
 def audit_study(tmp_path_factory, processed):
     """A micro study on disk: data, split, forget set, matched negatives, 3 baselines and 3 retrains."""
-    from scunlearn.cellstats import write_cell_stats
-    from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.train import fit, save_checkpoint
-
     d = tmp_path_factory.mktemp("audit")
     adata = processed.copy()
     part, X = write_audit_inputs(d, adata)
-    paths = {}
-    for kind, train in (("baseline", part.train), ("retrain", part.retain)):
-        for s in range(3):
-            seed_everything(s, 1)
-            model = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
-            fit(model, X, train, part.validation, lr=3e-3, batch_size=256, max_epochs=2, kl_warmup_epochs=1,
-                patience=2, seed=s)
-            save_checkpoint(model, d / f"{kind}{s}.pt", {"genes": list(map(str, adata.var_names))})
-            write_cell_stats(model, X, adata.obs_names, d / f"{kind}{s}.cells.npz")
-            paths[f"{kind}/seed{s}"] = str(d / f"{kind}{s}.cells.npz")
-    (d / "markers.tsv").write_text("cell_type\tgene\nX\t" + adata.var_names[0] + "\n")
+    paths = write_reference_models(d, adata, X, part, 3, max_epochs=2, batch_size=256, kl_warmup_epochs=1,
+                                   checkpoints=True)
     return d, paths
 
 
