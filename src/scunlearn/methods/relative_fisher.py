@@ -43,7 +43,7 @@ import torch
 
 from ..model import VAE
 from .context import UnlearnContext
-from .fisher import _cell_loss, _start, diagonal_fisher, scrub_and_finish
+from .fisher import _start, cell_loss_fisher, scrub_and_finish
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def forget_fisher(model: VAE, ctx: UnlearnContext, p: dict) -> dict[str, torch.T
     """The diagonal Fisher on the forget cells (at most ``fisher_cells``, drawn with the method's seed)."""
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     sub = torch.randperm(len(ctx.forget), generator=gen)[: p["fisher_cells"]].to(ctx.device)
-    return diagonal_fisher(model, _cell_loss, (ctx.forget[sub],), p["chunk_size"])
+    return cell_loss_fisher(model, ctx.forget[sub], p["chunk_size"])
 
 
 def relative_fisher(ctx: UnlearnContext) -> VAE:

@@ -3,7 +3,7 @@ Retraining Through Selective Synaptic Dampening", AAAI 2024): no training, one p
 the weights.
 
 Importances are diagonal Fisher estimates: the mean over cells of each parameter's squared
-gradient of the per-gene loss (:func:`~scunlearn.methods.fisher.diagonal_fisher` with the
+gradient of the per-gene loss (:func:`~scunlearn.methods.fisher.cell_loss_fisher`, with the
 loss fisher uses: a cell's negative ELBO / n_genes, eval mode, z = μ; the source used the
 classifier's cross-entropy). I_f on the forget cells, I_D on the whole training set
 D = retain ∪ forget. A parameter is *selected* where I_f > α · I_D (it matters far more to
@@ -32,7 +32,7 @@ import torch
 from ..model import VAE
 from .common import MembershipSet
 from .context import UnlearnContext
-from .fisher import _cell_loss, diagonal_fisher
+from .fisher import cell_loss_fisher
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 def importances(model: VAE, cells: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
     """Mean over ``cells`` of squared per-cell gradients of the per-gene loss (eval mode, z = μ)."""
     model.eval()
-    return diagonal_fisher(model, _cell_loss, (cells,), chunk_size)
+    return cell_loss_fisher(model, cells, chunk_size)
 
 
 def data_importances(model: VAE, ctx: UnlearnContext, I_f: dict[str, torch.Tensor], data_cells: int,
