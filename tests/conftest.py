@@ -48,14 +48,14 @@ def processed(raw, markers):
     return preprocess(raw.copy(), dict(PRE_CFG), markers, seed=0)
 
 
-def write_audit_inputs(d: Path, adata, fold_groups: int = 0):
+def write_audit_inputs(d: Path, adata):
     """An audit's data inputs in folder ``d``: adata.h5ad, split.json, forget.json (30 random train
-    cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``; with ``fold_groups``
-    the MLP attack's fold groups, as the matched stage writes them); returns (partition, count tensor)."""
+    cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``, no fold groups);
+    returns (partition, count tensor)."""
     import numpy as np
 
     from scunlearn.io import write_json
-    from scunlearn.matched import fold_groups_record, matched_negatives
+    from scunlearn.matched import matched_negatives
     from scunlearn.pipeline import write_h5ad
     from scunlearn.splits import load_partition, make_forget_set, make_split
     from scunlearn.train import counts_tensor
@@ -66,12 +66,8 @@ def write_audit_inputs(d: Path, adata, fold_groups: int = 0):
     write_json(make_forget_set(adata, split, {"kind": "random", "n": 30}, seed=0), d / "forget.json")
     part = load_partition(adata, d / "split.json", d / "forget.json")
     pca = np.asarray(adata.obsm["X_pca"])
-    rec = matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
-                            forget_barcodes=adata.obs_names[part.forget])
-    if fold_groups:
-        rec["fold_groups"] = fold_groups_record(pca[part.forget], adata.obs_names[part.forget], rec["nearest_forget"],
-                                                fold_groups, 0)
-    write_json(rec, d / "matched.json")
+    write_json(matched_negatives(pca[part.forget], pca[part.audit], adata.obs_names[part.audit], 7, 30,
+                                 forget_barcodes=adata.obs_names[part.forget]), d / "matched.json")
     return part, counts_tensor(adata)
 
 
@@ -99,7 +95,7 @@ def write_reference_models(d: Path, adata, X, part, n_seeds: int, max_epochs: in
     return paths
 
 
-def tiny_audit_job(d: Path, fold_groups: int = 0):
+def tiny_audit_job(d: Path):
     """A small audit job in folder ``d``: its data inputs (:func:`write_audit_inputs`), two retrained
     and two baseline reference models (one epoch each, :func:`write_reference_models`) and a markers
     file. Returns (adata, partition, count tensor, the stage's ``inp`` without its audited models, its
@@ -118,8 +114,9 @@ def tiny_audit_job(d: Path, fold_groups: int = 0):
                        var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
     adata.layers["counts"] = counts.copy()
     logc = np.log1p(counts)
-    adata.obsm["X_pca"] = (logc - logc.mean(0)) @ rng.normal(size=(g, 5))
-    part, X = write_audit_inputs(d, adata, fold_groups)
+    # float32, as preprocessing stores it: the matched stage must cluster the fold groups in that precision
+    adata.obsm["X_pca"] = ((logc - logc.mean(0)) @ rng.normal(size=(g, 5))).astype(np.float32)
+    part, X = write_audit_inputs(d, adata)
     refs = write_reference_models(d, adata, X, part, 2)
     inp = {"adata": str(d / "adata.h5ad"), "split": str(d / "split.json"), "forget": str(d / "forget.json"),
            "matched": str(d / "matched.json"), "markers": str(d / "markers.tsv"),

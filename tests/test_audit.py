@@ -222,16 +222,19 @@ def test_audit_stage_imports_no_sklearn_and_reads_the_matched_stage_fold_groups(
 
     from scunlearn.cellstats import write_cell_stats
     from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.pipeline import stage_audit
+    from scunlearn.pipeline import stage_audit, stage_matched
     from scunlearn.train import fit, save_checkpoint
 
     from .conftest import tiny_audit_job
 
     jobs = {}
-    for name, groups in (("precomputed", 6), ("clustered_here", 0)):  # 6 = 2 x the MLP attack's 3 folds
+    for name in ("precomputed", "clustered_here"):
         d = tmp_path / name
         d.mkdir()
-        adata, part, X, inp, params = tiny_audit_job(d, fold_groups=groups)
+        adata, part, X, inp, params = tiny_audit_job(d)
+        if name == "precomputed":  # the matched stage itself, with the groups (2 x the MLP attack's 3 folds)
+            stage_matched({k: inp[k] for k in ("adata", "split", "forget")}, {"matched": inp["matched"]},
+                          {"k": 7, "min_matched": 30, "seed": 0, "fold_groups": 6}, 1)
         seed_everything(7, 1)
         m = build_vae(VAEConfig(n_genes=adata.n_vars, hidden=[16], latent=2))
         fit(m, X, part.train, part.validation, lr=3e-3, batch_size=64, max_epochs=1, kl_warmup_epochs=0,

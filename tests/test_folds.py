@@ -124,3 +124,21 @@ def test_latent_accuracy_matches_sklearn_pipeline():
                              labels[keep], cv=cv).mean()
     assert got == pytest.approx(ref, abs=1.5 / keep.sum())
     assert 0.5 < got <= 1.0
+
+
+def test_latent_accuracy_of_a_diverged_model_is_nan_not_a_guess():
+    """A NaN / infinite latent mean gives latent_acc NaN (a fit on NaN would predict one class: a
+    believable accuracy), and the regression refuses non-finite features by name."""
+    import torch
+
+    from scunlearn.audit import utility
+    from scunlearn.model import VAEConfig, build_vae
+
+    model = build_vae(VAEConfig(n_genes=10, hidden=[8], latent=2)).eval()
+    with torch.no_grad():
+        model.mu.bias[0] = float("nan")
+    X = torch.poisson(torch.rand(60, 10) * 3)
+    labels = np.repeat(["a", "b", "c"], 20)
+    assert np.isnan(utility.latent_accuracy(model, X, np.arange(60), labels, folds=3))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        utility.fit_logistic(np.array([[0.0], [np.inf], [1.0], [2.0]]), np.array([0, 0, 1, 1]))

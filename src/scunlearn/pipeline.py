@@ -188,7 +188,9 @@ def stage_matched(inp, out, params, threads):
                             params["min_matched"], forget_barcodes=adata.obs_names[part.forget])
     res["representation"] = "X_pca"
     if params.get("fold_groups"):  # the MLP attack's fold groups: once here, not in every audit job
-        res["fold_groups"] = fold_groups_record(pca[part.forget], adata.obs_names[part.forget], res["nearest_forget"],
+        # clustered in the stored precision, as the audit clustered them before (and still does without them)
+        res["fold_groups"] = fold_groups_record(np.asarray(adata.obsm["X_pca"])[part.forget],
+                                                adata.obs_names[part.forget], res["nearest_forget"],
                                                 int(params["fold_groups"]), int(params["seed"]))
     res["cell_types"] = adata.obs.loc[res["barcodes"], "cell_type"].astype(str).value_counts().to_dict()
     log.info("matched negatives: %d cells (k used %d); cell types %s", res["size"], res["k_used"], res["cell_types"])

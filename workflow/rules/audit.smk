@@ -14,6 +14,7 @@ rule audit:
         markers=MARKERS,
         code=lib(
             "audit/attack.py",
+            "folds.py",
             "membership.py",
             "audit/attacks/__init__.py",
             *[f"audit/attacks/{ATTACK_REGISTRY[a].module}.py" for a in ATTACKS],

@@ -16,6 +16,7 @@ rule unlearn:
             "optim.py",
             "splits.py",
             "matched.py",
+            "folds.py",
             "membership.py",
             "audit/metrics.py",
             "params.py",

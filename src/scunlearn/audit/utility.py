@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 from ..folds import stratified_test_folds
 from ..model import VAE, cell_terms, elbo
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -44,6 +48,8 @@ def lbfgs(fun, w0: np.ndarray, max_iter: int = 2000, gtol: float = 1e-6, memory:
     """
     w = np.array(w0, dtype=float)
     f, g = fun(w)
+    if not (np.isfinite(f) and np.isfinite(g).all()):
+        raise ValueError("lbfgs: the objective or its gradient is not finite at the start")
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
     for _ in range(max_iter):
@@ -79,6 +85,8 @@ def lbfgs(fun, w0: np.ndarray, max_iter: int = 2000, gtol: float = 1e-6, memory:
             if len(S) > memory:
                 S.pop(0), Y.pop(0)
         w, f, g = w + s, f_new, g_new
+    if np.abs(g).max() > max(gtol, 1e-4):  # well short of the tolerance: say so, as scikit-learn warns
+        log.warning("lbfgs: stopped with max |gradient| %.2g (tolerance %.2g)", float(np.abs(g).max()), gtol)
     return w
 
 
@@ -94,6 +102,8 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, C: float = 1.0, max_iter: int = 2
     """
     classes, yi = np.unique(y, return_inverse=True)
     n, d = X.shape
+    if not np.isfinite(X).all():
+        raise ValueError("logistic regression: the features contain NaN or infinite values")
     if len(classes) < 2:
         raise ValueError("logistic regression needs at least two classes")
     k = 1 if len(classes) == 2 else len(classes)
@@ -134,6 +144,10 @@ def latent_accuracy(model: VAE, X: torch.Tensor, idx, labels, folds: int = 5, se
     seeded as scikit-learn's ``StratifiedKFold(shuffle=True)`` (:mod:`scunlearn.folds`).
     """
     mu = cell_terms(model, X, idx).mu.double().cpu().numpy()
+    if not np.isfinite(mu).all():  # a diverged model: no accuracy (a fit on NaN would predict one class)
+        log.warning("latent accuracy: %d of %d cells have a non-finite latent mean; latent_acc is NaN",
+                    int((~np.isfinite(mu)).any(1).sum()), len(mu))
+        return float("nan")
     labels = np.asarray(labels)
     # classes with fewer cells than folds cannot be stratified: drop them from this metric
     keep_cls = [c for c, n in zip(*np.unique(labels, return_counts=True)) if n >= folds]
