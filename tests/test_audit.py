@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from scunlearn.audit.attack import mia
 from scunlearn.audit.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
 from scunlearn.audit.verdict import add_verdicts, floor_stats, paper_verdict
-from scunlearn.membership import oof_scores
+from scunlearn.membership import fold_splits
 
 from .conftest import fresh_python
 
@@ -35,27 +35,19 @@ def test_average_ranks_equal_scipy_rankdata():
     assert np.isnan(auc_score([0, 1, 1], [0.1, np.nan, 0.3]))
 
 
-def test_out_of_fold_never_scores_a_training_cell():
+@pytest.mark.parametrize("grouped", [False, True])
+def test_out_of_fold_never_scores_a_training_cell(grouped):
+    """Every split's test cells are outside its training cells, and each cell is held out once per repeat."""
     n = 120
-    ids = np.arange(n, dtype=float)[:, None]  # feature = the cell's id, so we can see who is who
     y = (np.arange(n) % 4 == 0).astype(int)
-    scored_by = {}
-
-    def fit(Xtr, ytr, seed):
-        trained_on = set(Xtr[:, 0].astype(int))
-
-        def score(Xte):
-            for i in Xte[:, 0].astype(int):
-                assert i not in trained_on
-                scored_by.setdefault(i, 0)
-                scored_by[i] += 1
-            return np.zeros(len(Xte))
-
-        return score
-
-    out = oof_scores(ids, y, fit, folds=5, repeats=3, seed=0)
-    assert out.shape == (3, n) and not np.isnan(out).any()
-    assert all(scored_by[i] == 3 for i in range(n))  # each cell scored once per repeat
+    groups = np.arange(n) // 6 if grouped else None
+    scored = np.zeros((3, n), dtype=int)
+    for r, tr, te in fold_splits(y, 5, 3, 0, groups):
+        assert not set(tr) & set(te) and len(tr) + len(te) == n
+        scored[r, te] += 1
+        if grouped:  # a group is never split between training and test
+            assert not set(groups[tr]) & set(groups[te])
+    assert (scored == 1).all()
 
 
 def test_attack_finds_shifted_members():
@@ -129,7 +121,7 @@ def test_mlp_attack_on_noise_features_has_its_null_at_half():
 
 def test_batched_attackers_match_the_single_attacker_recipe():
     """The batched attackers learn a planted signal in each fold and score only their own folds."""
-    from scunlearn.audit.attack import fit_score_batched
+    from scunlearn.membership import fit_score_batched
 
     rng = np.random.default_rng(4)
     y = np.r_[np.ones(40), np.zeros(160)].astype(int)
@@ -179,7 +171,7 @@ def test_relu_dropout_is_relu_then_dropout():
     """One mask: each entry is 0 or relu(h) / (1 - p), about 1 - p of the positive entries kept; gradient = mask."""
     import torch
 
-    from scunlearn.audit.attack import _relu_dropout
+    from scunlearn.membership import _relu_dropout
 
     torch.manual_seed(0)
     h = torch.randn(4, 500, 64, requires_grad=True)

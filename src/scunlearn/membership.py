@@ -11,8 +11,6 @@ the audit never reruns an unlearning job.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
@@ -240,17 +238,6 @@ def fold_splits(y: np.ndarray, folds: int, repeats: int, seed: int, groups=None)
     bias that drives null AUCs far below 0.5.
     """
     yield from splits_from_folds(repeated_stratified_test_folds(y, folds, repeats, seed, groups), folds)
-
-
-def oof_scores(feats: np.ndarray, y: np.ndarray, fit: Callable, folds: int, repeats: int, seed: int,
-               groups=None) -> np.ndarray:
-    """Out-of-fold scores, shape (repeats, n): each cell scored only by attackers not trained on it."""
-    y = np.asarray(y).astype(int)
-    out = np.full((repeats, len(y)), np.nan)
-    for i, (r, tr, te) in enumerate(fold_splits(y, folds, repeats, seed, groups)):
-        score = fit(feats[tr], y[tr], seed * 100_003 + i)
-        out[r, te] = score(feats[te])
-    return out
 
 
 def held_out_scores(feats: np.ndarray, y: np.ndarray, splits, cfg: dict, seed: int) -> list[np.ndarray]:

@@ -308,6 +308,7 @@ def stage_audit(inp, out, params, threads):
 
 def _audit_shared(inp, params, device) -> dict:
     """What every model of an audit job shares: data, partition, negatives, fold groups, references."""
+    from .audit.attacks import mlp_fold_groups
     from .cellstats import read_cell_stats
     from .matched import matched_fold_groups, read_matched
 
@@ -325,8 +326,8 @@ def _audit_shared(inp, params, device) -> dict:
                       "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
         # the MLP attack's folds keep neighbourhoods together: forget cells clustered in PCA,
         # each matched negative with its nearest forget cell (clustered by the matched stage)
-        "groups": matched_fold_groups(rec, inp["matched"], adata, part.forget,
-                                      2 * cfg["attacks"].get("mlp", {}).get("folds", 5), int(params["seed"])),
+        "groups": matched_fold_groups(rec, inp["matched"], adata, part.forget, mlp_fold_groups(cfg["attacks"]),
+                                      int(params["seed"])),
         "retrain_stats": stats(inp["ref_retrain"], params["ref_retrain"]),
         "baseline_stats": stats(inp["ref_baseline"], params["ref_baseline"]),
         "control_stats": stats(inp["controls"], params["controls"]),

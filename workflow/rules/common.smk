@@ -9,7 +9,7 @@ sys.path.insert(0, str(BASE / "src"))
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
 from scunlearn.sources import PBMC33K_URL
-from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, resolve_attacks
+from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, mlp_fold_groups, resolve_attacks
 from scunlearn.methods import resolve_params
 
 # Parameters are compared by their repr to decide reruns: sort every nested key so that

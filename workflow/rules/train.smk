@@ -69,7 +69,7 @@ rule matched_negatives:
         min_matched=config["matched"]["min_matched"],
         seed=config["seed"],
         # the MLP attack's fold groups (two per fold), clustered here once per forget set
-        fold_groups=2 * ATTACKS.get("mlp", {}).get("folds", 5),
+        fold_groups=mlp_fold_groups(ATTACKS),
     log:
         f"{OUT}/logs/matched/{{forget}}.log",
     benchmark:

@@ -8,19 +8,9 @@ k × repeats fold attackers of one audit as one batched model and scores them wi
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from ..membership import (  # noqa: F401  (re-exported for the audit)
-    BatchedAttackers,
-    _relu_dropout,
-    feature_names,
-    fit_score_batched,
-    fold_splits,
-    held_out_scores,
-    model_features,
-)
+from ..membership import fold_splits, held_out_scores
 from .metrics import auc_score, tpr_at_fpr
 
 
@@ -39,12 +29,11 @@ def _fold_bootstrap(y: np.ndarray, scores: list[np.ndarray], tests: list[np.ndar
     return total / len(scores)
 
 
-def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | None = None,
-        groups=None) -> dict:
+def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, groups=None) -> dict:
     """The paper's post-hoc attack on one model, scored without bias.
 
-    Fresh attackers, one per fold and repeat (trained as one batched model unless a
-    ``fit`` is given), each scoring only its held-out fold. The AUC is computed *per
+    Fresh attackers, one per fold and repeat (trained as one batched model), each scoring
+    only its held-out fold. The AUC is computed *per
     fold* and averaged: pooling scores of different attackers on one scale mixes their
     offsets and pulled the null below 0.5. ``groups`` (one label per cell) keeps each
     group within one fold: the audit passes neighbourhoods of forget cells with their
@@ -57,10 +46,7 @@ def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, fit: Callable | 
     if folds < 2:
         raise ValueError(f"need at least 2 positives and 2 negatives, got {int(y.sum())} / {int((1 - y).sum())}")
     splits = list(fold_splits(y, folds, cfg["repeats"], seed, groups))
-    if fit is None:
-        fold_scores = held_out_scores(feats, y, splits, cfg["attacker"], seed)
-    else:
-        fold_scores = [fit(feats[tr], y[tr], seed * 100_003 + i)(feats[te]) for i, (_, tr, te) in enumerate(splits)]
+    fold_scores = held_out_scores(feats, y, splits, cfg["attacker"], seed)
     keep = [i for i, (_, _, te) in enumerate(splits) if 0 < y[te].sum() < len(te)]
     fold_auc = np.array([auc_score(y[splits[i][2]], fold_scores[i]) for i in keep])
     reps = np.array([splits[i][0] for i in keep])

@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 from torch.func import functional_call, grad, vmap
+from torch.nn.functional import layer_norm
 
 from ..model import VAE
 from .common import MembershipSet, finetune
@@ -78,10 +79,6 @@ def cell_loss_fisher(model: torch.nn.Module, cells: torch.Tensor, chunk_size: in
     its first call imports ``torch._dynamo`` (~1.3 s of each Fisher-family job). A model
     with any other parameter (or a module used twice) goes through :func:`diagonal_fisher`.
     """
-    from torch.nn import functional as F
-
-    from ..model import VAE
-
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
     covered = {id(q) for m in layers for q in m.parameters(recurse=False)}
     names = {id(q): k for k, q in model.named_parameters()}
@@ -109,7 +106,7 @@ def cell_loss_fisher(model: torch.nn.Module, cells: torch.Tensor, chunk_size: in
                 if isinstance(mod, torch.nn.Linear):
                     fisher[names[id(mod.weight)]] += g2.t() @ a.pow(2)
                 elif mod.weight is not None:
-                    xhat = F.layer_norm(a, mod.normalized_shape, None, None, mod.eps)
+                    xhat = layer_norm(a, mod.normalized_shape, None, None, mod.eps)
                     fisher[names[id(mod.weight)]] += (g * xhat).pow(2).sum(0)
                 if mod.bias is not None:
                     fisher[names[id(mod.bias)]] += g2.sum(0)

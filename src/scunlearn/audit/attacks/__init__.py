@@ -66,6 +66,12 @@ def get_attack(name: str) -> AttackSpec:
     return ATTACKS[name]
 
 
+def mlp_fold_groups(attacks: dict) -> int:
+    """How many neighbourhood groups the MLP attack's folds keep whole: two per fold. The matched
+    stage clusters them and the audit reads them, both from this one count."""
+    return 2 * int((attacks.get("mlp") or {}).get("folds", 5))
+
+
 def resolve_attacks(attacks: dict | None) -> dict:
     """Every configured attack's parameters (defaults filled, schema checked), the primary one first."""
     attacks = dict(attacks or {})
