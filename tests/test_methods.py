@@ -459,3 +459,37 @@ def test_fisher_family_job_does_not_import_dynamo():
         "F = cell_loss_fisher(m, torch.poisson(torch.rand(10, 20) * 3))\n"
         "print(float(F['px.weight'].sum()) > 0, 'torch._dynamo' in sys.modules)\n")
     assert fresh_python(code).split() == ["True", "False"]
+
+
+def test_grad_norm_is_the_float64_euclidean_norm_and_shares_sum_to_one():
+    """grad_norm (one fused op over the list) = √Σ g² accumulated in float64; None entries count as zero."""
+    from scunlearn.methods.common import grad_norm, shares
+
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(40, 7, generator=g) * 1e3, None, torch.randn(5, generator=g) * 1e-3,
+             torch.randn(1, 1, 3, generator=g)]
+    ref = float(np.sqrt(sum(float((t.double() ** 2).sum()) for t in grads if t is not None)))
+    assert grad_norm(grads) == pytest.approx(ref, rel=1e-12)
+    assert grad_norm([None]) == 0.0 and grad_norm([]) == 0.0
+    s = shares({"a": grad_norm(grads[:1]), "b": grad_norm(grads[2:])})
+    assert sum(s.values()) == pytest.approx(1.0) and s["grad_share_a"] > 0.99
+
+
+def test_extragradient_keeps_a_gradient_that_shares_its_parameters_memory():
+    """The extrapolated gradient is kept as it is unless it aliases its parameter, which restoring the
+    saved point overwrites: a compute_grads that hands back the parameter itself still steps right."""
+    p = torch.nn.Parameter(torch.tensor([3.0, -1.0]))
+    q = torch.nn.Parameter(torch.tensor([3.0, -1.0]))
+    opt_p, opt_q = torch.optim.SGD([p], lr=0.1), torch.optim.SGD([q], lr=0.1)
+
+    def alias():
+        p.grad = p.data          # the gradient of |p|²/2, handed back as the parameter's own memory
+
+    def copy_():
+        q.grad = q.detach().clone()
+
+    ExtraGradient([opt_p]).step(alias)
+    ExtraGradient([opt_q]).step(copy_)
+    # extrapolate to 0.9·θ, gradient there 0.9·θ, update θ − 0.1·0.9·θ = 0.91·θ
+    assert torch.equal(p.detach(), q.detach())
+    torch.testing.assert_close(q.detach(), torch.tensor([3.0, -1.0]) * 0.91)

@@ -238,6 +238,13 @@ def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():
     assert abs(float(factor.mean()) - 1.0) < 0.02          # unbiased
     torch.manual_seed(1)
     assert torch.equal(drop(x), y)                         # seeded
+    from scunlearn.model import dropout_mask
+    for dtype in (torch.float32, torch.float64):           # the float mask = keep · scale of the same draws
+        torch.manual_seed(2)
+        keep, scale = dropout_keep(torch.Size([50, 33]), 0.3)
+        torch.manual_seed(2)
+        mask = dropout_mask(torch.Size([50, 33]), 0.3, dtype=dtype)
+        assert mask.dtype == dtype and torch.equal(mask, keep.to(dtype) * scale)
     drop.eval()
     assert drop(x) is x
     assert isinstance(drop, torch.nn.Dropout) and not list(drop.parameters())
@@ -385,3 +392,35 @@ def test_training_does_not_import_dynamo():
         "    kl_warmup_epochs=1, patience=2, seed=0)\n"
         "print('torch._dynamo' in sys.modules)\n")
     assert fresh_python(code).strip() == "False"
+
+
+def test_adam_counts_all_steps_with_one_add_and_keeps_counting_after_a_restore():
+    """The step counters Adam creates are 0-d views of one tensor, stepped with one add; an
+    extragradient-style snapshot / restore (in-place copies) keeps them so, and the numbers stay
+    torch.optim.Adam(fused=True)'s."""
+    from scunlearn.optim import Adam, _restore, _snapshot
+
+    def run(make, restore):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(6, 4)
+        opt = make(list(lin.parameters()))
+        x = torch.randn(10, 6)
+        for step in range(5):
+            snap = _snapshot(opt) if restore and step == 2 else None
+            for _ in range(2 if snap is not None else 1):
+                opt.zero_grad(set_to_none=True)
+                lin(x).pow(2).mean().backward()
+                opt.step()
+                if snap is not None and _ == 0:
+                    _restore(opt, snap)  # undo the first of the two steps
+        return lin, opt
+
+    lin, opt = run(lambda ps: Adam(ps, 0.01), restore=True)
+    ref, opt_r = run(lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True), restore=True)
+    steps = [opt.state[p]["step"] for p in lin.parameters()]
+    assert steps[0]._base is not None and all(s._base is steps[0]._base for s in steps)  # one counter tensor
+    assert [float(s) for s in steps] == [5.0, 5.0]
+    for p, q in zip(lin.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+        for k in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt.state[p][k], opt_r.state[q][k]), k

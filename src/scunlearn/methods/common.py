@@ -109,8 +109,15 @@ class MembershipSet:
 
 
 def grad_norm(grads) -> float:
-    """Euclidean norm of a list of gradients (``None`` entries count as zero)."""
-    return float(torch.sqrt(sum((g.detach().double() ** 2).sum() for g in grads if g is not None)))
+    """Euclidean norm of a list of gradients (``None`` entries count as zero), accumulated in float64.
+
+    One fused op over the list (``torch._foreach_norm``) instead of a float64 copy, a square
+    and a sum per tensor: it is computed every step of the adversarial methods.
+    """
+    gs = [g.detach() for g in grads if g is not None]
+    if not gs:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs, 2, dtype=torch.float64))))
 
 
 def shares(norms: dict[str, float]) -> dict[str, float]:

@@ -90,6 +90,17 @@ def extragradient(ctx: UnlearnContext) -> VAE:
                 f = (feature_grad(model, xm) - f_mean) / f_std
                 # the mean of the attackers' balanced BCEs: one BCE over all (attacker, cell) pairs
                 att_loss = bce_balanced(attackers(f.expand(n_att, *f.shape)).reshape(-1), ym.repeat(n_att))
+                if last:
+                    # the second evaluation: one backward of the VAE's objective λ·L_retain − A, whose
+                    # gradient in the attackers' parameters is −∇ψ A (L_retain does not depend on them)
+                    g = torch.autograd.grad(p["retain_weight"] * retain_loss - att_loss, vae_params + att_params,
+                                            allow_unused=True)
+                    for q, gq in zip(vae_params, g[:len(vae_params)]):
+                        q.grad = torch.zeros_like(q) if gq is None else gq
+                    for q, gq in zip(att_params, g[len(vae_params):]):
+                        q.grad = None if gq is None else gq.neg_()
+                    return
+                # the first evaluation, at the saved point: each term's gradient apart, for the shares
                 g_r = torch.autograd.grad(p["retain_weight"] * retain_loss, vae_params, allow_unused=True)
                 g_a = torch.autograd.grad(att_loss, vae_params + att_params, allow_unused=True)
                 g_av, g_att = g_a[:len(vae_params)], g_a[len(vae_params):]
@@ -97,9 +108,8 @@ def extragradient(ctx: UnlearnContext) -> VAE:
                     q.grad = (torch.zeros_like(q) if r is None else r) - (0 if a is None else a)
                 for q, g in zip(att_params, g_att):
                     q.grad = g
-                if not last:  # the first evaluation, at the saved point
-                    last.update(retain=float(retain_loss.detach()), attacker=float(att_loss.detach()),
-                                **shares({"retain": grad_norm(g_r), "attacker": grad_norm(g_av)}))
+                last.update(retain=float(retain_loss.detach()), attacker=float(att_loss.detach()),
+                            **shares({"retain": grad_norm(g_r), "attacker": grad_norm(g_av)}))
 
             eg.step(grads)
             tot["retain"] += last["retain"]
