@@ -124,21 +124,15 @@ class Adam:
                     by_kind.setdefault((p.device, p.dtype), []).append(p)
             for params in by_kind.values():
                 if not any(p in self.state for p in params):
-                    # as torch.optim.Adam(fused=True) creates it, except that the step counters are
-                    # 0-d views of one tensor, so that a step counts them all with one add (below)
+                    # the step counters as 0-d views of one tensor: a step counts them all with one add
                     counters = torch.zeros(len(params), dtype=torch.float32, device=params[0].device)
                     for p, step in zip(params, counters.unbind()):
-                        self.state[p] = {"step": step,
-                                         "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                         "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                        self.state[p] = _new_state(p, step)
                 states = []
                 for p in params:
                     st = self.state.get(p)
                     if st is None:  # a parameter that got its first gradient later than the others
-                        st = self.state[p] = {
-                            "step": torch.zeros((), dtype=torch.float32, device=p.device),
-                            "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                        st = self.state[p] = _new_state(p, torch.zeros((), dtype=torch.float32, device=p.device))
                     states.append(st)
                 steps = [st["step"] for st in states]
                 _count_steps(steps)
@@ -146,6 +140,12 @@ class Adam:
                                    [st["exp_avg_sq"] for st in states], [], steps, amsgrad=False, lr=g["lr"],
                                    beta1=g["betas"][0], beta2=g["betas"][1], weight_decay=g["weight_decay"],
                                    eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+def _new_state(p: torch.Tensor, step: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A parameter's Adam state at step 0, as ``torch.optim.Adam(fused=True)`` creates it."""
+    return {"step": step, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
 def _count_steps(steps: list[torch.Tensor]) -> None:
