@@ -9,8 +9,16 @@ user can size a study before paying for it.
 """
 
 import argparse
+import sys
+from pathlib import Path
 
-from scunlearn.audit.power import power_table
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import scunlearn  # noqa: F401
+except ImportError:  # not pip-installed: use the source tree
+    sys.path.insert(0, str(ROOT / "src"))
+
+from scunlearn.audit.power import power_table  # noqa: E402
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

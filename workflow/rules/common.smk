@@ -45,7 +45,6 @@ ENV_DATA = "../../envs/data.yaml"  # acquire, preprocess, split, forget sets: sc
 ENV_REPORT = "../../envs/report.yaml"  # aggregate, report: pandas, matplotlib, no torch
 # training, unlearning, matched negatives, audit: PyTorch; its CUDA build when config asks for CUDA
 ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cuda") else "../../envs/torch.yaml"
-ENV = ENV_TORCH
 
 
 def from_base(path):
@@ -226,7 +225,7 @@ def every_result():
     files = [f"{OUT}/data/adata.h5ad", f"{OUT}/splits/split.json"]
     for f in FORGET:
         files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json"]
-    for s in SEEDS:
+    for s in ALL_SEEDS:  # the reference seeds' models too: the audit reads only their .cells.npz
         files += [f"{OUT}/models/baseline/seed{s}.pt", f"{OUT}/models/baseline/seed{s}.history.tsv"]
         for f in FORGET:
             files += [f"{OUT}/models/retrain/{f}/seed{s}.pt", f"{OUT}/models/retrain/{f}/seed{s}.history.tsv"]

@@ -11,7 +11,7 @@ if config["dataset"]["source"] == "pbmc33k":
         log:
             f"{OUT}/logs/pbmc33k_archive.log",
         conda:
-            ENV
+            ENV_DATA
         threads: 1
         script:
             "../scripts/download.py"
