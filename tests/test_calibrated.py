@@ -145,7 +145,7 @@ def test_add_verdicts_gates_success_on_the_study_controls():
     assert list(missed.loc[missed["method"] == "baseline", "verdict"]) == ["LEAK", "INCONCLUSIVE"]
     p = power_summary(missed).iloc[0]
     assert (p["baseline_caught"], p["n_baseline"], p["retrain_false_alarms"]) == (1, 2, 0)
-    assert p["min_detectable_delta"] == pytest.approx(minimal_detectable_delta(0.05))
+    assert p["min_detectable_delta"] == pytest.approx(minimal_detectable_delta(0.05, df=2))  # 3 references
 
 
 def test_power_table_grows_with_references_and_shift():

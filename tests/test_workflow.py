@@ -108,6 +108,25 @@ def test_tiny_study_end_to_end(tmp_path):
     assert rec["n_forget"] == len(forget) and rec["n_negatives"] == matched["size"]
     assert rec["n_audit"] == len(split["audit"]) and rec["n_in_references"] == 2  # baselines 1, 2 (not itself)
 
+    # the judge's controls are counted over every seed (train seed 0 and reference seeds 1, 2), each
+    # model audited leave-one-out, and controls_ok in the summary is decided on those counts
+    for fs, g in summary.groupby("forget_set"):
+        ctl = json.loads((out / f"audit/{fs}/controls.json").read_text())
+        kinds = sorted((t["kind"], t["model"]) for t in ctl["trials"])
+        assert kinds == [("leak", f"baseline/seed{s}") for s in (0, 1, 2)] + [
+            ("null", f"retrain/seed{s}") for s in (0, 1, 2)]
+        assert (ctl["n_baseline"], ctl["n_retrain"]) == (3, 3)
+        assert ctl["baseline_caught"] == sum(t["outcome"] == "ABOVE" for t in ctl["trials"] if t["kind"] == "leak")
+        ok = ctl["baseline_caught"] == 3 and ctl["retrain_false_alarms"] == 0
+        assert ctl["controls_ok"] == ok and set(g["controls_ok"]) == {ok}
+        assert set(g["controls_n_baseline"]) == {3} and set(g["controls_n_retrain"]) == {3}
+        assert set(g["controls_baseline_caught"]) == {ctl["baseline_caught"]}
+        # the audited retrained seed's record carries the same leave-one-out result as the controls
+        own = g[g["method"] == "retrain"].iloc[0]
+        trial = next(t for t in ctl["trials"] if t["model"] == "retrain/seed0")
+        assert own["pc_auc"] == pytest.approx(trial["pc_auc"]) and own["p_vs_retrain"] == pytest.approx(trial["p"])
+    assert set(pd.read_csv(out / "report/controls.tsv", sep="\t")["forget_set"]) == set(summary["forget_set"])
+
     # logs show progress; trajectories exist
     assert "epoch   2" in (out / "logs/baseline/seed0.log").read_text()
     traj = pd.read_csv(out / "models/extragradient_l10/structured/seed0.tsv", sep="\t")
@@ -119,6 +138,7 @@ def test_tiny_study_end_to_end(tmp_path):
     html = (out / "report/index.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and "Table II" in html
     assert "Audit power on this study" in html and 'id="method_comparison"' in html
+    assert "Controls on structured: every seed" in html and "retrain/seed2" in html
 
     # nothing left to do: a second run is a no-op; a changed method parameter reruns only its jobs
     r = _smk(["-n", "--configfile", str(cfg), "--directory", str(tmp_path)], tmp_path, timeout=120)
@@ -128,6 +148,7 @@ def test_tiny_study_end_to_end(tmp_path):
     r = _smk(args, tmp_path, timeout=120)
     text = r.stdout + r.stderr
     assert "unlearn" in text and "baseline" not in text and "retrain" not in text and "preprocess" not in text
+    assert "controls" not in text  # the controls read only baseline and retrained models
 
 
 def test_config_readme_documents_every_schema_key_with_its_default():

@@ -322,8 +322,7 @@ def _audit_shared(inp, params, device) -> dict:
     types = adata.obs["cell_type"].astype(str).to_numpy()
     return {
         "adata": adata, "X": X, "part": part, "neg": neg, "types": types,
-        "negatives": {"matched": neg, "all": part.audit,
-                      "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]},
+        "negatives": audit_negatives(part, neg, types),
         # the MLP attack's folds keep neighbourhoods together: forget cells clustered in PCA,
         # each matched negative with its nearest forget cell (clustered by the matched stage)
         "groups": matched_fold_groups(rec, inp["matched"], adata, part.forget, mlp_fold_groups(cfg["attacks"]),
@@ -333,6 +332,62 @@ def _audit_shared(inp, params, device) -> dict:
         "control_stats": stats(inp["controls"], params["controls"]),
         "markers": adata.var_names.isin(read_markers(inp["markers"])["gene"]),
     }
+
+
+def audit_negatives(part, matched: np.ndarray, types: np.ndarray) -> dict[str, np.ndarray]:
+    """The audit's negative sets (rows): ``matched``, ``all`` audit cells, and the audit cells of the
+    forget cells' types (``cell_type``)."""
+    return {"matched": matched, "all": part.audit,
+            "cell_type": part.audit[np.isin(types[part.audit], np.unique(types[part.forget]))]}
+
+
+def study_stats(inp: dict, statistic: str = "elbo") -> dict:
+    """One forget set's per-cell statistics of every baseline and retrained model, with its cells.
+
+    ``inp``: paths ``adata``, ``split``, ``forget``, ``matched`` and lists ``ref_retrain`` /
+    ``ref_baseline`` of ``.cells.npz`` files (named ``retrain/seed{s}`` / ``baseline/seed{s}``
+    by ``names_retrain`` / ``names_baseline``). Returns retrain, baselines, pos, negatives, types.
+    """
+    from .audit.attacks.per_cell import cell_statistic
+    from .cellstats import read_cell_stats
+    from .matched import read_matched
+    from .splits import load_partition
+
+    adata = read_cells(inp["adata"])
+    part = load_partition(adata, inp["split"], inp["forget"])
+    _, neg, _ = read_matched(inp["matched"], adata, part.audit)
+    types = adata.obs["cell_type"].astype(str).to_numpy()
+
+    def stats(paths, names):
+        return {n: cell_statistic(read_cell_stats(p, adata.obs_names), statistic) for n, p in zip(names, paths)}
+
+    return {"retrain": stats(inp["ref_retrain"], inp["names_retrain"]),
+            "baselines": stats(inp["ref_baseline"], inp["names_baseline"]),
+            "pos": part.forget, "negatives": audit_negatives(part, neg, types), "types": types}
+
+
+def stage_controls(inp, out, params, threads):
+    """The judge's controls on one forget set: every baseline and retrained model audited against the others."""
+    from .audit.controls import control_trials, count_controls
+
+    pc = params["per_cell"]
+    st = study_stats({**inp, "names_retrain": params["names_retrain"], "names_baseline": params["names_baseline"]},
+                     pc["statistic"])
+    trials = control_trials(st["retrain"], st["baselines"], st["pos"], st["negatives"],
+                            strata=st["types"] if pc["centre_by_cell_type"] else None, test=pc["test"],
+                            against=pc["negatives"], alpha=params["alpha"], margin=params["margin"],
+                            n0=pc["shrinkage"])
+    counts = count_controls(trials, params["alpha"])
+    log.info("controls on %s (%s test, %s negatives): %d of %d baselines caught; %d of %d retrained models "
+             "flagged at alpha/%d (%d rejected at alpha, %.2f expected under the null); controls_ok=%s",
+             params["forget"], pc["test"], pc["negatives"], counts["baseline_caught"], counts["n_baseline"],
+             counts["retrain_false_alarms"], counts["n_retrain"], counts["n_retrain"],
+             counts["retrain_rejected_at_alpha"], counts["expected_at_alpha"], counts["controls_ok"])
+    for r in trials.itertuples():
+        log.info("  %s %s: pc_auc %.3f, delta %+.3f, p %.4f, %s", r.kind, r.model, r.pc_auc, r.delta, r.p, r.outcome)
+    write_json({"forget_set": params["forget"], "test": pc["test"], "negatives": pc["negatives"],
+                "alpha": params["alpha"], **counts, "trials": trials.drop(columns="draw").to_dict("records")},
+               out["controls"])
 
 
 def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, model_seed: int,
@@ -383,13 +438,23 @@ def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path,
     }
 
 
-def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05) -> pd.DataFrame:
-    """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract)."""
+def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
+              controls: list[dict] | None = None) -> pd.DataFrame:
+    """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract).
+
+    ``controls``: the controls stage's records, one per forget set (counts over every seed);
+    without them the controls are counted over the audited rows' seeds.
+    """
     from .audit.attacks import ATTACKS
     from .audit.summary import RENAME, SUMMARY_COLUMNS
     from .audit.verdict import add_verdicts
 
     df = pd.DataFrame(records).rename(columns=RENAME)
+    for c in controls or []:
+        rows = df["forget_set"] == c["forget_set"]
+        for col, key in (("controls_baseline_caught", "baseline_caught"), ("controls_n_baseline", "n_baseline"),
+                         ("controls_false_alarms", "retrain_false_alarms"), ("controls_n_retrain", "n_retrain")):
+            df.loc[rows, col] = c[key]
     extra = [c for a in ATTACKS.values() for c in a.columns if c in df.columns]  # user attacks' columns
     missing = {"baseline", "retrain"} - set(df["method"])
     if missing:
@@ -406,9 +471,19 @@ def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05) -> pd.
 
 def stage_aggregate(inp, out, params, threads):
     records = [read_json(p) for p in inp["audits"]]
-    df = aggregate(records, params["tolerance"], params["alpha"])
+    controls = [read_json(p) for p in inp["controls"]]
+    df = aggregate(records, params["tolerance"], params["alpha"], controls)
     from .audit.verdict import power_summary
 
+    trials = pd.DataFrame([{"forget_set": c["forget_set"], "test": c["test"], "negatives": c["negatives"], **t}
+                           for c in controls for t in c["trials"]])
+    write_tsv(trials, out["controls"])
+    for c in controls:
+        log.info("controls on %s: %d of %d baseline models caught; %d of %d retrained models flagged at "
+                 "alpha/%d (expected under the null: at most %.2f); %d rejected at alpha (expected %.2f); "
+                 "controls_ok=%s", c["forget_set"], c["baseline_caught"], c["n_baseline"],
+                 c["retrain_false_alarms"], c["n_retrain"], c["n_retrain"], c["expected_false_alarms"],
+                 c["retrain_rejected_at_alpha"], c["expected_at_alpha"], c["controls_ok"])
     for fs, g in df.groupby("forget_set"):
         log.info("forget set %s: per-cell AUC by variant %s; verdicts %s", fs,
                  g.groupby("variant")["pc_auc"].mean().round(3).to_dict(),
@@ -428,7 +503,8 @@ def stage_report(inp, out, params, threads):
     provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
     adata.file.close()
     trajs = [dict(t, path=str(p)) for t, p in zip(params["trajectories"], inp["trajectories"])]
-    build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance)
+    controls = pd.read_csv(inp["controls"], sep="\t") if inp.get("controls") else None
+    build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance, controls=controls)
 
 
 def package_versions() -> dict:

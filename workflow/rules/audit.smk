@@ -67,9 +67,11 @@ rule audit:
 rule aggregate:
     input:
         audits=[a for f in FORGET for a in audited(f)],
+        controls=[f"{OUT}/audit/{f}/controls.json" for f in FORGET],
         code=lib("audit/verdict.py", "audit/calibrated.py", "audit/summary.py"),
     output:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
+        controls=f"{OUT}/report/controls.tsv",
     params:
         tolerance=config["audit"]["tolerance"],
         alpha=config["audit"]["alpha"],
@@ -84,3 +86,44 @@ rule aggregate:
         runtime=10,
     script:
         "../scripts/aggregate.py"
+
+
+# the judge's own controls: every baseline and retrained seed (reference seeds included) audited
+# as a method against all the others, with the test the methods get
+rule controls:
+    input:
+        adata=rules.preprocess.output.adata,
+        split=rules.split.output.split,
+        forget=rules.forget_set.output.forget,
+        matched=rules.matched_negatives.output.matched,
+        ref_retrain=[f"{OUT}/models/retrain/{{forget}}/seed{s}.cells.npz" for s in ALL_SEEDS],
+        ref_baseline=[f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
+        code=lib(
+            "audit/controls.py",
+            "audit/calibrated.py",
+            "audit/metrics.py",
+            "audit/attacks/per_cell.py",
+            "cellstats.py",
+            "matched.py",
+            "splits.py",
+        ),
+    output:
+        controls=f"{OUT}/audit/{{forget}}/controls.json",
+    params:
+        forget=lambda w: w.forget,
+        per_cell=ATTACKS["per_cell"],
+        alpha=config["audit"]["alpha"],
+        margin=config["audit"]["equivalence_margin"],
+        names_retrain=[f"retrain/seed{s}" for s in ALL_SEEDS],
+        names_baseline=[f"baseline/seed{s}" for s in ALL_SEEDS],
+    log:
+        f"{OUT}/logs/controls/{{forget}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/controls/{{forget}}.tsv"
+    conda:
+        ENV_TORCH
+    threads: 1
+    resources:
+        runtime=10,
+    script:
+        "../scripts/controls.py"

@@ -224,7 +224,7 @@ def every_result():
     """
     files = [f"{OUT}/data/adata.h5ad", f"{OUT}/splits/split.json"]
     for f in FORGET:
-        files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json"]
+        files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json", f"{OUT}/audit/{f}/controls.json"]
     for s in ALL_SEEDS:  # the reference seeds' models too: the audit reads only their .cells.npz
         files += [f"{OUT}/models/baseline/seed{s}.pt", f"{OUT}/models/baseline/seed{s}.history.tsv"]
         for f in FORGET:

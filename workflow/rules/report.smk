@@ -24,6 +24,7 @@ REPORT_FIGURES = [
 rule report:
     input:
         summary=rules.aggregate.output.summary,
+        controls=rules.aggregate.output.controls,
         adata=rules.preprocess.output.adata,
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
         code=lib(

@@ -8,6 +8,8 @@ SUMMARY_COLUMNS = [
     "pc_tpr_at_1pct_fpr", "pc_tpr_at_0.1pct_fpr", "pc_forget_score", "forget_gap_closed",
     "delta_vs_retrain", "delta_ci_low", "delta_ci_high", "delta_se", "p_vs_retrain", "tost_p_vs_retrain",
     "test_vs_retrain", "n_references", "verdict", "controls_ok",
+    # the judge's controls over every seed of this forget set (scunlearn.audit.controls)
+    "controls_baseline_caught", "controls_n_baseline", "controls_false_alarms", "controls_n_retrain",
     "delta_vs_finetune", "dft_ci_low", "dft_ci_high", "p_vs_finetune",
     # the paper's MLP attack (unbiased), the LOSS attack and the paper's band rule
     "auc", "auc_sd", "auc_ci_low", "auc_ci_high", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "loss_attack_auc",

@@ -50,12 +50,20 @@ def paper_verdict(auc: float, method: str, band_low: float, band_high: float) ->
 def controls(g: pd.DataFrame, alpha: float = 0.05) -> dict:
     """This forget set's controls: baseline seeds caught (positive) and retrained seeds flagged (negative).
 
-    Every baseline seed must be caught at ``alpha``. The negative control is one test per
+    From the ``controls_*`` columns when the rows carry them (the counts over every seed,
+    reference seeds included, by the controls stage: :mod:`scunlearn.audit.controls`), else
+    from the rows' own seeds. Every baseline seed must be caught at ``alpha``. The negative control is one test per
     retrained seed, so a retrained seed counts as a false alarm when its test flagged it
     (``test_vs_retrain`` ABOVE / BELOW) at ``p_vs_retrain`` below ``alpha / n_retrain``
     (Bonferroni): a sound audit then fails its own control with probability at most
     ``alpha``, not ~``n_retrain · alpha`` (with two seeds at 0.05 each, one study in ten).
     """
+    if "controls_n_baseline" in g and g["controls_n_baseline"].notna().any():
+        first = g.iloc[0]
+        caught, n_base = int(first["controls_baseline_caught"]), int(first["controls_n_baseline"])
+        alarms, n_ret = int(first["controls_false_alarms"]), int(first["controls_n_retrain"])
+        return {"baseline_caught": caught, "n_baseline": n_base, "retrain_false_alarms": alarms,
+                "n_retrain": n_ret, "controls_ok": bool(n_base and n_ret and caught == n_base and alarms == 0)}
     base = g[g["method"] == "baseline"]
     ret = g[g["method"] == "retrain"]
     caught = int((base["test_vs_retrain"] == "ABOVE").sum())
@@ -133,8 +141,11 @@ def power_summary(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         c = controls(g, alpha)
         ret = g[g["method"] == "retrain"]
         se = float(ret["delta_se"].median()) if len(ret) else float("nan")
+        # a retrained model's null holds its n_references other retrained models: n − 1 degrees of freedom
+        df = float(ret["n_references"].median()) - 1 if len(ret) and ret["n_references"].notna().any() else np.inf
         rows.append({"forget_set": fs, **c,
                      "baseline_delta_mean": float(g.loc[g["method"] == "baseline", "delta_vs_retrain"].mean()),
-                     "min_detectable_delta": minimal_detectable_delta(se) if np.isfinite(se) else float("nan"),
+                     "min_detectable_delta": minimal_detectable_delta(se, max(df, 1.0)) if np.isfinite(se)
+                     else float("nan"),
                      "n_references": int(g["n_references"].max())})
     return pd.DataFrame(rows)

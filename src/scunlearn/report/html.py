@@ -229,6 +229,34 @@ def render_power(power: pd.DataFrame) -> str:
     return (f"{sentences}<p class=\"rule\">{html.escape(TABLES['audit_power'][1])}</p>{table}")
 
 
+def render_controls(controls: pd.DataFrame | None, alpha: float = 0.05) -> str:
+    """Every baseline and retrained model audited leave-one-out against the others: the judge's
+    controls seed by seed, with the retrained models' AUCs (the null every model is judged against)."""
+    if controls is None or not len(controls):
+        return ""
+    parts = []
+    for fs, g in controls.groupby("forget_set", sort=False):
+        null, leak = g[g["kind"] == "null"], g[g["kind"] == "leak"]
+        n_ret = len(null)
+        flagged = null["outcome"].isin(["ABOVE", "BELOW"]) & (null["p"] < alpha / max(n_ret, 1))
+        rows = "".join(
+            f'<tr><td class="txt">{"baseline (IN)" if r.kind == "leak" else "retrained (OUT)"}</td>'
+            f'<td class="txt">{html.escape(str(r.model))}</td><td>{_fixed(r.pc_auc)}</td><td>{_signed(r.delta)}</td>'
+            f'<td>{_p(r.p)}</td><td class="txt">{html.escape(str(r.outcome))}</td></tr>'
+            for r in g.itertuples())
+        parts.append(
+            f"<h3>Controls on {html.escape(str(fs))}: every seed</h3>"
+            f"<p>{int((leak['outcome'] == 'ABOVE').sum())} of {len(leak)} baseline models caught (expected: all); "
+            f"{int(flagged.sum())} of {n_ret} retrained models flagged at α/{n_ret} (a calibrated test flags one in at "
+            f"most {alpha:.0%} of studies); {int(null['outcome'].isin(['ABOVE', 'BELOW']).sum())} rejected at α "
+            f"(expected {n_ret * alpha:.2f}). Retrained models' leave-one-out AUCs (the null): "
+            f"{html.escape(', '.join(f'{a:.3f}' for a in sorted(null['pc_auc'])))}.</p>"
+            '<div class="scroll"><table><thead><tr><th>model</th><th>seed</th><th>per-cell AUC</th>'
+            "<th>Δ vs the others</th><th>p</th><th>test</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
+    return "".join(parts) + '<p><a href="controls.tsv">controls.tsv</a></p>'
+
+
 def _signed(v: Any) -> str:
     """A difference with its sign (3 decimals), NaN as a dash."""
     if v is None or pd.isna(v):
@@ -428,12 +456,13 @@ def _margin(config: Mapping) -> float | None:
 
 def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: Iterable[Mapping],
                  out_dir: str | os.PathLike, config: Mapping, provenance: Mapping,
-                 forget_set: str | None = None) -> Path:
+                 forget_set: str | None = None, controls: pd.DataFrame | None = None) -> Path:
     """Write tables/*.tsv, figures/*.png + *.tsv and one self-contained index.html to ``out_dir``.
 
     ``trajectories``: dicts {variant, method, forget_set, seed, path} of the methods' logs;
     ``forget_set``: the set of Table II and the MLP comparison figure (default structured,
-    else the first). Returns the path of index.html.
+    else the first); ``controls``: the controls stage's per-model trials (``report/controls.tsv``).
+    Returns the path of index.html.
     """
     if isinstance(summary_tsv, pd.DataFrame):
         summary = validate_summary(summary_tsv)
@@ -468,6 +497,7 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 <a href="#guide">How to read this</a><a href="#paper">The paper's tables</a>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>
 <h2 id="power">{html.escape(TABLE_TITLES['audit_power'])}</h2>{render_power(tables['audit_power'])}
+{render_controls(controls, _audit_setting(config, "alpha", 0.05))}
 <h2 id="comparison">{html.escape(TABLE_TITLES['method_comparison'])}</h2>
 {render_comparison(tables['method_comparison'])}{render_dp_note(tables['method_comparison'])}
 {render_figure(main_fig, figures[main_fig])}

@@ -6,7 +6,7 @@ from ..calibrated import per_cell_audit
 from ..data import AuditData
 
 
-def _stat(stats: dict, statistic: str):
+def cell_statistic(stats: dict, statistic: str):
     """The per-cell statistic with higher = more member-like (ELBO, or minus the NB NLL)."""
     return stats["elbo"] if statistic == "elbo" else -stats["nll"]
 
@@ -15,9 +15,10 @@ def run(data: AuditData, params: dict) -> dict:
     st = params["statistic"]
 
     def of(group):
-        return {name: _stat(s, st) for name, s in group.items()}
+        return {name: cell_statistic(s, st) for name, s in group.items()}
 
-    return per_cell_audit(_stat(data.target_stats, st), of(data.retrain_stats), of(data.baseline_stats),
+    return per_cell_audit(cell_statistic(data.target_stats, st), of(data.retrain_stats), of(data.baseline_stats),
                           data.forget, data.negatives, self_name=data.self_name, controls=of(data.control_stats),
                           margin=data.margin, alpha=data.alpha, n0=params["shrinkage"],
-                          strata=data.cell_types if params["centre_by_cell_type"] else None)
+                          strata=data.cell_types if params["centre_by_cell_type"] else None,
+                          test=params["test"], against=params["negatives"])
