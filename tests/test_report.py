@@ -516,3 +516,16 @@ def test_table2_holds_only_the_papers_adversarial_methods():
     t2 = table_adversarial(summary)
     assert "ssd" not in set(t2["variant"]) and "finetune" not in set(t2["variant"])
     assert {"frozen_single", "extragradient_l5", "baseline", "retrain"} <= set(t2["variant"])
+
+
+def test_not_comparable_variants_get_their_claims_stated():
+    """sisa / dp_retrain carry NOT-COMPARABLE verdicts; the report says what their numbers can and cannot support."""
+    from scunlearn.report.html import render_claims_note
+
+    s = pd.DataFrame({"variant": ["sisa", "sisa", "dp_retrain", "fisher"],
+                      "method": ["sisa", "sisa", "dp_retrain", "fisher"],
+                      "verdict": ["NOT-COMPARABLE", "NOT-COMPARABLE", "NOT-COMPARABLE", "FAIL"]})
+    note = render_claims_note(s)
+    assert note.count("<li>") == 2 and "exact unlearning by construction" in note and "e^ε·FPR + δ" in note
+    assert "fisher" not in note
+    assert render_claims_note(s[s["variant"] == "fisher"]) == ""

@@ -42,6 +42,9 @@ class MethodSpec:
     #: type for reasons other than membership, which the matched-negative AUC reads as a leak, so
     #: the audit reports the numbers but its verdict is NOT-COMPARABLE (see README "Verdicts").
     audit_comparable: bool = True
+    #: for a method that is not audit_comparable: which claims its audit record can and cannot
+    #: support (the report prints it beside its NOT-COMPARABLE verdict)
+    audit_claim: str = ""
 
     @property
     def fn(self) -> Callable:
@@ -57,7 +60,8 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 
 def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None = None,
-         function: str | None = None, needs: tuple[str, ...] = (), audit_comparable: bool = True) -> MethodSpec:
+         function: str | None = None, needs: tuple[str, ...] = (), audit_comparable: bool = True,
+         audit_claim: str = "") -> MethodSpec:
     """Add a method to the registry; its defaults must match its schema key for key.
 
     ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`).
@@ -66,7 +70,7 @@ def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None =
         raise ValueError(f"method '{name}' registered twice")
     check_schema_covers(defaults, schema, f"method {name} defaults")
     s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs),
-                   bool(audit_comparable))
+                   bool(audit_comparable), audit_claim)
     REGISTRY[name] = s
     return s
 
@@ -203,7 +207,11 @@ spec("dp_retrain",
          kl_warmup_epochs=integer(0), patience=integer(1), match_k=integer(1)),
      "A private-training anchor, not unlearning: a fresh VAE trained with DP-SGD (Abadi et al. 2016, Opacus) "
      "on retain ∪ forget cells at a target epsilon (or a given noise_multiplier); delta null = 1/(10 n_train).",
-     audit_comparable=False)
+     audit_comparable=False,
+     audit_claim="Supports: the accountant's (ε, δ) bound, which holds for every training cell, forget cells "
+     "included (a membership attack's TPR ≤ e^ε·FPR + δ), and its utility cost. Cannot support: a verdict "
+     "from the per-cell audit, whose references are non-private VAEs; DP training changes every cell's fit, "
+     "which the calibrated score reads as membership or its absence.")
 
 spec("sisa",
      {"shards": 4, "match_k": 7},
@@ -211,4 +219,9 @@ spec("sisa",
      "Bourtoule et al. (2021) SISA, exact unlearning: S shards trained independently from the start "
      "(training recipe = config train); retrain from scratch only the shards holding forget cells. "
      "The audited model is the shard ensemble.",
-     needs=("shards", "shard_assignment", "setup_benchmark"), audit_comparable=False)
+     needs=("shards", "shard_assignment", "setup_benchmark"), audit_comparable=False,
+     audit_claim="Supports: exact unlearning by construction (every shard holding a forget cell is retrained "
+     "from scratch without it, so no parameter ever saw it), its request and up-front costs against retrain, "
+     "and its utility. Cannot support: a SUCCESS or FAIL from the per-cell audit, whose references are single "
+     "VAEs trained on every retain cell; an ensemble of shards each trained on 1/S of the cells differs from "
+     "them by model class, which the calibrated score cannot tell from membership.")

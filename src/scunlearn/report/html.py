@@ -359,6 +359,20 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f'<a href="tables/method_comparison.tsv">tables/method_comparison.tsv</a></p>')
 
 
+def render_claims_note(summary: pd.DataFrame) -> str:
+    """What each NOT-COMPARABLE variant's numbers can and cannot support (its method's registered claim)."""
+    from ..methods import REGISTRY
+
+    nc = summary.loc[summary["verdict"] == "NOT-COMPARABLE", ["variant", "method"]].drop_duplicates()
+    items = [f"<li><b>{html.escape(str(v))}</b> ({html.escape(str(m))}): {html.escape(REGISTRY[m].audit_claim)}</li>"
+             for v, m in nc.itertuples(index=False) if m in REGISTRY and REGISTRY[m].audit_claim]
+    if not items:
+        return ""
+    return ('<p class="rule" id="claims_note">NOT-COMPARABLE: the per-cell audit\'s references are single VAEs '
+            "of the training recipe, and these variants' models are of another class. Their numbers are "
+            f"reported; what they can and cannot support:</p><ul>{''.join(items)}</ul>")
+
+
 def render_dp_note(comp: pd.DataFrame) -> str:
     """A note under the method comparison giving each DP-trained variant's (ε, δ); empty when there is none."""
     if "dp_epsilon" not in comp or comp["dp_epsilon"].isna().all():
@@ -500,6 +514,7 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_controls(controls, _audit_setting(config, "alpha", 0.05))}
 <h2 id="comparison">{html.escape(TABLE_TITLES['method_comparison'])}</h2>
 {render_comparison(tables['method_comparison'])}{render_dp_note(tables['method_comparison'])}
+{render_claims_note(summary)}
 {render_figure(main_fig, figures[main_fig])}
 <h2 id="guide">How to read this</h2>{render_reading_guide(summary, _tolerance(config, summary), margin)}
 <h2 id="paper">The paper's tables (the paper's band rule on its MLP attack)</h2>{paper_html}
