@@ -36,11 +36,13 @@ except ImportError:  # not pip-installed: use the source tree
 import pandas as pd  # noqa: E402
 
 from scunlearn.audit.attacks import resolve_attacks  # noqa: E402
+from scunlearn.audit.attacks.per_cell import is_type_level  # noqa: E402
 from scunlearn.audit.controls import calibration_rates, control_trials  # noqa: E402
 from scunlearn.pipeline import study_stats  # noqa: E402
 
-#: (test, negative set) pairs measured; the first is the audit's default
-CANDIDATES = [("spread", "matched"), ("delong", "matched"), ("spread", "cell_type"), ("delong", "cell_type")]
+#: (test, measure, negative set) measured; the first is the audit's default
+CANDIDATES = [("spread", "shift", "all"), ("spread", "auc", "all"), ("spread", "shift", "matched"),
+              ("spread", "auc", "matched"), ("delong", "auc", "matched"), ("delong", "auc", "all")]
 
 
 def bench_config(cfg: dict, name: str, n_models: int, extra_sizes: list[int]) -> dict:
@@ -108,28 +110,29 @@ def main() -> None:
         st = study_stats({k: (str(ROOT / v) if isinstance(v, str) else
                               [str(ROOT / p) if not k.startswith("names") else p for p in v])
                           for k, v in paths.items()}, pc["statistic"])
-        for test, against in CANDIDATES:
-            if against == "cell_type" and cfg["forget_sets"][fs]["kind"] == "random":
-                continue  # a random set spans every type: its cell_type negatives are all audit cells
+        kind = cfg["forget_sets"][fs]["kind"]
+        for test, measure, against in CANDIDATES:
             trials = control_trials(st["retrain"], st["baselines"], st["pos"], st["negatives"],
                                     strata=st["types"] if pc["centre_by_cell_type"] else None,
-                                    n_models=study_n, draws=a.draws, seed=0, test=test, against=against,
-                                    alpha=alpha, margin=margin, n0=pc["shrinkage"])
+                                    n_models=study_n, draws=a.draws, seed=0, test=test, measure=measure,
+                                    against=against, type_level=is_type_level(kind), alpha=alpha, margin=margin,
+                                    n0=pc["shrinkage"])
             trials.insert(0, "forget_set", fs)
-            trials.insert(1, "test", f"{test}/{against}")
+            trials.insert(1, "test", f"{test}/{measure}/{against}")
             all_trials.append(trials)
             null = trials[trials["kind"] == "null"]
             rows.append({"forget_set": fs, "n_forget": len(st["pos"]), "n_negatives": len(st["negatives"][against]),
-                         "test": f"{test}/{against}", "study_models": study_n,
+                         "test": f"{test}/{measure}/{against}", "study_models": study_n,
                          **calibration_rates(trials, alpha),
                          "retrain_auc_sd": float(null.groupby("model")["pc_auc"].mean().std()),
+                         "retrain_shift_sd": float(null.groupby("model")["pc_shift"].mean().std()),
                          "baseline_delta": float(trials.loc[trials["kind"] == "leak", "delta"].mean())})
     table = pd.DataFrame(rows)
     pd.concat(all_trials).to_csv(outdir / f"{cfg['run']}.trials.tsv", sep="\t", index=False)
     table.to_csv(outdir / f"{cfg['run']}.rates.tsv", sep="\t", index=False)
     cols = ["forget_set", "n_forget", "n_negatives", "test", "false_alarm_rate", "false_alarm_ci_low",
             "false_alarm_ci_high", "detection_rate", "detection_ci_low", "detection_ci_high", "false_alarm_models",
-            "detection_models", "retrain_auc_sd", "baseline_delta"]
+            "retrain_auc_sd", "retrain_shift_sd", "baseline_delta"]
     print(f"alpha {alpha}; {a.models} models of each kind per forget set; studies of {study_n} drawn {a.draws}x")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 

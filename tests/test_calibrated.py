@@ -56,15 +56,16 @@ def test_null_ci_covers_half_at_its_nominal_rate_and_never_leaks_beyond_it():
 
 def test_planted_per_cell_shift_is_detected_and_retrain_left_one_out_is_not():
     rng = np.random.default_rng(7)
-    target, retrain, base, pos, negs = _study(rng, shift=1.0)
+    # 8 retrained models as in the demo: the spread test's null has 8 values (df 7)
+    target, retrain, base, pos, negs = _study(rng, shift=1.0, n_retrain=8)
     r = per_cell_audit(target, retrain, base, pos, negs)
-    assert r["pc_auc"] > 0.7 and r["pc_auc_ci_low"] > 0.5
+    assert r["pc_auc"] > 0.65 and r["pc_auc_ci_low"] > 0.5
     assert r["test_vs_retrain"] == "ABOVE" and verdict("baseline", r["test_vs_retrain"]) == "LEAK"
-    assert r["pc_tpr_at_1pct_fpr"] > 0.0 and np.isfinite(r["pc_lr_auc"]) and r["pc_lr_auc"] > 0.7
+    assert r["pc_tpr_at_1pct_fpr"] > 0.0 and np.isfinite(r["pc_lr_auc"]) and r["pc_lr_auc"] > 0.65
     # a retrained model audited leave-one-out against the other retrained models
     name = "retrain/seed0"
     r0 = per_cell_audit(retrain[name], retrain, base, pos, negs, self_name=name)
-    assert r0["n_references"] == 3 and r0["test_vs_retrain"] in ("EQUIVALENT", "UNDECIDED")
+    assert r0["n_references"] == 7 and r0["test_vs_retrain"] in ("EQUIVALENT", "UNDECIDED")
     assert r0["pc_auc_ci_low"] < 0.5 < r0["pc_auc_ci_high"]
 
 

@@ -31,18 +31,29 @@ def test_spread_test_is_the_t_prediction_interval_of_the_null_aucs():
     assert np.isnan(compare_spread(0.6, null[:1], null[:1], 0.1).p)  # one null value: no spread, no test
 
 
-def test_audit_writes_the_retrained_models_leave_one_out_aucs_as_its_null():
-    """pc_retrain_aucs[i] is retrained model i scored against the *other* retrained models (never itself)."""
+def test_audit_writes_the_retrained_models_leave_one_out_values_as_its_null():
+    """pc_null[i] is retrained model i scored against the *other* retrained models (never itself): its
+    score shift (forget cells' mean minus the negatives'); pc_retrain_aucs the same models' AUCs."""
     target, retrain, base, pos, negs = simulate_cell_stats(np.random.default_rng(3), n_retrain=5, shift=0.5)
+    negs["all"] = np.r_[negs["matched"], np.arange(len(target), len(target))]  # every non-member
     res = per_cell_audit(target, retrain, base, pos, negs)
     names = list(retrain)
-    by_hand = []
+    shifts, aucs = [], []
     for r in names:
-        others = np.array([retrain[o] for o in names if o != r])
-        by_hand.append(structural(calibrated_scores(retrain[r], others)["z"], pos, negs["matched"])[0])
-    assert res["pc_retrain_aucs"] == pytest.approx(by_hand)
-    assert res["pc_test"] == "spread"
-    assert res["delta_vs_retrain"] == pytest.approx(res["pc_auc"] - np.mean(by_hand))
+        z = calibrated_scores(retrain[r], np.array([retrain[o] for o in names if o != r]))["z"]
+        shifts.append(z[pos].mean() - z[negs["all"]].mean())
+        aucs.append(structural(z, pos, negs["matched"])[0])
+    assert res["pc_null"] == pytest.approx(shifts) and res["pc_retrain_shifts"] == pytest.approx(shifts)
+    assert res["pc_retrain_aucs"] == pytest.approx(aucs)
+    assert (res["pc_test"], res["pc_measure"], res["pc_negatives"]) == ("spread", "shift", "all")
+    z = calibrated_scores(target, np.array([retrain[o] for o in names]))["z"]
+    assert res["pc_shift"] == pytest.approx(z[pos].mean() - z[negs["all"]].mean())
+    assert res["delta_vs_retrain"] == pytest.approx(res["pc_shift"] - np.mean(shifts))
+    # the AUC as the measure: the null is the leave-one-out AUCs
+    auc = per_cell_audit(target, retrain, base, pos, negs, measure="auc", against="matched")
+    assert auc["pc_null"] == pytest.approx(aucs) and auc["delta_vs_retrain"] == pytest.approx(auc["pc_auc"] - np.mean(aucs))
+    with pytest.raises(ValueError, match="delong test compares AUCs"):
+        per_cell_audit(target, retrain, base, pos, negs, test="delong", measure="shift")
     # a retrained model audited as itself is left out of its own null
     own = per_cell_audit(retrain[names[0]], retrain, base, pos, negs, self_name=names[0])
     assert len(own["pc_retrain_aucs"]) == len(names) - 1

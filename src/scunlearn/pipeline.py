@@ -368,24 +368,27 @@ def study_stats(inp: dict, statistic: str = "elbo") -> dict:
 
 def stage_controls(inp, out, params, threads):
     """The judge's controls on one forget set: every baseline and retrained model audited against the others."""
+    from .audit.attacks.per_cell import is_type_level
     from .audit.controls import control_trials, count_controls
 
     pc = params["per_cell"]
+    against = pc["negatives"]
     st = study_stats({**inp, "names_retrain": params["names_retrain"], "names_baseline": params["names_baseline"]},
                      pc["statistic"])
     trials = control_trials(st["retrain"], st["baselines"], st["pos"], st["negatives"],
                             strata=st["types"] if pc["centre_by_cell_type"] else None, test=pc["test"],
-                            against=pc["negatives"], alpha=params["alpha"], margin=params["margin"],
-                            n0=pc["shrinkage"])
+                            measure=pc["measure"], against=against, type_level=is_type_level(params["forget_kind"]),
+                            alpha=params["alpha"], margin=params["margin"], n0=pc["shrinkage"])
     counts = count_controls(trials, params["alpha"])
-    log.info("controls on %s (%s test, %s negatives): %d of %d baselines caught; %d of %d retrained models "
-             "flagged at alpha/%d (%d rejected at alpha, %.2f expected under the null); controls_ok=%s",
-             params["forget"], pc["test"], pc["negatives"], counts["baseline_caught"], counts["n_baseline"],
+    log.info("controls on %s (%s test of the %s, %s negatives): %d of %d baselines caught; %d of %d retrained "
+             "models flagged at alpha/%d (%d rejected at alpha, %.2f expected under the null); controls_ok=%s",
+             params["forget"], pc["test"], pc["measure"], against, counts["baseline_caught"], counts["n_baseline"],
              counts["retrain_false_alarms"], counts["n_retrain"], counts["n_retrain"],
              counts["retrain_rejected_at_alpha"], counts["expected_at_alpha"], counts["controls_ok"])
     for r in trials.itertuples():
-        log.info("  %s %s: pc_auc %.3f, delta %+.3f, p %.4f, %s", r.kind, r.model, r.pc_auc, r.delta, r.p, r.outcome)
-    write_json({"forget_set": params["forget"], "test": pc["test"], "negatives": pc["negatives"],
+        log.info("  %s %s: pc_auc %.3f, shift %+.3f, delta %+.3f, p %.4f, %s", r.kind, r.model, r.pc_auc, r.pc_shift,
+                 r.delta, r.p, r.outcome)
+    write_json({"forget_set": params["forget"], "test": pc["test"], "measure": pc["measure"], "negatives": against,
                 "alpha": params["alpha"], **counts, "trials": trials.drop(columns="draw").to_dict("records")},
                out["controls"])
 
@@ -414,7 +417,8 @@ def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path,
         seed=seed, alpha=cfg["alpha"], margin=cfg["equivalence_margin"], bootstrap=cfg["bootstrap"],
         target_stats=read_cell_stats(cells_path, adata.obs_names),
         retrain_stats=own["retrain_stats"], baseline_stats=own["baseline_stats"],
-        control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"])
+        control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"],
+        forget_kind=params.get("forget_kind"))
     record: dict = {}
     for name, p in cfg["attacks"].items():
         t0 = time.perf_counter()
@@ -475,7 +479,8 @@ def stage_aggregate(inp, out, params, threads):
     df = aggregate(records, params["tolerance"], params["alpha"], controls)
     from .audit.verdict import power_summary
 
-    trials = pd.DataFrame([{"forget_set": c["forget_set"], "test": c["test"], "negatives": c["negatives"], **t}
+    trials = pd.DataFrame([{"forget_set": c["forget_set"], "test": c["test"], "measure": c["measure"],
+                            "negatives": c["negatives"], **t}
                            for c in controls for t in c["trials"]])
     write_tsv(trials, out["controls"])
     for c in controls:

@@ -35,6 +35,7 @@ rule audit:
         run=RUN,
         dataset=config["dataset"]["source"],
         forget=lambda w: w.forget,
+        forget_kind=lambda w: config["forget_sets"][w.forget]["kind"],
         variant=lambda w: w.model,
         method=method_of,
         model_seeds=SEEDS,
@@ -111,6 +112,7 @@ rule controls:
         controls=f"{OUT}/audit/{{forget}}/controls.json",
     params:
         forget=lambda w: w.forget,
+        forget_kind=lambda w: config["forget_sets"][w.forget]["kind"],
         per_cell=ATTACKS["per_cell"],
         alpha=config["audit"]["alpha"],
         margin=config["audit"]["equivalence_margin"],

@@ -26,15 +26,17 @@ from .calibrated import per_cell_audit
 
 def control_trials(retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray], pos: np.ndarray,
                    negatives: dict[str, np.ndarray], *, strata: np.ndarray | None = None, n_models: int | None = None,
-                   draws: int = 1, seed: int = 0, test: str = "spread", against: str = "matched",
-                   alpha: float = 0.05, margin: float = 0.1, n0: float = 4.0) -> pd.DataFrame:
+                   draws: int = 1, seed: int = 0, test: str = "spread", measure: str = "shift",
+                   against: str = "matched", type_level: bool = False, alpha: float = 0.05, margin: float = 0.1,
+                   n0: float = 4.0) -> pd.DataFrame:
     """Audit every retrained and baseline model against the others; one row per (draw, model).
 
     ``n_models``: how many retrained and how many baseline models a study has (None: all
     given, one draw). With fewer than given, each draw picks that many of each at random,
     as a study of that size would have, and audits each picked model against the rest.
     Columns: draw, kind (``null`` for retrained, ``leak`` for baselines), model, pc_auc,
-    delta, p, outcome (the test's ABOVE / BELOW / EQUIVALENT / UNDECIDED).
+    pc_shift, delta (in the measure's units), p, outcome (the test's ABOVE / BELOW /
+    EQUIVALENT / UNDECIDED).
     """
     r_names, b_names = sorted(retrain), sorted(baselines)
     k = len(r_names) if n_models is None else min(n_models, len(r_names), len(b_names))
@@ -47,9 +49,10 @@ def control_trials(retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarr
         for kind, group in (("null", ret), ("leak", base)):
             for name, target in group.items():
                 res = per_cell_audit(target, ret, base, pos, negatives, self_name=name, margin=margin,
-                                     alpha=alpha, n0=n0, strata=strata, test=test, against=against)
+                                     alpha=alpha, n0=n0, strata=strata, test=test, measure=measure,
+                                     against=against, type_level=type_level)
                 rows.append({"draw": d, "kind": kind, "model": name, "n_retrain": len(ret),
-                             "pc_auc": res["pc_auc"], "delta": res["delta_vs_retrain"],
+                             "pc_auc": res["pc_auc"], "pc_shift": res["pc_shift"], "delta": res["delta_vs_retrain"],
                              "p": res["delta_vs_retrain_p"], "outcome": res["test_vs_retrain"]})
     return pd.DataFrame(rows)
 

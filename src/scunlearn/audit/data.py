@@ -34,6 +34,7 @@ class AuditData:
     control_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     self_name: str | None = None
     cell_types: np.ndarray | None = None  # a label per cell (obs['cell_type'])
+    forget_kind: str | None = None  # the forget set's kind (cell_type, cluster, random)
 
     @property
     def matched(self) -> np.ndarray:

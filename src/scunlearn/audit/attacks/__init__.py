@@ -91,9 +91,11 @@ def resolve_attacks(attacks: dict | None) -> dict:
 # The built-in attacks (their summary columns are part of the contract already).
 
 spec("per_cell",
-     {"statistic": "elbo", "shrinkage": 4.0, "centre_by_cell_type": True, "test": "spread", "negatives": "matched"},
+     {"statistic": "elbo", "shrinkage": 4.0, "centre_by_cell_type": True, "measure": "shift", "test": "spread",
+      "negatives": "all"},
      obj(statistic=choice("elbo", "nll"), shrinkage=number(0), centre_by_cell_type={"type": "boolean"},
-         test=choice("spread", "delong"), negatives=choice("matched", "cell_type")),
+         measure=choice("shift", "auc"), test=choice("spread", "delong"),
+         negatives=choice("all", "matched", "cell_type")),
      "Per-cell statistic calibrated against retrained reference models on the same cell (LiRA-style); "
      "paired tests against retrain and the fine-tuning control.")
 

@@ -11,6 +11,11 @@ def cell_statistic(stats: dict, statistic: str):
     return stats["elbo"] if statistic == "elbo" else -stats["nll"]
 
 
+def is_type_level(forget_kind: str | None) -> bool:
+    """Whether a forget set of this kind is a whole cell type or cluster (its shift is the audited signal)."""
+    return forget_kind in ("cell_type", "cluster")
+
+
 def run(data: AuditData, params: dict) -> dict:
     st = params["statistic"]
 
@@ -21,4 +26,6 @@ def run(data: AuditData, params: dict) -> dict:
                           data.forget, data.negatives, self_name=data.self_name, controls=of(data.control_stats),
                           margin=data.margin, alpha=data.alpha, n0=params["shrinkage"],
                           strata=data.cell_types if params["centre_by_cell_type"] else None,
-                          test=params["test"], against=params["negatives"])
+                          test=params["test"], measure=params["measure"],
+                          against=params["negatives"],
+                          type_level=is_type_level(data.forget_kind))
