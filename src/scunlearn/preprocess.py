@@ -69,7 +69,7 @@ def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     Z = (X - X.mean(0)) / (X.std(0) + 1e-8)
     zdf = pd.DataFrame(Z, columns=genes, index=adata.obs_names)
-    type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(1) for t, g in present.groupby("cell_type")})
+    type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(axis=1) for t, g in present.groupby("cell_type")})
     by_cluster = type_scores.groupby(adata.obs[cluster_key].values, observed=True).mean()
     best = by_cluster.idxmax(axis=1)
     labels = {}
