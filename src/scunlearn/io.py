@@ -271,11 +271,15 @@ def _plain_strings(values):
     return values.astype(object)
 
 
-def plain_string_frame(df):
+def _plain_string_frame(df):
     """``df`` with its string columns, string categories and string index as object dtype (see _plain_strings);
     ``df`` itself when nothing needs it."""
-    changed = {c: _plain_strings(df[c]) for c in df.columns}
-    changed = {c: v for c, v in changed.items() if v is not df[c]}
+    changed = {}
+    for c in df.columns:
+        col = df[c]
+        plain = _plain_strings(col)
+        if plain is not col:
+            changed[c] = plain
     index = _plain_strings(df.index)
     if not changed and index is df.index:
         return df
@@ -297,7 +301,7 @@ def write_h5ad(adata, path) -> None:
     if adata.is_view:
         adata = adata.copy()
     obs, var = adata.obs, adata.var
-    plain_obs, plain_var = plain_string_frame(obs), plain_string_frame(var)
+    plain_obs, plain_var = _plain_string_frame(obs), _plain_string_frame(var)
     try:
         if plain_obs is not obs:
             adata.obs = plain_obs
