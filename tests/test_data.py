@@ -13,6 +13,7 @@ from scipy.io import mmwrite
 
 from scunlearn import ScunlearnError
 from scunlearn.acquire import PBMC33K_ARCHIVE, check_raw_counts, fetch_pbmc33k, read_user_file
+from scunlearn.io import write_h5ad
 from scunlearn.preprocess import quality_control, select_hvgs
 from scunlearn.simulate import MT_GENES, simulate_counts
 from scunlearn.splits import load_partition, make_forget_set, make_split, save_split
@@ -136,7 +137,7 @@ def _h5ad(tmp_path, X, name="user.h5ad"):
     a.obs_names = [f"c{i}" for i in range(a.n_obs)]
     a.var_names = [f"g{j}" for j in range(a.n_vars)]
     p = tmp_path / name
-    a.write_h5ad(p)
+    write_h5ad(a, p)
     return p
 
 
@@ -164,7 +165,7 @@ def test_user_file_unreadable_or_missing(tmp_path):
 def test_user_h5ad_counts_layer_is_used(tmp_path):
     a = ad.AnnData(X=np.log1p(np.ones((3, 2), dtype=np.float32) * 4))
     a.layers["counts"] = sp.csr_matrix(np.full((3, 2), 4.0, dtype=np.float32))
-    a.write_h5ad(tmp_path / "x.h5ad")
+    write_h5ad(a, tmp_path / "x.h5ad")
     out = read_user_file(tmp_path / "x.h5ad", "h5ad")
     assert out.X.toarray().max() == 4.0
 
@@ -234,7 +235,7 @@ def test_simulate_too_few_genes_is_a_clear_config_error(markers):
 def test_read_cells_reads_what_anndata_reads(processed, tmp_path):
     """The light h5py reader of the model stages = AnnData's reader on a preprocessed file: counts,
     names, obs (categoricals included), obsm, uns scalars; unknown encodings go through AnnData."""
-    from scunlearn.io import CellData, read_cells, write_h5ad
+    from scunlearn.io import CellData, read_cells
 
     path = tmp_path / "adata.h5ad"
     processed = processed.copy()
@@ -270,3 +271,35 @@ def test_read_cells_reads_what_anndata_reads(processed, tmp_path):
     (tmp_path / "bad.h5ad").write_bytes(b"not hdf5")
     with pytest.raises(ScunlearnError, match="bad.h5ad: unreadable h5ad"):
         read_cells(tmp_path / "bad.h5ad")
+
+
+def test_nullable_strings_are_written_as_plain_strings(tmp_path):
+    """pandas string columns and names (pandas 3's default `str`, or `string` under pandas 2) go through
+    the project's writer, which AnnData alone refuses (allow_write_nullable_strings); nothing is lost."""
+    from scunlearn.io import read_cells
+
+    names = pd.Index([f"AAAC{i}-1" for i in range(4)], dtype="string", name="barcode")
+    obs = pd.DataFrame({
+        "sample": pd.array(["s1", "s1", "s2", "s2"], dtype="string"),
+        "note": pd.array(["a", None, "b", "a"], dtype="string"),  # a missing string: kept as a missing value
+        "cell_type": pd.Categorical(pd.array(["B", "T", "T", "B"], dtype="string")),
+        "n_genes": [5, 6, 7, 8],
+    }, index=names)
+    var = pd.DataFrame({"gene_ids": pd.array(["E0", "E1", "E2"], dtype="string")},
+                       index=pd.Index(["G0", "G1", "G2"], dtype="string"))
+    a = ad.AnnData(X=sp.csr_matrix(np.arange(12, dtype=np.float32).reshape(4, 3)), obs=obs, var=var)
+    before = (a.obs.copy(), a.var.copy())
+    write_h5ad(a, tmp_path / "s.h5ad")
+    pd.testing.assert_frame_equal(a.obs, before[0])  # the caller's AnnData is left as it was
+    pd.testing.assert_frame_equal(a.var, before[1])
+    for back in (ad.read_h5ad(tmp_path / "s.h5ad"), read_cells(tmp_path / "s.h5ad")):
+        assert list(back.obs_names) == list(names) and list(back.var_names) == ["G0", "G1", "G2"]
+        assert back.obs.index.name == "barcode"
+        assert back.obs["sample"].tolist() == ["s1", "s1", "s2", "s2"]
+        assert back.obs["note"].iloc[[0, 2, 3]].tolist() == ["a", "b", "a"] and pd.isna(back.obs["note"].iloc[1])
+        assert back.obs["cell_type"].tolist() == ["B", "T", "T", "B"]
+        assert back.obs["n_genes"].tolist() == [5, 6, 7, 8]
+    assert ad.read_h5ad(tmp_path / "s.h5ad").var["gene_ids"].tolist() == ["E0", "E1", "E2"]
+    # a view is written as its cells, the view untouched
+    write_h5ad(a[:2], tmp_path / "v.h5ad")
+    assert list(ad.read_h5ad(tmp_path / "v.h5ad").obs_names) == list(names[:2])

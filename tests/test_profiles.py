@@ -45,14 +45,15 @@ def test_gpu_profile_is_the_plain_one_plus_a_gpu_and_cuda():
     assert gpu["config"] == ["device=cuda"]
 
 
-def _dry_run(tmp_path, profile):
+def _dry_run(tmp_path, profile=None, extra=()):
     cfg = yaml.safe_load((ROOT / "tests/data/tiny.yaml").read_text())
     cfg["resources"] = {"train": {"mem_mb": 1234, "runtime": 7}, "unlearn": {"mem_mb": 2345, "runtime": 9}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    how = ["--profile", str(profile), "--executor", "dryrun"] if profile else []
     r = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(path), "--profile", str(profile), "--executor", "dryrun", "-n"],
+         "--configfile", str(path), *how, "-n", *extra],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -76,4 +77,18 @@ def test_jobs_take_memory_and_runtime_from_config_and_gpu_only_from_the_gpu_prof
         if rule == "all":  # a target without an action: never submitted
             continue
         assert "runtime" in res, f"rule {rule} has no runtime: the cluster's default would apply"
-        assert ("gpu" in res) == (profile == GPU.parent and rule in GPU_RULES), (rule, res)
+        # the plugin asks for no GPU for gpu=0 (the model rules' value when device is not cuda)
+        assert (int(res.get("gpu", 0)) > 0) == (profile == GPU.parent and rule in GPU_RULES), (rule, res)
+
+
+@pytest.mark.parametrize("device, gpus", [("auto", 0), ("cpu", 0), ("cuda", 1), ("cuda:1", 1)])
+def test_model_rules_take_the_gpu_resource_only_when_config_asks_for_cuda(tmp_path, device, gpus):
+    """`snakemake --resources gpu=N` caps the model jobs on the GPU when device is cuda; with device
+    auto (a machine without CUDA included) no job needs a gpu resource. The GPU profile asks for one
+    for exactly the rules that take it."""
+    jobs = _dry_run(tmp_path, extra=["--cores", "16", "--resources", "gpu=1", "--config", f"device={device}"])
+    assert GPU_RULES <= set(jobs)
+    taking = {rule for rule, res in jobs.items() if int(res.get("gpu", 0)) > 0}
+    assert taking == (GPU_RULES if gpus else set())
+    for rule in GPU_RULES:
+        assert jobs[rule]["gpu"] == str(gpus)

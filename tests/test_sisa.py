@@ -191,12 +191,12 @@ def test_registry_declares_the_extra_inputs_and_setup_cost_reaches_the_summary()
 
 def test_shard_and_unlearn_stages_hand_the_method_its_inputs(tmp_path):
     """stage_sisa_shards writes the ensemble and assignment; stage_unlearn gives them (and barcodes) to sisa."""
-    from scunlearn.io import write_json
+    from scunlearn.io import write_h5ad, write_json
     from scunlearn.pipeline import stage_sisa_shards, stage_unlearn
 
     X, part, names = _toy()
     adata = ad.AnnData(X.numpy(), obs=pd.DataFrame(index=names), var=pd.DataFrame(index=[f"g{i}" for i in range(40)]))
-    adata.write_h5ad(tmp_path / "adata.h5ad")
+    write_h5ad(adata, tmp_path / "adata.h5ad")
     write_json({k: list(names[getattr(part, k)]) for k in ("train", "validation", "audit")}, tmp_path / "split.json")
     write_json({"forget": list(names[part.forget])}, tmp_path / "forget.json")
     common = {"seed": 0, "device": "cpu"}

@@ -27,6 +27,7 @@ import yaml
 from scipy.io import mmwrite
 
 from scunlearn import ScunlearnError
+from scunlearn.io import write_h5ad
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -94,7 +95,7 @@ def _counts_h5ad(path: Path, seed: int, n_cells=40, n_genes=12, var_names=None) 
     a = ad.AnnData(X=sp.csr_matrix(rng.poisson(2.0, size=(n_cells, n_genes)).astype(np.float32)))
     a.obs_names = [f"cell{i}" for i in range(n_cells)]
     a.var_names = var_names or [f"G{j}" for j in range(n_genes)]
-    a.write_h5ad(path)
+    write_h5ad(a, path)
     return path
 
 
@@ -415,7 +416,7 @@ def test_unknown_cell_type_lists_types_and_says_they_are_data_derived(processed,
     from scunlearn.splits import make_split
 
     adata = tmp_path / "adata.h5ad"
-    processed.write_h5ad(adata)
+    write_h5ad(processed, adata)
     write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
     with pytest.raises(ScunlearnError) as e:
         stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(tmp_path / "f.json")},
@@ -434,7 +435,7 @@ def test_stage_error_reaches_the_terminal_and_traceback_stays_in_log(tmp_path, r
     bad = tmp_path / "logged.h5ad"
     a = ad.AnnData(X=np.array([[1.0, 2.5], [0.0, 1.0]], dtype=np.float32))  # normalised, not counts
     a.obs_names, a.var_names = ["c0", "c1"], ["g0", "g1"]
-    a.write_h5ad(bad)
+    write_h5ad(a, bad)
     path = _write(tmp_path / "cfg.yaml", _tiny(run_name, dataset={"source": "h5ad", "path": str(bad)}))
     r = _smk([f"results/{run_name}/data/raw.h5ad", "--cores", "1", "--configfile", str(path)])
     text = r.stdout + r.stderr

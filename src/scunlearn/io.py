@@ -251,6 +251,65 @@ def read_cells(path) -> CellData:
     return CellData(X, layers, obs, var.index, obsm, uns)
 
 
+def _plain_strings(values):
+    """Strings as a plain object array (AnnData's long-standing ``string-array`` encoding) when they are
+    pandas string dtype (``pd.array(..., dtype="string")``, or pandas 3's default ``str``); a column with
+    missing strings becomes a categorical (its missing values are code -1). Anything else: unchanged."""
+    import pandas as pd
+
+    dtype = values.dtype
+    if isinstance(values, pd.Index):
+        return values.astype(object) if isinstance(dtype, pd.StringDtype) else values
+    if isinstance(dtype, pd.CategoricalDtype):
+        cats = values.cat.categories
+        return values.cat.set_categories(cats.astype(object)) if isinstance(cats.dtype, pd.StringDtype) else values
+    if not isinstance(dtype, pd.StringDtype):
+        return values
+    if values.isna().any():
+        cats = pd.Index(values.dropna().unique().astype(object), dtype=object)
+        return pd.Series(pd.Categorical(values.astype(object), categories=cats), index=values.index, name=values.name)
+    return values.astype(object)
+
+
+def _plain_string_frame(df):
+    """``df`` with its string columns, string categories and string index as object dtype (see _plain_strings);
+    ``df`` itself when nothing needs it."""
+    changed = {}
+    for c in df.columns:
+        col = df[c]
+        plain = _plain_strings(col)
+        if plain is not col:
+            changed[c] = plain
+    index = _plain_strings(df.index)
+    if not changed and index is df.index:
+        return df
+    out = df.copy()
+    for c, v in changed.items():
+        out[c] = v
+    out.index = index
+    return out
+
+
 def write_h5ad(adata, path) -> None:
-    """Uncompressed, atomically: intermediate files are read by many jobs, and gzip made each read ~2x slower."""
-    write_with(path, lambda p: adata.write_h5ad(p, compression=None))
+    """Uncompressed, atomically: intermediate files are read by many jobs, and gzip made each read ~2x slower.
+
+    Strings in ``obs`` and ``var`` (columns, categories, names) are written as plain object arrays: pandas 3
+    makes every string column and index its ``str`` dtype (and pandas 2 users may have ``string`` columns),
+    which AnnData refuses to write unless ``anndata.settings.allow_write_nullable_strings`` is set, and
+    which then needs anndata >= 0.11 to read back. ``adata`` itself is left as it was.
+    """
+    if adata.is_view:
+        adata = adata.copy()
+    obs, var = adata.obs, adata.var
+    plain_obs, plain_var = _plain_string_frame(obs), _plain_string_frame(var)
+    try:
+        if plain_obs is not obs:
+            adata.obs = plain_obs
+        if plain_var is not var:
+            adata.var = plain_var
+        write_with(path, lambda p: adata.write_h5ad(p, compression=None))
+    finally:
+        if plain_obs is not obs:
+            adata.obs = obs
+        if plain_var is not var:
+            adata.var = var

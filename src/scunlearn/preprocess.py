@@ -64,12 +64,12 @@ def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str
     present = markers[markers["gene"].isin(adata.var_names)]
     if present.empty:
         raise ScunlearnError("none of the marker genes is in the data; check preprocess.markers")
-    X = adata[:, present["gene"].unique()].X
+    genes = present["gene"].unique().tolist()  # a list: pandas 3's unique() of strings is no ndarray for anndata
+    X = adata[:, genes].X
     X = X.toarray() if sp.issparse(X) else np.asarray(X)
     Z = (X - X.mean(0)) / (X.std(0) + 1e-8)
-    genes = list(present["gene"].unique())
     zdf = pd.DataFrame(Z, columns=genes, index=adata.obs_names)
-    type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(1) for t, g in present.groupby("cell_type")})
+    type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(axis=1) for t, g in present.groupby("cell_type")})
     by_cluster = type_scores.groupby(adata.obs[cluster_key].values, observed=True).mean()
     best = by_cluster.idxmax(axis=1)
     labels = {}

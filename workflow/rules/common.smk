@@ -45,6 +45,12 @@ ENV_DATA = "../../envs/data.yaml"  # acquire, preprocess, split, forget sets: sc
 ENV_REPORT = "../../envs/report.yaml"  # aggregate, report: pandas, matplotlib, no torch
 # training, unlearning, matched negatives, audit: PyTorch; its CUDA build when config asks for CUDA
 ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cuda") else "../../envs/torch.yaml"
+# GPUs per model job (baseline, retrain, unlearn, sisa_shards): 1 when config asks for CUDA, so that
+# `--resources gpu=N` caps how many run on the GPU at once and the Slurm plugin asks for one (--gpus=1);
+# else 0 (device auto, cpu, mps), which needs no gpu resource anywhere. auto is not resolved here: the
+# workflow parses without torch (the login node, the Snakemake-only environment). Matched negatives and
+# audits run on the CPU, data and report rules too: they never take a GPU.
+MODEL_GPUS = 1 if str(config["device"]).startswith("cuda") else 0
 
 
 def from_base(path):

@@ -35,6 +35,7 @@ rule sisa_shards:
     resources:
         mem_mb=res("train", "mem_mb", 16000),
         runtime=res("train", "runtime", 120),
+        gpu=MODEL_GPUS,
     script:
         "../scripts/sisa_shards.py"
 

@@ -30,6 +30,7 @@ rule baseline:
     resources:
         mem_mb=res("train", "mem_mb", 16000),
         runtime=res("train", "runtime", 120),
+        gpu=MODEL_GPUS,
     script:
         "../scripts/train.py"
 

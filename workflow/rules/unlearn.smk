@@ -42,5 +42,6 @@ rule unlearn:
     resources:
         mem_mb=res("unlearn", "mem_mb", 16000),
         runtime=res("unlearn", "runtime", 120),
+        gpu=MODEL_GPUS,
     script:
         "../scripts/unlearn.py"
