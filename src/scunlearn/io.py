@@ -156,7 +156,7 @@ def verify_digest(path: str | os.PathLike) -> None:
     if actual != expected:
         raise ScunlearnError(
             f"{path}: the file changed since it was written (sha256 {actual[:16]}…, but {rec} records "
-            f"{expected[:16]}…): it may be truncated, corrupt or copied from another run. Delete it and rerun "
+            f"{expected[:16]}…): it may be truncated, corrupt or copied from elsewhere; delete it and rerun "
             "snakemake, which rebuilds it")
 
 
