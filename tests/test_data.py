@@ -378,6 +378,7 @@ def test_refusing_X_says_which_matrices_were_read(tmp_path):
     msg = str(e.value)
     assert "non-integer values in the matrix X" in msg
     assert "X was read because the file has no layers['counts'] and no .raw" in msg
+    assert "accept_normalised_looking" not in msg  # non-integers are never accepted: the switch is not offered
     q = _write_h5ad(tmp_path / "badraw.h5ad", logX, raw=logX)
     with pytest.raises(ScunlearnError) as e:
         read_user_file(q, "h5ad")

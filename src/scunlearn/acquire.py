@@ -82,23 +82,29 @@ def counts_problem(X, matrix: str = "X", accept_normalised: bool = False) -> str
         return f"non-integer values in the matrix {matrix} (e.g. {vals[frac][0]:.4g})"
     signs = [] if accept_normalised else normalised_signs(X)
     if signs:
-        return f"integers in the matrix {matrix} that look normalised: {'; '.join(signs)}"
+        return f"integers in the matrix {matrix} that {LOOK_NORMALISED}: {'; '.join(signs)}"
     return None
 
 
-GIVE_COUNTS = (f"give the unnormalised UMI counts (an h5ad's X, layers['counts'] or .raw, or the Cell Ranger "
-               f"matrix); if these are raw counts that merely look normalised (e.g. downsampled to equal depth), "
-               f"set {ACCEPT_KEY}: true")
+LOOK_NORMALISED = "look normalised"
 
 
-def check_raw_counts(adata: ad.AnnData, source: str, matrix: str = "X", accept_normalised: bool = False,
-                     advice: str = GIVE_COUNTS) -> None:
+def _accept_hint(*problems: str | None) -> str:
+    """The config switch, offered only when integers that look normalised were what was refused."""
+    if any(p and LOOK_NORMALISED in p for p in problems):
+        return (f"; if these are raw counts that merely look normalised (e.g. downsampled to equal depth), "
+                f"set {ACCEPT_KEY}: true")
+    return ""
+
+
+def check_raw_counts(adata: ad.AnnData, source: str, matrix: str = "X", accept_normalised: bool = False) -> None:
     """Raise a ScunlearnError naming ``source`` and ``matrix`` unless ``adata.X`` holds raw counts."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise ScunlearnError(f"{source}: the matrix {matrix} is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
     problem = counts_problem(adata.X, matrix, accept_normalised)
     if problem:
-        raise ScunlearnError(f"{source}: {problem}; not raw counts — {advice}")
+        raise ScunlearnError(f"{source}: {problem}; not raw counts — give the unnormalised UMI counts (an h5ad's X, "
+                             f"layers['counts'] or .raw, or the Cell Ranger matrix){_accept_hint(problem)}")
     if adata.obs_names.has_duplicates:
         raise ScunlearnError(f"{source}: duplicate cell barcodes")
 
@@ -106,15 +112,13 @@ def check_raw_counts(adata: ad.AnnData, source: str, matrix: str = "X", accept_n
 def h5ad_counts(adata: ad.AnnData, source: str, accept_normalised: bool = False) -> tuple[ad.AnnData, str]:
     """The raw counts of a user's h5ad and where they were read: ``layers['counts']`` when the file has one,
     else ``X``, else ``.raw`` (the same cells, maybe more genes); errors name every matrix read."""
-    accept_hint = ("" if accept_normalised
-                   else f"; if these are raw counts that merely look normalised, set {ACCEPT_KEY}: true")
     if "counts" in adata.layers:
         problem = counts_problem(adata.layers["counts"], "layers['counts']", accept_normalised)
         if problem:
             raise ScunlearnError(
                 f"{source}: {problem}; not raw counts. The 'counts' layer is read whenever the file has one (X and "
                 f".raw are then ignored): put the unnormalised UMI counts in it, or remove the layer to have X or "
-                f".raw read{accept_hint}")
+                f".raw read{_accept_hint(problem)}")
         adata.X = adata.layers["counts"]
         return adata, "layers['counts']"
     x_problem = counts_problem(adata.X, "X", accept_normalised)
@@ -123,13 +127,14 @@ def h5ad_counts(adata: ad.AnnData, source: str, accept_normalised: bool = False)
     if adata.raw is None:
         raise ScunlearnError(
             f"{source}: {x_problem}; not raw counts. X was read because the file has no layers['counts'] and no "
-            f".raw: give the unnormalised UMI counts in X, in layers['counts'] or in .raw{accept_hint}")
+            f".raw: give the unnormalised UMI counts in X, in layers['counts'] or in .raw{_accept_hint(x_problem)}")
     raw = ad.AnnData(X=adata.raw.X, obs=adata.obs.copy(), var=adata.raw.var.copy(), uns=dict(adata.uns))
     raw_problem = counts_problem(raw.X, ".raw", accept_normalised)
     if raw_problem is not None:
         raise ScunlearnError(
             f"{source}: {x_problem}, and {raw_problem}: neither X nor .raw holds raw counts (the file has no "
-            f"layers['counts']). Give the unnormalised UMI counts in X, in layers['counts'] or in .raw{accept_hint}")
+            f"layers['counts']). Give the unnormalised UMI counts in X, in layers['counts'] or in .raw"
+            f"{_accept_hint(x_problem, raw_problem)}")
     log.info("%s: X is not raw counts (%s); reading .raw instead", source, x_problem)
     return raw, ".raw"
 
