@@ -2,6 +2,7 @@
 # Run the demo:   snakemake --cores 2 --configfile config/demo.yaml
 # PBMC-33k study: snakemake --cores 8 --use-conda   (config/config.yaml)
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
@@ -25,8 +26,11 @@ if not workflow.overwrite_configfiles:
 
 try:
     validate(config, "config/schema.yaml", set_default=True)
-except WorkflowError as e:  # name the file the bad value came from
-    raise WorkflowError(f"in config {', '.join(map(str, workflow.configfiles))}:\n{e}") from None
+except WorkflowError as e:  # the file, key, value and reason in a few lines, never the whole schema
+    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+    from scunlearn.params import config_error
+
+    raise WorkflowError(config_error(e, workflow.configfiles)) from None
 
 
 report: "workflow/report/workflow.rst"

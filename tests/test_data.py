@@ -303,3 +303,168 @@ def test_nullable_strings_are_written_as_plain_strings(tmp_path):
     # a view is written as its cells, the view untouched
     write_h5ad(a[:2], tmp_path / "v.h5ad")
     assert list(ad.read_h5ad(tmp_path / "v.h5ad").obs_names) == list(names[:2])
+
+
+# ------------------------------------------------------------------ issue 26: trust the input
+
+def _rounded(X, target_sum=1e4, log=True):
+    """Counts normalised per cell (and log1p'd), then rounded to integers: normalised data that pass as counts."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    X = sp.diags(target_sum / np.asarray(X.sum(1)).ravel()) @ X
+    if log:
+        X.data = np.log1p(X.data)
+    X.data = np.round(X.data)
+    X.eliminate_zeros()
+    return X.astype(np.float32)
+
+
+def _write_h5ad(path, X, raw=None, counts=None):
+    a = ad.AnnData(X=sp.csr_matrix(X))
+    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
+    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    if counts is not None:
+        a.layers["counts"] = sp.csr_matrix(counts)
+    if raw is not None:
+        r = ad.AnnData(X=sp.csr_matrix(raw), obs=a.obs.copy(), var=a.var.copy())
+        a.raw = r
+    a.write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("log, seen", [
+    (True, "the largest value is 8 over"),  # log1p of 1e4-normalised data, rounded: values 0-8
+    (False, "per-cell totals are nearly constant"),  # normalised to 1e4, rounded: totals ~1e4 each
+])
+def test_rounded_normalised_counts_are_refused_with_numbers(raw, tmp_path, log, seen):
+    """Silent case 1: normalised data rounded to integers were accepted as UMI counts."""
+    p = _write_h5ad(tmp_path / "rounded.h5ad", _rounded(raw.X, log=log))
+    with pytest.raises(ScunlearnError) as e:
+        read_user_file(p, "h5ad")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and "in the matrix X" in msg and seen in msg and "look normalised" in msg
+    assert "give the unnormalised UMI counts" in msg and "dataset.accept_normalised_looking: true" in msg
+
+
+def test_normalised_looking_counts_accepted_knowingly(raw, tmp_path, caplog):
+    import logging
+
+    p = _write_h5ad(tmp_path / "rounded.h5ad", _rounded(raw.X))
+    with caplog.at_level(logging.INFO):
+        out = read_user_file(p, "h5ad", accept_normalised=True)
+    assert out.shape == raw.shape
+    assert "looks normalised" in caplog.text
+    assert "accepted because dataset.accept_normalised_looking is true" in caplog.text
+    # the switch is in the schema (default false, described) and in both READMEs
+    import yaml
+
+    from .conftest import ROOT
+
+    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+    key = schema["properties"]["dataset"]["properties"]["accept_normalised_looking"]
+    assert key["default"] is False and "normalised" in key["description"]
+    assert "`accept_normalised_looking`" in (ROOT / "config/README.md").read_text()
+    assert "accept_normalised_looking" in (ROOT / "README.md").read_text()
+
+
+def test_counts_check_passes_simulated_and_pbmc_like_counts(raw, markers):
+    """The demo's simulated data, the tests' data and PBMC-like counts (library sizes varying several-fold,
+    maxima in the hundreds) are raw counts; so are small matrices, about which the check says nothing."""
+    from scunlearn.acquire import acquire, counts_stats
+
+    check_raw_counts(raw, "simulated")
+    for sim in ({"n_cells": 5000, "n_genes": 1200, "seed": 7}, {"n_cells": 600, "n_genes": 300, "seed": 5}):
+        acquire({"source": "simulate", "simulate": sim}, markers, "", "")
+    rng = np.random.default_rng(0)
+    lib = rng.lognormal(np.log(2500), 0.6, size=2000)  # PBMC-like: 5%-95% library sizes ~ 900-6700
+    p = rng.dirichlet(np.full(500, 0.05))
+    X = sp.csr_matrix(rng.poisson(np.outer(lib, p)).astype(np.float32))
+    st = counts_stats(X)
+    assert st["cv"] > 0.5 and st["max"] > 100
+    check_raw_counts(ad.AnnData(X), "pbmc-like")
+    check_raw_counts(ad.AnnData(sp.csr_matrix(np.full((40, 5), 3.0, dtype=np.float32))), "tiny")  # 40 cells
+
+
+def test_counts_in_raw_are_read_and_the_log_says_so(raw, tmp_path, caplog):
+    """A non-integer X with counts in .raw was refused, and the message advised adata.raw, which was never read."""
+    import logging
+
+    sub = raw[:300].copy()
+    logX = sub.X.astype(np.float32).copy()
+    logX.data = np.log1p(logX.data)
+    p = _write_h5ad(tmp_path / "withraw.h5ad", logX, raw=sub.X)
+    with caplog.at_level(logging.INFO):
+        out = read_user_file(p, "h5ad")
+    assert (out.X != sub.X).nnz == 0
+    assert f"{p}: raw counts read from .raw" in caplog.text
+    caplog.clear()
+    q = _write_h5ad(tmp_path / "counts.h5ad", sub.X)
+    with caplog.at_level(logging.INFO):
+        read_user_file(q, "h5ad")
+    assert f"{q}: raw counts read from X" in caplog.text
+
+
+def test_refusing_X_says_which_matrices_were_read(tmp_path):
+    logX = np.log1p(np.arange(12, dtype=np.float32).reshape(4, 3))
+    p = _write_h5ad(tmp_path / "nolayer.h5ad", logX)
+    with pytest.raises(ScunlearnError) as e:
+        read_user_file(p, "h5ad")
+    msg = str(e.value)
+    assert "non-integer values in the matrix X" in msg
+    assert "X was read because the file has no layers['counts'] and no .raw" in msg
+    assert "accept_normalised_looking" not in msg  # non-integers are never accepted: the switch is not offered
+    q = _write_h5ad(tmp_path / "badraw.h5ad", logX, raw=logX)
+    with pytest.raises(ScunlearnError) as e:
+        read_user_file(q, "h5ad")
+    msg = str(e.value)
+    assert "in the matrix X" in msg and "in the matrix .raw" in msg and "neither X nor .raw holds raw counts" in msg
+
+
+def test_non_integer_counts_layer_is_named_as_the_matrix_read(tmp_path):
+    """A non-integer layers['counts'] was refused without saying so, advising to add a counts layer."""
+    counts = np.array([[1.0, 2.5], [0.0, 1.0], [3.0, 1.0]], dtype=np.float32)
+    p = _write_h5ad(tmp_path / "layer.h5ad", np.ones((3, 2), dtype=np.float32), counts=counts)
+    with pytest.raises(ScunlearnError) as e:
+        read_user_file(p, "h5ad")
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: non-integer values in the matrix layers['counts'] (e.g. 2.5)")
+    assert "read whenever the file has one" in msg and "remove the layer" in msg
+    assert "counts' layer)" not in msg and "or a 'counts' layer" not in msg  # no advice to add the layer it read
+
+
+def test_random_forget_sets_with_the_same_n_draw_different_cells(processed, tmp_path):
+    """Silent case 2: two random sets of the same n got the same cells (the draw ignored the set's name)."""
+    from scunlearn.io import read_json, write_json
+    from scunlearn.pipeline import stage_forget
+    from scunlearn.splits import forget_set_rng
+
+    adata = tmp_path / "adata.h5ad"
+    processed.write_h5ad(adata)
+    write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
+
+    def draw(name, seed=0):
+        out = tmp_path / f"{name}-{seed}.json"
+        stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(out)},
+                     {"name": name, "spec": {"kind": "random", "n": 30}, "seed": seed}, 1)
+        return read_json(out)["forget"]
+
+    a, b = draw("scattered"), draw("scattered2")
+    assert len(a) == len(b) == 30 and set(a) != set(b)
+    assert draw("scattered") == a  # deterministic
+    assert draw("scattered", seed=1) != a  # and still seeded
+    # a stable hash of the name (CRC-32), never Python's salted hash(): the same in every process
+    assert forget_set_rng(0, "scattered").integers(1 << 30) == np.random.default_rng([0, 3384509379]).integers(1 << 30)
+
+
+def test_truncated_h5ad_says_to_delete_it(processed, tmp_path):
+    """A truncated data/adata.h5ad was reported unreadable without saying to delete it and rerun."""
+    from scunlearn.io import read_adata, read_cells, write_h5ad
+
+    p = tmp_path / "adata.h5ad"
+    write_h5ad(processed, p)
+    p.write_bytes(p.read_bytes()[:4096])
+    (tmp_path / "adata.h5ad.sha256").unlink(missing_ok=True)  # no digest to check: the reader itself notices
+    for read in (read_cells, read_adata):
+        with pytest.raises(ScunlearnError) as e:
+            read(p)
+        msg = str(e.value)
+        assert msg.startswith(f"{p}: unreadable h5ad") and "delete it and rerun snakemake" in msg

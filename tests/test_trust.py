@@ -232,6 +232,7 @@ def test_truncated_checkpoint_says_to_delete_it(tmp_path):
     p = tmp_path / "seed0.pt"
     save_checkpoint(build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2)), p, {"kind": "baseline"})
     p.write_bytes(p.read_bytes()[:100])  # an interrupted copy
+    p.with_name("seed0.pt.sha256").unlink(missing_ok=True)  # no digest recorded: the loader notices
     with pytest.raises(ScunlearnError) as e:
         load_checkpoint(p)
     msg = str(e.value)
@@ -366,12 +367,14 @@ def test_download_stage_then_acquire_pins_and_reads_the_archive(tmp_path):
 # ------------------------------------------------------------------ item 7 and the schema crashes: parse time
 
 @pytest.mark.parametrize("change, expected", [
-    ({"run": ".."}, ["'..' does not match", "['run']"]),
-    ({"run": "../elsewhere"}, ["does not match", "['run']"]),
-    ({"run": "."}, ["does not match", "['run']"]),
-    ({"forget_sets": {"scattered": {"kind": "random"}}}, ["'n' is a required property", "['scattered']"]),
-    ({"forget_sets": {"structured": {"kind": "cell_type"}}}, ["'cell_type' is a required property", "['structured']"]),
-    ({"forget_sets": {"c": {"kind": "cluster"}}}, ["'cluster' is a required property", "['c']"]),
+    ({"run": ".."}, ["'..' does not match", "key:    run"]),
+    ({"run": "../elsewhere"}, ["does not match", "key:    run"]),
+    ({"run": "."}, ["does not match", "key:    run"]),
+    ({"forget_sets": {"scattered": {"kind": "random"}}},
+     ["'n' is a required property", "key:    forget_sets.scattered"]),
+    ({"forget_sets": {"structured": {"kind": "cell_type"}}},
+     ["'cell_type' is a required property", "key:    forget_sets.structured"]),
+    ({"forget_sets": {"c": {"kind": "cluster"}}}, ["'cluster' is a required property", "key:    forget_sets.c"]),
 ])
 def test_bad_values_are_refused_at_parse_time_naming_key_and_file(tmp_path, change, expected):
     cfg = _tiny("pytest-never-runs")
@@ -476,3 +479,121 @@ def test_cluster_below_min_marker_score_is_unknown(markers, caplog):
     # a higher threshold turns a weakly-scoring cluster unknown too; a very low one labels everything
     assert set(annotate_clusters(a, markers, min_score=100.0)) == {"unknown"}
     assert "unknown" not in set(annotate_clusters(a, markers, min_score=-100.0))
+
+
+# ------------------------------------------------------------------ issue 26: trust the input
+
+def test_variant_with_no_forget_sets_is_refused_naming_it(tmp_path):
+    """Silent case 3: `forget_sets: []` dropped the variant from the study without a word."""
+    cfg = _tiny("pytest-never-runs")
+    cfg["methods"]["fisher"]["forget_sets"] = []
+    path = _write(tmp_path / "empty.yaml", cfg)
+    r = _smk(["-n", "--configfile", str(path)], timeout=120)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0, text[-2000:]
+    assert f"config methods.fisher.forget_sets ({path}): an empty list" in text
+    assert "variant 'fisher' would run on no forget set" in text and "leave the key out" in text
+
+
+def test_unknown_top_level_key_is_told_in_a_few_lines(tmp_path):
+    """An unknown key printed the whole JSON schema (~470 lines); now the file, key, value and reason."""
+    path = _write(tmp_path / "typo.yaml", _tiny("pytest-never-runs", sede=3))
+    r = _smk(["-n", "--configfile", str(path)], timeout=120)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0
+    block = text[text.index(f"in config {path}:"):]
+    assert block.splitlines()[1:4] == ["  key:    sede", "  value:  3", "  reason: unknown key 'sede'"]
+    assert "known keys here:" in block and "seed" in block
+    assert "$schema" not in text and "additionalProperties" not in text and len(text.splitlines()) < 20
+
+
+def test_unknown_nested_key_names_its_path(tmp_path):
+    cfg = _tiny("pytest-never-runs")
+    cfg["dataset"]["acept_normalised_looking"] = True
+    r = _smk(["-n", "--configfile", str(_write(tmp_path / "typo.yaml", cfg))], timeout=120)
+    text = r.stdout + r.stderr
+    assert "key:    dataset.acept_normalised_looking" in text and "accept_normalised_looking" in text
+
+
+def _vae(seed: int):
+    from scunlearn.model import VAEConfig, build_vae
+
+    torch.manual_seed(seed)
+    return build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2))
+
+
+@pytest.mark.parametrize("change", ["truncated", "replaced"])
+def test_changed_checkpoint_with_its_old_time_is_refused(tmp_path, change):
+    """Silent case 4: a checkpoint changed behind Snakemake's back (time stamp kept) was used or misreported."""
+    from scunlearn.train import load_checkpoint, save_checkpoint
+
+    p = tmp_path / "seed0.pt"
+    save_checkpoint(_vae(0), p, {"kind": "baseline"})
+    assert (tmp_path / "seed0.pt.sha256").read_text().endswith("  seed0.pt\n")  # `sha256sum -c` format
+    load_checkpoint(p)  # unchanged: loads
+    st = p.stat()
+    if change == "truncated":
+        p.write_bytes(p.read_bytes()[:-200])
+    else:  # another run's checkpoint, a valid file copied over this one
+        save_checkpoint(_vae(1), tmp_path / "other.pt", {"kind": "baseline"})
+        shutil.copyfile(tmp_path / "other.pt", p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ScunlearnError) as e:
+        load_checkpoint(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: the file changed since it was written") and f"{p}.sha256 records" in msg
+    assert "delete it and rerun snakemake" in msg
+
+
+def test_changed_h5ad_is_refused_by_every_reader(processed, tmp_path):
+    from scunlearn.io import read_adata, read_cells, write_h5ad
+    from scunlearn.pipeline import stage_split
+
+    p = tmp_path / "adata.h5ad"
+    write_h5ad(processed, p)
+    read_cells(p)
+    st = p.stat()
+    processed[:50].copy().write_h5ad(p)  # edited in place, the old time stamp put back
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for read in (read_cells, read_adata,
+                 lambda f: stage_split({"adata": str(f)}, {"split": str(tmp_path / "s.json")},
+                                       {"splits": {"train_fraction": 0.8, "validation_fraction": 0.5}, "seed": 0}, 1)):
+        with pytest.raises(ScunlearnError, match="the file changed since it was written"):
+            read(p)
+    assert not (tmp_path / "s.json").exists()
+
+
+def _audit_inputs(text: str, wanted: str) -> str:
+    """The inputs of the dry-run audit job that writes ``wanted``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("rule audit:") and lines[i + 1].strip().startswith("input:") \
+                and lines[i + 2].strip() == f"output: results/pytest-never-runs/{wanted}":
+            return lines[i + 1]
+    raise AssertionError(f"no audit job writing {wanted}")
+
+
+def test_fine_tuning_control_reruns_every_audit_on_its_set_as_the_docs_say(tmp_path):
+    """config/README.md said changing one variant's params reruns only that variant's audits; a retain_finetune
+    variant is every audit's control on its forget sets, so its changes rerun them all (correctly)."""
+    path = _write(tmp_path / "tiny.yaml", _tiny("pytest-never-runs"))
+    r = _smk(["-n", "--forceall", "--configfile", str(path)], timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    control = "models/retain_finetune/scattered/seed0.cells.npz"
+    for model in ("baseline", "retrain", "fisher", "sisa"):
+        assert control in _audit_inputs(r.stdout, f"audit/scattered/{model}/seed0.json")
+    assert control not in _audit_inputs(r.stdout, "audit/structured/baseline/seed0.json")
+    docs = " ".join((ROOT / "config/README.md").read_text().split())
+    assert "reruns only that variant's jobs, its audits and the report" not in docs
+    assert ("except for a `retain_finetune` variant: it is the fine-tuning control of every audit on its forget "
+            "sets, so changing its params also reruns every audit on those forget sets") in docs
+
+
+def test_troubleshooting_table_lists_the_new_messages():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Troubleshooting"):readme.index("## Development")]
+    for message in ("the file changed since it was written", "that look normalised", "an empty list, so variant",
+                    "unknown key 'NAME'", "The 'counts' layer is read whenever the file has one",
+                    "neither X nor .raw holds raw counts", "unreadable h5ad (…); it may be truncated or corrupt",
+                    "X was read because the file has no layers['counts'] and no .raw"):
+        assert message in table, message

@@ -1,7 +1,8 @@
 """Acquire the raw count matrix: download PBMC-33k, simulate, or read the user's file.
 
 Whatever the source, the result is checked to be raw counts (finite, non-negative
-integers) and written as ``data/raw.h5ad``. Errors name the file and the problem.
+integers that do not look normalised) and written as ``data/raw.h5ad``. Errors name the
+file, the matrix read and the problem.
 """
 
 from __future__ import annotations
@@ -26,24 +27,116 @@ log = logging.getLogger(__name__)
 
 
 
-def check_raw_counts(adata: ad.AnnData, source: str) -> None:
-    """Raise a ScunlearnError naming ``source`` unless ``adata.X`` holds raw counts."""
-    X = adata.X
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise ScunlearnError(f"{source}: the matrix is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
-    vals = X.data if sp.issparse(X) else np.asarray(X)
+#: the "looks normalised" check needs at least this many cells: a few cells say too little about library sizes
+NORMALISED_MIN_CELLS = 100
+#: per-cell totals varying less than this (coefficient of variation) look normalised: library sizes of real UMI
+#: data vary several-fold (CV 0.3 or more); totals normalised then rounded vary by < 0.03 (rounding only)
+LIBRARY_CV_MIN = 0.05
+#: a matrix whose largest value is at most this looks log-normalised (rounded log1p of 1e4-normalised data
+#: reaches ~9, of CPM ~14); real UMI counts of that many cells reach hundreds (MALAT1, ribosomal, MT- genes)
+MAX_VALUE_MIN = 15
+
+#: the config switch that accepts integer data which look normalised
+ACCEPT_KEY = "dataset.accept_normalised_looking"
+
+
+def _values(X) -> np.ndarray:
+    return X.data if sp.issparse(X) else np.asarray(X)
+
+
+def counts_stats(X) -> dict:
+    """Cells, per-cell totals (median, coefficient of variation over non-empty cells) and the largest value of X."""
+    totals = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+    totals = totals[totals > 0]
+    vals = _values(X)
+    cv = float(totals.std() / totals.mean()) if len(totals) > 1 else float("nan")
+    return {"cells": int(X.shape[0]), "median_total": float(np.median(totals)) if len(totals) else 0.0,
+            "cv": cv, "max": float(vals.max()) if vals.size else 0.0}
+
+
+def normalised_signs(X) -> list[str]:
+    """What makes an integer matrix look normalised rather than UMI counts (empty list: it looks like counts)."""
+    st = counts_stats(X)
+    if st["cells"] < NORMALISED_MIN_CELLS:
+        return []
+    signs = []
+    if st["cv"] < LIBRARY_CV_MIN:
+        signs.append(f"per-cell totals are nearly constant (median {st['median_total']:.0f}, coefficient of "
+                     f"variation {st['cv']:.4f} < {LIBRARY_CV_MIN}; UMI library sizes vary several-fold)")
+    if st["max"] <= MAX_VALUE_MIN:
+        signs.append(f"the largest value is {st['max']:.0f} over {st['cells']} cells (at most {MAX_VALUE_MIN}, as in "
+                     "log-normalised data; UMI counts of that many cells reach hundreds)")
+    return signs
+
+
+def counts_problem(X, matrix: str = "X", accept_normalised: bool = False) -> str | None:
+    """Why matrix ``matrix`` (named in the text) is not raw counts, or None when it is."""
+    vals = _values(X)
     if not np.all(np.isfinite(vals)):
         n = int((~np.isfinite(vals)).sum())
-        raise ScunlearnError(f"{source}: {n} NaN/infinite values in the matrix; expected raw integer counts")
+        return f"{n} NaN/infinite values in the matrix {matrix}"
     if (vals < 0).any():
-        raise ScunlearnError(f"{source}: negative values in the matrix; not raw counts")
-    if not np.all(np.equal(np.mod(vals, 1), 0)):
-        raise ScunlearnError(
-            f"{source}: non-integer values in the matrix (e.g. {vals[np.mod(vals, 1) != 0][0]:.4g}); "
-            "not raw counts — give the unnormalised UMI counts (adata.raw or a 'counts' layer)"
-        )
+        return f"negative values in the matrix {matrix}"
+    frac = np.mod(vals, 1) != 0
+    if frac.any():
+        return f"non-integer values in the matrix {matrix} (e.g. {vals[frac][0]:.4g})"
+    signs = [] if accept_normalised else normalised_signs(X)
+    if signs:
+        return f"integers in the matrix {matrix} that {LOOK_NORMALISED}: {'; '.join(signs)}"
+    return None
+
+
+LOOK_NORMALISED = "look normalised"
+
+
+def _accept_hint(*problems: str | None) -> str:
+    """The config switch, offered only when integers that look normalised were what was refused."""
+    if any(p and LOOK_NORMALISED in p for p in problems):
+        return (f"; if these are raw counts that merely look normalised (e.g. downsampled to equal depth), "
+                f"set {ACCEPT_KEY}: true")
+    return ""
+
+
+def check_raw_counts(adata: ad.AnnData, source: str, matrix: str = "X", accept_normalised: bool = False) -> None:
+    """Raise a ScunlearnError naming ``source`` and ``matrix`` unless ``adata.X`` holds raw counts."""
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise ScunlearnError(f"{source}: the matrix {matrix} is empty ({adata.n_obs} cells x {adata.n_vars} genes)")
+    problem = counts_problem(adata.X, matrix, accept_normalised)
+    if problem:
+        raise ScunlearnError(f"{source}: {problem}; not raw counts — give the unnormalised UMI counts (an h5ad's X, "
+                             f"layers['counts'] or .raw, or the Cell Ranger matrix){_accept_hint(problem)}")
     if adata.obs_names.has_duplicates:
         raise ScunlearnError(f"{source}: duplicate cell barcodes")
+
+
+def h5ad_counts(adata: ad.AnnData, source: str, accept_normalised: bool = False) -> tuple[ad.AnnData, str]:
+    """The raw counts of a user's h5ad and where they were read: ``layers['counts']`` when the file has one,
+    else ``X``, else ``.raw`` (the same cells, maybe more genes); errors name every matrix read."""
+    if "counts" in adata.layers:
+        problem = counts_problem(adata.layers["counts"], "layers['counts']", accept_normalised)
+        if problem:
+            raise ScunlearnError(
+                f"{source}: {problem}; not raw counts. The 'counts' layer is read whenever the file has one (X and "
+                f".raw are then ignored): put the unnormalised UMI counts in it, or remove the layer to have X or "
+                f".raw read{_accept_hint(problem)}")
+        adata.X = adata.layers["counts"]
+        return adata, "layers['counts']"
+    x_problem = counts_problem(adata.X, "X", accept_normalised)
+    if x_problem is None:
+        return adata, "X"
+    if adata.raw is None:
+        raise ScunlearnError(
+            f"{source}: {x_problem}; not raw counts. X was read because the file has no layers['counts'] and no "
+            f".raw: give the unnormalised UMI counts in X, in layers['counts'] or in .raw{_accept_hint(x_problem)}")
+    raw = ad.AnnData(X=adata.raw.X, obs=adata.obs.copy(), var=adata.raw.var.copy(), uns=dict(adata.uns))
+    raw_problem = counts_problem(raw.X, ".raw", accept_normalised)
+    if raw_problem is not None:
+        raise ScunlearnError(
+            f"{source}: {x_problem}, and {raw_problem}: neither X nor .raw holds raw counts (the file has no "
+            f"layers['counts']). Give the unnormalised UMI counts in X, in layers['counts'] or in .raw"
+            f"{_accept_hint(x_problem, raw_problem)}")
+    log.info("%s: X is not raw counts (%s); reading .raw instead", source, x_problem)
+    return raw, ".raw"
 
 
 def merge_duplicate_genes(adata: ad.AnnData, source: str, policy: str = "sum") -> ad.AnnData:
@@ -80,26 +173,36 @@ def merge_duplicate_genes(adata: ad.AnnData, source: str, policy: str = "sum") -
     return out
 
 
-def _as_counts(adata: ad.AnnData, source: str, duplicate_genes: str = "sum") -> ad.AnnData:
-    check_raw_counts(adata, source)
+def _as_counts(adata: ad.AnnData, source: str, duplicate_genes: str = "sum", accept_normalised: bool = False,
+               matrix: str = "X") -> ad.AnnData:
+    """Checked raw counts (``matrix`` names where they were read) as float32 CSR, logging what was read."""
+    check_raw_counts(adata, source, matrix, accept_normalised)
+    st = counts_stats(adata.X)
+    log.info("%s: raw counts read from %s: %d cells x %d genes; per-cell totals median %.0f (coefficient of "
+             "variation %.2f); largest value %.0f", source, matrix, adata.n_obs, adata.n_vars, st["median_total"],
+             st["cv"], st["max"])
+    if accept_normalised and normalised_signs(adata.X):
+        log.warning("%s: %s looks normalised (%s); accepted because %s is true", source, matrix,
+                    "; ".join(normalised_signs(adata.X)), ACCEPT_KEY)
     adata = merge_duplicate_genes(adata, source, duplicate_genes)
     X = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
     adata.X = sp.csr_matrix(X, dtype=np.float32)
     return adata
 
 
-def read_user_file(path: str | Path, fmt: str, duplicate_genes: str = "sum") -> ad.AnnData:
-    """Read a user's raw-count file: ``h5ad``, ``10x_mtx`` (a folder) or ``10x_h5``."""
+def read_user_file(path: str | Path, fmt: str, duplicate_genes: str = "sum",
+                   accept_normalised: bool = False) -> ad.AnnData:
+    """Read a user's raw-count file: ``h5ad`` (``layers['counts']``, else ``X``, else ``.raw``), ``10x_mtx``
+    (a folder) or ``10x_h5``."""
     import scanpy as sc
 
     path = Path(path)
     if not path.exists():
         raise ScunlearnError(f"{path}: dataset file not found (dataset.path, source '{fmt}')")
+    matrix = "X"
     try:
         if fmt == "h5ad":
             adata = ad.read_h5ad(path)
-            if "counts" in adata.layers:
-                adata.X = adata.layers["counts"]
         elif fmt == "10x_mtx":
             adata = sc.read_10x_mtx(path, var_names="gene_symbols", make_unique=False)
         elif fmt == "10x_h5":
@@ -110,7 +213,9 @@ def read_user_file(path: str | Path, fmt: str, duplicate_genes: str = "sum") -> 
         raise
     except Exception as e:  # noqa: BLE001 - turn library errors into a clear message
         raise ScunlearnError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from e
-    return _as_counts(adata, str(path), duplicate_genes)
+    if fmt == "h5ad":
+        adata, matrix = h5ad_counts(adata, str(path), accept_normalised)
+    return _as_counts(adata, str(path), duplicate_genes, accept_normalised, matrix)
 
 
 def load_checksums(path: str | Path) -> pd.DataFrame:
@@ -167,7 +272,7 @@ def download_pbmc33k(resources_dir: str | Path, url: str = PBMC33K_URL) -> Path:
 
 
 def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = PBMC33K_URL,
-                  duplicate_genes: str = "sum") -> ad.AnnData:
+                  duplicate_genes: str = "sum", accept_normalised: bool = False) -> ad.AnnData:
     """Return PBMC-33k raw counts, downloading the archive into ``resources_dir`` if absent.
 
     The archive must match the sha256 pinned in ``checksums`` and hold the expected numbers
@@ -215,12 +320,13 @@ def fetch_pbmc33k(resources_dir: str | Path, checksums: str | Path, url: str = P
                     "that every later copy of the archive is checked against this digest.",
                     PBMC33K_ARCHIVE, digest, checksums)
     adata.uns["source_sha256"] = digest
-    return _as_counts(adata, str(archive), duplicate_genes)
+    return _as_counts(adata, str(archive), duplicate_genes, accept_normalised)
 
 
 def acquire(dataset: dict, markers: pd.DataFrame, resources_dir: str | Path, checksums: str | Path) -> ad.AnnData:
     """Dispatch on ``dataset['source']`` and return validated raw counts."""
     source = dataset["source"]
+    dups, accept = dataset.get("duplicate_genes", "sum"), bool(dataset.get("accept_normalised_looking", False))
     if source == "simulate":
         from .simulate import simulate_counts
 
@@ -228,12 +334,11 @@ def acquire(dataset: dict, markers: pd.DataFrame, resources_dir: str | Path, che
         if "marker_fold" in sim:
             sim["marker_fold"] = tuple(sim["marker_fold"])
         adata = simulate_counts(markers, **sim)
-        return _as_counts(adata, "simulated data", dataset.get("duplicate_genes", "sum"))
+        return _as_counts(adata, "simulated data", dups, accept)
     if source == "pbmc33k":
-        return fetch_pbmc33k(resources_dir, checksums, dataset.get("url") or PBMC33K_URL,
-                             dataset.get("duplicate_genes", "sum"))
+        return fetch_pbmc33k(resources_dir, checksums, dataset.get("url") or PBMC33K_URL, dups, accept)
     if source in ("h5ad", "10x_mtx", "10x_h5"):
         if not dataset.get("path"):
             raise ScunlearnError(f"dataset.source is '{source}' but dataset.path is not set")
-        return read_user_file(dataset["path"], source, dataset.get("duplicate_genes", "sum"))
+        return read_user_file(dataset["path"], source, dups, accept)
     raise ScunlearnError(f"unknown dataset.source '{source}'")

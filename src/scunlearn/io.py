@@ -123,6 +123,43 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: the SHA-256 of a file a stage wrote, recorded beside it (``<file>.sha256``, ``sha256sum -c`` format)
+DIGEST_SUFFIX = ".sha256"
+
+
+def digest_path(path: str | os.PathLike) -> Path:
+    """Where the digest of ``path`` is recorded: ``<path>.sha256`` beside it."""
+    return Path(str(path) + DIGEST_SUFFIX)
+
+
+def write_with_digest(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """:func:`write_with`, recording the file's SHA-256 beside it first, so a later change is noticed on reading
+    (:func:`verify_digest`): Snakemake judges files by their time, which a copy or restore can keep."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        writer(tmp)
+        digest = sha256sum(tmp)
+        with atomic_path(digest_path(path)) as rec:
+            rec.write_text(f"{digest}  {path.name}\n")
+
+
+def verify_digest(path: str | os.PathLike) -> None:
+    """Refuse a file whose SHA-256 differs from the one recorded when it was written (no record: nothing to check)."""
+    from . import ScunlearnError
+
+    rec = digest_path(path)
+    try:
+        expected = rec.read_text().split()[0]
+    except (FileNotFoundError, IndexError):
+        return
+    actual = sha256sum(path)
+    if actual != expected:
+        raise ScunlearnError(
+            f"{path}: the file changed since it was written (sha256 {actual[:16]}…, but {rec} records "
+            f"{expected[:16]}…): it may be truncated, corrupt or copied from elsewhere; delete it and rerun "
+            "snakemake, which rebuilds it")
+
+
 def read_markers(path):
     """The marker table (columns ``cell_type``, ``gene``), with errors naming the file."""
     import pandas as pd
@@ -138,21 +175,29 @@ def read_markers(path):
     return m
 
 
-def read_adata(path):
-    """An h5ad file, with errors naming the file; logs the stage's start-up mark once it is read."""
+UNREADABLE_H5AD = "it may be truncated or corrupt: delete it and rerun snakemake, which rebuilds it"
+
+
+def read_adata(path, verify: bool = True):
+    """An h5ad file a stage wrote, its digest verified (:func:`verify_digest`), with errors naming the file;
+    logs the stage's start-up mark once it is read."""
     import anndata as ad
 
     from . import ScunlearnError
     from .costs import log_ready
 
     try:
+        if verify:
+            verify_digest(path)
         adata = ad.read_h5ad(path)
         log_ready(log, f"read {path}")
         return adata
+    except ScunlearnError:
+        raise
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: file not found") from e
     except Exception as e:  # noqa: BLE001
-        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e})") from e
+        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e}); {UNREADABLE_H5AD}") from e
 
 
 class CellData:
@@ -224,13 +269,15 @@ def read_cells(path) -> CellData:
     """The parts of an h5ad file the model stages use, read with h5py alone: importing AnnData
     (and zarr, which it pulls in) cost each of the workflow's many training, unlearning and audit
     jobs ~0.5 s of its start-up. Files in an encoding this reader does not know go through
-    :func:`read_adata`. Errors name the file; logs the stage's start-up mark once it is read."""
+    :func:`read_adata`. The digest is verified first (:func:`verify_digest`). Errors name the file;
+    logs the stage's start-up mark once it is read."""
     import h5py
 
     from . import ScunlearnError
     from .costs import log_ready
 
     try:
+        verify_digest(path)
         with h5py.File(path, "r") as f:
             if f.attrs.get("encoding-type") != "anndata":
                 raise _UnknownEncoding(f.attrs.get("encoding-type"))
@@ -244,9 +291,9 @@ def read_cells(path) -> CellData:
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: file not found") from e
     except (_UnknownEncoding, KeyError):
-        return read_adata(path)
+        return read_adata(path, verify=False)  # verified above
     except OSError as e:
-        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e})") from e
+        raise ScunlearnError(f"{path}: unreadable h5ad ({type(e).__name__}: {e}); {UNREADABLE_H5AD}") from e
     log_ready(log, f"read {path}")
     return CellData(X, layers, obs, var.index, obsm, uns)
 
@@ -291,7 +338,8 @@ def _plain_string_frame(df):
 
 
 def write_h5ad(adata, path) -> None:
-    """Uncompressed, atomically: intermediate files are read by many jobs, and gzip made each read ~2x slower.
+    """Uncompressed, atomically, digest recorded: intermediate files are read by many jobs, and gzip made each
+    read ~2x slower; the digest is verified on reading.
 
     Strings in ``obs`` and ``var`` (columns, categories, names) are written as plain object arrays: pandas 3
     makes every string column and index its ``str`` dtype (and pandas 2 users may have ``string`` columns),
@@ -307,7 +355,7 @@ def write_h5ad(adata, path) -> None:
             adata.obs = plain_obs
         if plain_var is not var:
             adata.var = plain_var
-        write_with(path, lambda p: adata.write_h5ad(p, compression=None))
+        write_with_digest(path, lambda p: adata.write_h5ad(p, compression=None))
     finally:
         if plain_obs is not obs:
             adata.obs = obs

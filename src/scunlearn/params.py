@@ -95,3 +95,42 @@ def check_schema_covers(defaults: dict, schema: dict, where: str) -> None:
         if isinstance(v, dict):
             check_schema_covers(v, props[k], f"{where}.{k}")
     validate(defaults, schema, where)
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def config_error(err: BaseException, files) -> str:
+    """A config file's schema error in a few lines (file, key, value, reason), never the whole schema that
+    jsonschema's own message prints; ``err`` is the ValidationError or an error raised while handling one."""
+    ve: BaseException | None = err
+    while ve is not None and not hasattr(ve, "validator"):
+        ve = ve.__cause__ or ve.__context__
+    where = ", ".join(map(str, files)) or "the config"
+    if ve is None:
+        lines = str(err).strip().splitlines()
+        return f"in config {where}: {lines[0] if lines else type(err).__name__}"
+    path, value, reason = list(ve.absolute_path), ve.instance, ve.message
+    schema = ve.schema if isinstance(ve.schema, dict) else {}
+    notes = []
+    if ve.validator == "additionalProperties" and isinstance(value, dict):
+        known = schema.get("properties", {})
+        unknown = [k for k in value if k not in known]
+        if unknown:  # the unexpected key itself, not its parent
+            path, value = path + [unknown[0]], value[unknown[0]]
+            reason = f"unknown key '{unknown[0]}'" + (f" (also unknown: {', '.join(map(str, unknown[1:]))})"
+                                                     if len(unknown) > 1 else "")
+            notes.append(f"known keys here: {', '.join(sorted(known))}")
+    elif getattr(ve, "context", None):
+        import jsonschema
+
+        reason += f" ({jsonschema.exceptions.best_match(ve.context).message})"
+    if schema.get("description") and ve.validator not in ("additionalProperties", "required"):
+        notes.append(f"the key: {' '.join(str(schema['description']).split())}")
+    key = ".".join(map(str, path)) or "(top level)"
+    lines = [f"in config {where}:", f"  key:    {key}", f"  value:  {_short(value)}", f"  reason: {reason}"]
+    lines += [f"  {n}" for n in notes]
+    lines.append("  (every key is documented in config/README.md and checked by config/schema.yaml)")
+    return "\n".join(lines)

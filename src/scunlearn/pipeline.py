@@ -138,7 +138,7 @@ def stage_forget(inp, out, params, threads):
 
     adata = read_adata(inp["adata"])
     try:
-        fs = make_forget_set(adata, read_json(inp["split"]), params["spec"], params["seed"])
+        fs = make_forget_set(adata, read_json(inp["split"]), params["spec"], params["seed"], params["name"])
     except ScunlearnError as e:
         raise ScunlearnError(f"config forget_sets.{params['name']}: {e}") from e
     labels = adata.obs.loc[fs["forget"], "cell_type"].astype(str).value_counts().to_dict()
@@ -501,9 +501,11 @@ def stage_aggregate(inp, out, params, threads):
 def stage_report(inp, out, params, threads):
     import anndata as ad
 
+    from .io import verify_digest
     from .report import build_report
 
     provenance = package_versions()
+    verify_digest(inp["adata"])
     adata = ad.read_h5ad(inp["adata"], backed="r")
     provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
     adata.file.close()

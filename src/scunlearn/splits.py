@@ -9,6 +9,7 @@ retain = train − forget. Files store barcodes, sizes and seed; loading checks 
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,15 +54,22 @@ def make_split(barcodes, train_fraction: float, validation_fraction: float, seed
     }
 
 
-def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int) -> dict:
-    """Choose a forget set from the train cells by ``spec``.
+def forget_set_rng(seed: int, name: str) -> np.random.Generator:
+    """The random draw of forget set ``name``: seeded by the master seed and a stable hash of the name
+    (CRC-32, not Python's salted ``hash``), so two sets of the same spec draw different cells, every run alike."""
+    return np.random.default_rng([int(seed), zlib.crc32(str(name).encode())])
+
+
+def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int, name: str = "") -> dict:
+    """Choose forget set ``name`` from the train cells by ``spec``.
 
     ``kind: cell_type`` (``cell_type``: label from the marker annotation), ``kind: cluster``
     (``cluster``: a Leiden label) — both intersected with train, optionally ``n`` of them —
-    or ``kind: random`` (``n`` random train cells).
+    or ``kind: random`` (``n`` random train cells). Random draws depend on the seed and the
+    name (:func:`forget_set_rng`).
     """
     train = np.asarray(split["train"])
-    rng = np.random.default_rng(seed)
+    rng = forget_set_rng(seed, name)
     kind = spec["kind"]
     if kind in ("cell_type", "cluster"):
         key = "cell_type" if kind == "cell_type" else "leiden"
@@ -96,7 +104,7 @@ def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int) -> dict:
         raise ScunlearnError(f"forget set: unknown kind '{kind}'")
     if len(pool) >= len(train):
         raise ScunlearnError(f"forget set ({len(pool)} cells) is not smaller than train ({len(train)} cells)")
-    return {"seed": int(seed), "spec": dict(spec), "size": int(len(pool)), "forget": pool.tolist()}
+    return {"seed": int(seed), "name": str(name), "spec": dict(spec), "size": int(len(pool)), "forget": pool.tolist()}
 
 
 def save_split(obj: dict, path: str | Path) -> None:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from . import ScunlearnError
-from .io import atomic_path
+from .io import verify_digest, write_with_digest
 from .model import VAE, CountCodes, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
 
 if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
@@ -171,7 +171,8 @@ MODEL_KINDS = ("vae", "shard_ensemble")
 
 
 def save_checkpoint(model: VAE | ShardEnsemble, path: str | Path, meta: dict) -> None:
-    """Atomically save state dict + model config + model kind + metadata (plain types only).
+    """Atomically save state dict + model config + model kind + metadata (plain types only), recording the
+    file's SHA-256 beside it (``<path>.sha256``), which :func:`load_checkpoint` verifies.
 
     ``model_kind`` is ``"vae"`` or ``"shard_ensemble"`` (:class:`~scunlearn.model.ShardEnsemble`);
     :func:`load_checkpoint` rebuilds the model from it.
@@ -179,8 +180,7 @@ def save_checkpoint(model: VAE | ShardEnsemble, path: str | Path, meta: dict) ->
     kind = "shard_ensemble" if isinstance(model, ShardEnsemble) else "vae"
     payload = {"model_kind": kind, "state_dict": model.state_dict(), "model_config": model.cfg.to_dict(),
                "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_with_digest(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _build(payload: dict, path) -> VAE | ShardEnsemble:
@@ -196,9 +196,13 @@ def _build(payload: dict, path) -> VAE | ShardEnsemble:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE | ShardEnsemble, dict]:
-    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``): a VAE or a shard ensemble."""
+    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``), its recorded digest verified
+    first (a changed file is refused, never used): a VAE or a shard ensemble."""
     try:
+        verify_digest(path)
         payload = torch.load(path, map_location=device, weights_only=True)
+    except ScunlearnError:
+        raise
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: checkpoint not found") from e
     except Exception as e:  # noqa: BLE001

@@ -123,6 +123,12 @@ def _variants():
     """Resolve every configured method variant now: unknown methods or parameters fail at parse time."""
     out = {}
     for name, v in config["methods"].items():
+        if "forget_sets" in v and not v["forget_sets"]:
+            raise WorkflowError(
+                f"config methods.{name}.forget_sets ({CONFIG_FILES}): an empty list, so variant '{name}' would run "
+                f"on no forget set and silently drop out of the study. List the forget sets to run it on "
+                f"(of {FORGET}), leave the key out to run it on all of them, or remove the variant"
+            )
         unknown = set(v.get("forget_sets", [])) - set(FORGET)
         if unknown:
             raise WorkflowError(f"config methods.{name}.forget_sets: unknown forget sets {sorted(unknown)}")
