@@ -120,13 +120,13 @@ def main() -> None:
             trials.insert(0, "forget_set", fs)
             trials.insert(1, "test", f"{test}/{measure}/{against}")
             all_trials.append(trials)
-            null = trials[trials["kind"] == "null"]
+            null = trials[trials["kind"] == "retrain"]
             rows.append({"forget_set": fs, "n_forget": len(st["pos"]), "n_negatives": len(st["negatives"][against]),
                          "test": f"{test}/{measure}/{against}", "study_models": study_n,
                          **calibration_rates(trials, alpha),
                          "retrain_auc_sd": float(null.groupby("model")["pc_auc"].mean().std()),
                          "retrain_shift_sd": float(null.groupby("model")["pc_shift"].mean().std()),
-                         "baseline_delta": float(trials.loc[trials["kind"] == "leak", "delta"].mean())})
+                         "baseline_delta": float(trials.loc[trials["kind"] == "baseline", "delta"].mean())})
     table = pd.DataFrame(rows)
     pd.concat(all_trials).to_csv(outdir / f"{cfg['run']}.trials.tsv", sep="\t", index=False)
     table.to_csv(outdir / f"{cfg['run']}.rates.tsv", sep="\t", index=False)

@@ -65,14 +65,14 @@ def test_controls_count_every_seed_with_the_stated_rule():
     target, retrain, base, pos, negs = simulate_cell_stats(np.random.default_rng(5), n_retrain=8, n_base=8,
                                                            shift=1.5)
     trials = control_trials(retrain, base, pos, negs)
-    assert sorted(trials.loc[trials["kind"] == "null", "model"]) == sorted(retrain)
-    assert sorted(trials.loc[trials["kind"] == "leak", "model"]) == sorted(base)
+    assert sorted(trials.loc[trials["kind"] == "retrain", "model"]) == sorted(retrain)
+    assert sorted(trials.loc[trials["kind"] == "baseline", "model"]) == sorted(base)
     c = count_controls(trials)
     assert (c["n_baseline"], c["n_retrain"]) == (8, 8)
-    assert c["baseline_caught"] == int((trials.query("kind == 'leak'")["outcome"] == "ABOVE").sum())
+    assert c["baseline_caught"] == int((trials.query("kind == 'baseline'")["outcome"] == "ABOVE").sum())
     assert c["expected_at_alpha"] == pytest.approx(0.4)
     # the rule on a constructed table: one retrained model at p = 0.01 is rejected at α but not at α / 8
-    t = pd.DataFrame({"kind": ["leak"] * 2 + ["null"] * 8, "model": list("abcdefghij"),
+    t = pd.DataFrame({"kind": ["baseline"] * 2 + ["retrain"] * 8, "model": list("abcdefghij"),
                       "outcome": ["ABOVE", "ABOVE", "BELOW"] + ["UNDECIDED"] * 7,
                       "p": [0.001, 0.002, 0.01] + [0.5] * 7})
     c = count_controls(t)

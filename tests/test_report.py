@@ -529,3 +529,19 @@ def test_not_comparable_variants_get_their_claims_stated():
     assert note.count("<li>") == 2 and "exact unlearning by construction" in note and "e^ε·FPR + δ" in note
     assert "fisher" not in note
     assert render_claims_note(s[s["variant"] == "fisher"]) == ""
+
+
+def test_controls_section_counts_every_seed_after_a_tsv_round_trip(tmp_path):
+    """The report reads report/controls.tsv back from disk: its kinds, counts and null values survive."""
+    from scunlearn.report.html import render_controls
+
+    rows = [{"forget_set": "s", "kind": "retrain", "model": f"retrain/seed{i}", "pc_auc": 0.5, "pc_shift": sh,
+             "delta": sh, "p": p, "outcome": o}
+            for i, (sh, p, o) in enumerate([(0.1, 0.6, "UNDECIDED"), (-0.2, 0.004, "BELOW"), (0.05, 0.9, "EQUIVALENT")])]
+    rows += [{"forget_set": "s", "kind": "baseline", "model": f"baseline/seed{i}", "pc_auc": 0.8, "pc_shift": 0.5,
+              "delta": 0.5, "p": p, "outcome": o} for i, (p, o) in enumerate([(0.001, "ABOVE"), (0.2, "UNDECIDED")])]
+    pd.DataFrame(rows).to_csv(tmp_path / "controls.tsv", sep="\t", index=False)
+    page = render_controls(pd.read_csv(tmp_path / "controls.tsv", sep="\t"), alpha=0.05)
+    assert "1 of 2 baseline models caught" in page
+    assert "1 of 3 retrained models flagged at α/3" in page  # p 0.004 < 0.05 / 3
+    assert "+0.050" in page and "−0.200" in page and page.count("retrained (OUT)") == 3

@@ -113,10 +113,10 @@ def test_tiny_study_end_to_end(tmp_path):
     for fs, g in summary.groupby("forget_set"):
         ctl = json.loads((out / f"audit/{fs}/controls.json").read_text())
         kinds = sorted((t["kind"], t["model"]) for t in ctl["trials"])
-        assert kinds == [("leak", f"baseline/seed{s}") for s in (0, 1, 2)] + [
-            ("null", f"retrain/seed{s}") for s in (0, 1, 2)]
+        assert kinds == [("baseline", f"baseline/seed{s}") for s in (0, 1, 2)] + [
+            ("retrain", f"retrain/seed{s}") for s in (0, 1, 2)]
         assert (ctl["n_baseline"], ctl["n_retrain"]) == (3, 3)
-        assert ctl["baseline_caught"] == sum(t["outcome"] == "ABOVE" for t in ctl["trials"] if t["kind"] == "leak")
+        assert ctl["baseline_caught"] == sum(t["outcome"] == "ABOVE" for t in ctl["trials"] if t["kind"] == "baseline")
         ok = ctl["baseline_caught"] == 3 and ctl["retrain_false_alarms"] == 0
         assert ctl["controls_ok"] == ok and set(g["controls_ok"]) == {ok}
         assert set(g["controls_n_baseline"]) == {3} and set(g["controls_n_retrain"]) == {3}

@@ -34,7 +34,7 @@ def control_trials(retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarr
     ``n_models``: how many retrained and how many baseline models a study has (None: all
     given, one draw). With fewer than given, each draw picks that many of each at random,
     as a study of that size would have, and audits each picked model against the rest.
-    Columns: draw, kind (``null`` for retrained, ``leak`` for baselines), model, pc_auc,
+    Columns: draw, kind (``retrain`` or ``baseline``), model, pc_auc,
     pc_shift, delta (in the measure's units), p, outcome (the test's ABOVE / BELOW /
     EQUIVALENT / UNDECIDED).
     """
@@ -46,7 +46,7 @@ def control_trials(retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarr
         rs = r_names if k == len(r_names) else sorted(rng.choice(r_names, k, replace=False))
         bs = b_names if n_models is None or k == len(b_names) else sorted(rng.choice(b_names, k, replace=False))
         ret, base = {r: retrain[r] for r in rs}, {b: baselines[b] for b in bs}
-        for kind, group in (("null", ret), ("leak", base)):
+        for kind, group in (("retrain", ret), ("baseline", base)):
             for name, target in group.items():
                 res = per_cell_audit(target, ret, base, pos, negatives, self_name=name, margin=margin,
                                      alpha=alpha, n0=n0, strata=strata, test=test, measure=measure,
@@ -64,7 +64,7 @@ def count_controls(trials: pd.DataFrame, alpha: float = 0.05) -> dict:
     rejected at ``alpha / n_retrain`` (Bonferroni); also counted at plain ``alpha`` with their
     expected number under a calibrated test (``n_retrain · alpha``), for information.
     """
-    null, leak = trials[trials["kind"] == "null"], trials[trials["kind"] == "leak"]
+    null, leak = trials[trials["kind"] == "retrain"], trials[trials["kind"] == "baseline"]
     n_ret = len(null)
     rejected = null["outcome"].isin(["ABOVE", "BELOW"])
     alarms = int((rejected & (null["p"] < alpha / max(n_ret, 1))).sum())
@@ -93,7 +93,7 @@ def calibration_rates(trials: pd.DataFrame, alpha: float = 0.05) -> dict:
     ``alpha``), each with a Clopper–Pearson CI over the distinct models (draws share models, so the
     number of models, not of trials, is the sample size)."""
     out = {}
-    for kind, hit, name in (("null", ("ABOVE", "BELOW"), "false_alarm"), ("leak", ("ABOVE",), "detection")):
+    for kind, hit, name in (("retrain", ("ABOVE", "BELOW"), "false_alarm"), ("baseline", ("ABOVE",), "detection")):
         g = trials[trials["kind"] == kind]
         rate = float(g["outcome"].isin(hit).mean()) if len(g) else float("nan")
         n = int(g["model"].nunique())

@@ -236,12 +236,12 @@ def render_controls(controls: pd.DataFrame | None, alpha: float = 0.05) -> str:
         return ""
     parts = []
     for fs, g in controls.groupby("forget_set", sort=False):
-        null, leak = g[g["kind"] == "null"], g[g["kind"] == "leak"]
+        null, leak = g[g["kind"] == "retrain"], g[g["kind"] == "baseline"]
         n_ret = len(null)
         flagged = null["outcome"].isin(["ABOVE", "BELOW"]) & (null["p"] < alpha / max(n_ret, 1))
         rows = "".join(
-            f'<tr><td class="txt">{"baseline (IN)" if r.kind == "leak" else "retrained (OUT)"}</td>'
-            f'<td class="txt">{html.escape(str(r.model))}</td><td>{_fixed(r.pc_auc)}</td><td>{_signed(r.delta)}</td>'
+            f'<tr><td class="txt">{"baseline (IN)" if r.kind == "baseline" else "retrained (OUT)"}</td>'
+            f'<td class="txt">{html.escape(str(r.model))}</td><td>{_fixed(r.pc_auc)}</td><td>{_signed(r.pc_shift)}</td><td>{_signed(r.delta)}</td>'
             f'<td>{_p(r.p)}</td><td class="txt">{html.escape(str(r.outcome))}</td></tr>'
             for r in g.itertuples())
         parts.append(
@@ -249,10 +249,10 @@ def render_controls(controls: pd.DataFrame | None, alpha: float = 0.05) -> str:
             f"<p>{int((leak['outcome'] == 'ABOVE').sum())} of {len(leak)} baseline models caught (expected: all); "
             f"{int(flagged.sum())} of {n_ret} retrained models flagged at α/{n_ret} (a calibrated test flags one in at "
             f"most {alpha:.0%} of studies); {int(null['outcome'].isin(['ABOVE', 'BELOW']).sum())} rejected at α "
-            f"(expected {n_ret * alpha:.2f}). Retrained models' leave-one-out AUCs (the null): "
-            f"{html.escape(', '.join(f'{a:.3f}' for a in sorted(null['pc_auc'])))}.</p>"
+            f"(expected {n_ret * alpha:.2f}). Retrained models' leave-one-out score shifts (the null): "
+            f"{html.escape(', '.join(f'{a:+.3f}' for a in sorted(null['pc_shift'])))}.</p>"
             '<div class="scroll"><table><thead><tr><th>model</th><th>seed</th><th>per-cell AUC</th>'
-            "<th>Δ vs the others</th><th>p</th><th>test</th></tr></thead>"
+            "<th>score shift</th><th>Δ vs the others</th><th>p</th><th>test</th></tr></thead>"
             f"<tbody>{rows}</tbody></table></div>")
     return "".join(parts) + '<p><a href="controls.tsv">controls.tsv</a></p>'
 
