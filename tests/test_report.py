@@ -537,7 +537,8 @@ def test_controls_section_counts_every_seed_after_a_tsv_round_trip(tmp_path):
 
     rows = [{"forget_set": "s", "kind": "retrain", "model": f"retrain/seed{i}", "pc_auc": 0.5, "pc_shift": sh,
              "delta": sh, "p": p, "outcome": o}
-            for i, (sh, p, o) in enumerate([(0.1, 0.6, "UNDECIDED"), (-0.2, 0.004, "BELOW"), (0.05, 0.9, "EQUIVALENT")])]
+            for i, (sh, p, o) in enumerate([(0.1, 0.6, "UNDECIDED"), (-0.2, 0.004, "BELOW"),
+                                            (0.05, 0.9, "EQUIVALENT")])]
     rows += [{"forget_set": "s", "kind": "baseline", "model": f"baseline/seed{i}", "pc_auc": 0.8, "pc_shift": 0.5,
               "delta": 0.5, "p": p, "outcome": o} for i, (p, o) in enumerate([(0.001, "ABOVE"), (0.2, "UNDECIDED")])]
     pd.DataFrame(rows).to_csv(tmp_path / "controls.tsv", sep="\t", index=False)

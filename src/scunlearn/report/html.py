@@ -241,7 +241,8 @@ def render_controls(controls: pd.DataFrame | None, alpha: float = 0.05) -> str:
         flagged = null["outcome"].isin(["ABOVE", "BELOW"]) & (null["p"] < alpha / max(n_ret, 1))
         rows = "".join(
             f'<tr><td class="txt">{"baseline (IN)" if r.kind == "baseline" else "retrained (OUT)"}</td>'
-            f'<td class="txt">{html.escape(str(r.model))}</td><td>{_fixed(r.pc_auc)}</td><td>{_signed(r.pc_shift)}</td><td>{_signed(r.delta)}</td>'
+            f'<td class="txt">{html.escape(str(r.model))}</td><td>{_fixed(r.pc_auc)}</td>'
+            f"<td>{_signed(r.pc_shift)}</td><td>{_signed(r.delta)}</td>"
             f'<td>{_p(r.p)}</td><td class="txt">{html.escape(str(r.outcome))}</td></tr>'
             for r in g.itertuples())
         parts.append(
