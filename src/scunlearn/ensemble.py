@@ -204,7 +204,7 @@ class StackedVAE:
         """Each member's mean deterministic ELBO (z = μ, β = 1) over rows ``idx`` (K,): as
         :func:`scunlearn.model.elbo`, whose chunks of 4096 rows are split K ways here (memory)."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=X.device)
-        K, G = len(self), X.shape[1]
+        K = len(self)
         step = max(1, batch_size // K)
         parts = []
         for s in range(0, len(idx), step):
