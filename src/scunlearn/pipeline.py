@@ -178,6 +178,7 @@ def stage_train_ensemble(inp, out, params, threads):
     once as one batched model (:func:`scunlearn.ensemble.fit_ensemble`): per seed, the checkpoint, history
     and per-cell statistics that :func:`stage_train` writes for that seed alone (``out``'s lists, in
     the order of ``params["seeds"]``)."""
+    from .costs import log_units
     from .ensemble import fit_ensemble
     from .model import VAEConfig
     from .train import save_checkpoint
@@ -198,6 +199,7 @@ def stage_train_ensemble(inp, out, params, threads):
                           max_epochs=tr["max_epochs"], kl_warmup_epochs=tr["kl_warmup_epochs"],
                           patience=tr["patience"])
     secs = (time.perf_counter() - t0) / len(seeds)  # each seed's share of the batched training
+    log_units(log, len(seeds), "models trained")
     for i, (seed, (model, hist)) in enumerate(zip(seeds, fitted)):
         best = hist.loc[hist["val_elbo"].idxmax()]
         meta = {"kind": params["kind"], "seed": seed, "n_train": int(len(train_idx)),
@@ -332,11 +334,14 @@ def stage_audit(inp, out, params, threads):
     seed_everything(int(params["seed"]), threads)
     shared = _audit_shared(inp, params, torch.device("cpu"))
     log_units(log, len(models), "models audited")
-    for model_path, cells_path, bench, model_seed, self_name, path in zip(models, cells, benches, seeds,
-                                                                          self_names, outs):
+    shares = list(params.get("bench_models") or [1] * len(models))
+    for model_path, cells_path, bench, model_seed, self_name, path, share in zip(models, cells, benches, seeds,
+                                                                                 self_names, outs, shares):
         t0, c0 = time.perf_counter(), time.process_time()
         seed_everything(int(params["seed"]), threads)  # per model: its record never depends on its job-mates
         record = _audit_model(shared, params, model_path, cells_path, bench, int(model_seed), self_name)
+        if int(share) > 1:  # trained in one job with other seeds (train.ensemble): its share of the wall time
+            record["wall_s"] = record["wall_s"] / int(share)
         write_json(record, path)
         log.info("audited %s/seed%s in %.1fs (%.1fs CPU): %s", params["variant"], model_seed,
                  time.perf_counter() - t0, time.process_time() - c0, path)
