@@ -151,3 +151,16 @@ def test_stage_writes_each_seeds_files_as_the_solo_stage(tmp_path):
     a, b = read_cell_stats(out["cells"][1], names), read_cell_stats(solo["cells"], names)
     for k in ("elbo", "nll", "kl"):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_members_train_as_their_solo_runs_on_cuda():
+    """On CUDA, each member's draws come from its own CUDA generator seeded as the solo run's global one."""
+    X = _data().cuda()
+    kw = dict(lr=1e-2, batch_size=16, max_epochs=4, kl_warmup_epochs=1, patience=2)
+    train, val = np.arange(120), np.arange(200, 300)
+    for seed, (m, hist) in zip([0, 1], fit_ensemble(CFG, [0, 1], X, train, val, **kw)):
+        seed_everything(seed)
+        solo = build_vae(CFG).cuda()
+        ref = fit(solo, X, train, val, seed=seed, **kw)
+        np.testing.assert_allclose(hist["val_elbo"], ref["val_elbo"], rtol=1e-4)

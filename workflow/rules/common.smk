@@ -250,9 +250,8 @@ def every_result():
     for f in FORGET:
         files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json"]
     for s in ALL_SEEDS:  # the reference seeds' models too: the audit reads only their .cells.npz
-        files += [f"{OUT}/models/baseline/seed{s}.pt", f"{OUT}/models/baseline/seed{s}.history.tsv"]
-        for f in FORGET:
-            files += [f"{OUT}/models/retrain/{f}/seed{s}.pt", f"{OUT}/models/retrain/{f}/seed{s}.history.tsv"]
+        for stem in ["baseline"] + [f"retrain/{f}" for f in FORGET]:
+            files += [f"{OUT}/models/{stem}/seed{s}.{ext}" for ext in ("pt", "history.tsv", "cells.npz")]
     for t in TRAJECTORIES:
         stem = f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}"
         files += [f"{stem}.pt", f"{stem}.tsv"]
