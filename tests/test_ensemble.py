@@ -164,3 +164,5 @@ def test_members_train_as_their_solo_runs_on_cuda():
         solo = build_vae(CFG).cuda()
         ref = fit(solo, X, train, val, seed=seed, **kw)
         np.testing.assert_allclose(hist["val_elbo"], ref["val_elbo"], rtol=1e-4)
+        for name, v in solo.state_dict().items():
+            torch.testing.assert_close(m.state_dict()[name], v, rtol=1e-3, atol=5e-4, msg=name)
