@@ -34,7 +34,7 @@ if ENSEMBLE:
         threads: res("train", "threads", 2)
         resources:
             mem_mb=res("train", "mem_mb", 16000),
-            runtime=res("train", "runtime", 120) * len(ALL_SEEDS),
+            runtime=res("train", "runtime", 120 * len(ALL_SEEDS)),  # the default: 2 hours per seed
         script:
             "../scripts/train_ensemble.py"
 
