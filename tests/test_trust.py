@@ -114,8 +114,9 @@ def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
     assert r.returncode == 0, text[-3000:]
     assert "is extended by" not in text
     counts = _job_counts(text)
-    # one retrain per seed: train seed 0 + the tiny study's two reference seeds
-    assert counts["unlearn"] == 1 and counts["retrain"] == 3 and counts["forget_set"] == 1
+    # one retrain job (train.ensemble) for the one forget set: train seed 0 + the tiny study's two reference seeds
+    assert counts["unlearn"] == 1 and counts["retrain"] == 1 and counts["forget_set"] == 1
+    assert "seed0.cells.npz" in text and "seed2.cells.npz" in text
     assert "Megakaryocyte" not in text and "structured" not in text  # nothing of config/config.yaml
 
     # the shipped tiny study: 2 variants x 2 forget sets + fisher, retain_finetune and sisa on one = 7

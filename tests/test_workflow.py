@@ -84,6 +84,10 @@ def test_tiny_study_end_to_end(tmp_path):
         assert g["band_high"].iloc[0] == pytest.approx(floor + 0.03)
     assert summary["wall_s"].notna().all() and (summary["wall_s"] > 0).all()
     assert (summary.loc[summary["method"] == "retrain", "cost_vs_retrain"] == 1.0).all()
+    # train.ensemble: a retrained seed's wall time is its ensemble job's over the job's 3 seeds (0, 1, 2)
+    job = pd.read_csv(out / "benchmarks/retrain/scattered/ensemble.tsv", sep="\t")["s"].iloc[0]
+    sel = (summary["method"] == "retrain") & (summary["forget_set"] == "scattered")
+    assert summary.loc[sel, "wall_s"].iloc[0] == pytest.approx(job / 3)
     # sisa: the shard ensemble was audited, and its up-front cost is reported apart from the request's
     sisa = summary[summary["method"] == "sisa"]
     assert len(sisa) == 1 and (sisa["setup_cost_vs_retrain"] > 0).all() and (sisa["cost_vs_retrain"] > 0).all()
@@ -128,7 +132,7 @@ def test_tiny_study_end_to_end(tmp_path):
     assert set(pd.read_csv(out / "report/controls.tsv", sep="\t")["forget_set"]) == set(summary["forget_set"])
 
     # logs show progress; trajectories exist
-    assert "epoch   2" in (out / "logs/baseline/seed0.log").read_text()
+    assert "seed 0 epoch   2" in (out / "logs/baseline/ensemble.log").read_text()  # train.ensemble: one job
     traj = pd.read_csv(out / "models/extragradient_l10/structured/seed0.tsv", sep="\t")
     assert {"epoch", "shadow_auc", "forget_loss", "val_loss", "grad_share_attacker"} <= set(traj.columns)
     assert traj["phase"].iloc[0] == "baseline" and traj["epoch"].iloc[0] == 0 and len(traj) >= 3
@@ -149,6 +153,13 @@ def test_tiny_study_end_to_end(tmp_path):
     text = r.stdout + r.stderr
     assert "unlearn" in text and "baseline" not in text and "retrain" not in text and "preprocess" not in text
     assert "controls" not in text  # the controls read only baseline and retrained models
+    # train.ensemble: one job made every seed's files; deleting one seed's (a reference seed's) reruns it
+    (out / "models/retrain/scattered/seed2.cells.npz").unlink()
+    r = _smk(["-n", "--quiet", "rules", "--configfile", str(cfg), "--directory", str(tmp_path)], tmp_path, timeout=120)
+    text = r.stdout + r.stderr
+    assert "retrain" in text and "baseline" not in text and "preprocess" not in text, text[-2000:]
+    assert "retrain/scattered/ensemble.log" in _smk(["-n", "--configfile", str(cfg), "--directory", str(tmp_path)],
+                                                    tmp_path, timeout=120).stdout
 
 
 def test_config_readme_documents_every_schema_key_with_its_default():

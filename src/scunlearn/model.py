@@ -221,24 +221,29 @@ def dropout_keep(shape: torch.Size, p: float, device: torch.device | str = "cpu"
     return uniform16 >= threshold, scale
 
 
-def _uniform16(shape: torch.Size, p: float, device) -> tuple[torch.Tensor, int, float]:
-    """(16-bit uniforms of ``shape``, keep threshold, scale) of :func:`dropout_keep`."""
+def _uniform16(shape: torch.Size, p: float, device, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, int, float]:
+    """(16-bit uniforms of ``shape``, keep threshold, scale) of :func:`dropout_keep`; from ``generator``
+    if given (the batched ensemble's per-member streams), else torch's global one."""
     k = round(p * _DROP_LEVELS)
     n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None,
+                                                                                 generator=generator)
     uniform16 = words.view(torch.int16)[:n].view(shape)   # uniform over -2^15 .. 2^15 - 1
     return uniform16, k - (_DROP_LEVELS >> 1), _DROP_LEVELS / (_DROP_LEVELS - k)
 
 
 def dropout_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """The multiplicative mask of inverted dropout, keep · scale, from the same draws as :func:`dropout_keep`.
 
     The comparison writes 1.0 / 0.0 straight into a float tensor, scaled in place: on CPU
     less than half the time of a bool mask times the scale (a bool-to-float copy and a multiply).
+    ``generator``: the random stream (default torch's global one); ``out``: a tensor of ``shape`` to write it in.
     """
-    uniform16, threshold, scale = _uniform16(shape, p, device)
-    mask = torch.empty(shape, dtype=dtype, device=device)
+    uniform16, threshold, scale = _uniform16(shape, p, device, generator)
+    mask = torch.empty(shape, dtype=dtype, device=device) if out is None else out
     return torch.ge(uniform16, threshold, out=mask).mul_(scale)
 
 

@@ -173,6 +173,44 @@ def stage_train(inp, out, params, threads):
     save_checkpoint(model, out["model"], meta)
 
 
+def stage_train_ensemble(inp, out, params, threads):
+    """All seeds of one training recipe (the baseline, or one forget set's retrain) in one job, trained at
+    once as one batched model (:func:`scunlearn.ensemble.fit_ensemble`): per seed, the checkpoint, history
+    and per-cell statistics that :func:`stage_train` writes for that seed alone (``out``'s lists, in
+    the order of ``params["seeds"]``)."""
+    from .costs import log_units
+    from .ensemble import fit_ensemble
+    from .model import VAEConfig
+    from .train import save_checkpoint
+
+    seeds = [int(s) for s in params["seeds"]]
+    files = {k: [out[k]] if isinstance(out[k], (str, Path)) else list(out[k]) for k in ("model", "history", "cells")}
+    for k, paths in files.items():
+        if len(paths) != len(seeds):
+            raise ScunlearnError(f"train ensemble: {len(paths)} {k} outputs for {len(seeds)} seeds {seeds}")
+    _, device, adata, X, part = _setup(inp, {**params, "seed": seeds[0]}, threads)
+    train_idx = part.retain  # = train when there is no forget set
+    cfg = VAEConfig(n_genes=adata.n_vars, **params["model"])
+    tr = params["train"]
+    log.info("training %s on %d cells (%d removed), validating on %d; seeds %s as one batched model",
+             params["kind"], len(train_idx), len(part.forget), len(part.validation), seeds)
+    t0 = time.perf_counter()
+    fitted = fit_ensemble(cfg, seeds, X, train_idx, part.validation, lr=tr["lr"], batch_size=tr["batch_size"],
+                          max_epochs=tr["max_epochs"], kl_warmup_epochs=tr["kl_warmup_epochs"],
+                          patience=tr["patience"])
+    secs = (time.perf_counter() - t0) / len(seeds)  # each seed's share of the batched training
+    log_units(log, len(seeds), "models trained")
+    for i, (seed, (model, hist)) in enumerate(zip(seeds, fitted)):
+        best = hist.loc[hist["val_elbo"].idxmax()]
+        meta = {"kind": params["kind"], "seed": seed, "n_train": int(len(train_idx)),
+                "best_epoch": int(best["epoch"]), "val_elbo": float(best["val_elbo"]),
+                "epochs_run": int(len(hist)), "train_seconds": secs,
+                "genes": list(map(str, adata.var_names)), "param_hash": param_hash([params["model"], tr])}
+        write_tsv(hist, files["history"][i])
+        _write_cells(model, X, adata, {"cells": files["cells"][i]})
+        save_checkpoint(model, files["model"][i], meta)
+
+
 def stage_matched(inp, out, params, threads):
     """Matched negatives in the preprocessed PCA: a representation no model trained, blind to membership."""
     from .matched import fold_groups_record, matched_negatives
@@ -296,11 +334,14 @@ def stage_audit(inp, out, params, threads):
     seed_everything(int(params["seed"]), threads)
     shared = _audit_shared(inp, params, torch.device("cpu"))
     log_units(log, len(models), "models audited")
-    for model_path, cells_path, bench, model_seed, self_name, path in zip(models, cells, benches, seeds,
-                                                                          self_names, outs):
+    shares = list(params.get("bench_models") or [1] * len(models))
+    for model_path, cells_path, bench, model_seed, self_name, path, share in zip(models, cells, benches, seeds,
+                                                                                 self_names, outs, shares):
         t0, c0 = time.perf_counter(), time.process_time()
         seed_everything(int(params["seed"]), threads)  # per model: its record never depends on its job-mates
         record = _audit_model(shared, params, model_path, cells_path, bench, int(model_seed), self_name)
+        if int(share) > 1:  # trained in one job with other seeds (train.ensemble): its share of the wall time
+            record["wall_s"] = record["wall_s"] / int(share)
         write_json(record, path)
         log.info("audited %s/seed%s in %.1fs (%.1fs CPU): %s", params["variant"], model_seed,
                  time.perf_counter() - t0, time.process_time() - c0, path)

@@ -39,6 +39,8 @@ rule audit:
         variant=lambda w: w.model,
         method=method_of,
         model_seeds=SEEDS,
+        # models per benchmark: a seed's wall time is its job's over the seeds it trained at once
+        bench_models=lambda w: [_trained_together(w.model)] * len(SEEDS),
         seed=config["seed"],
         audit={
             **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},

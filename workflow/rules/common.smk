@@ -30,6 +30,8 @@ if set(REF_SEEDS) & set(SEEDS):
         "reference seeds must be other seeds"
     )
 ALL_SEEDS = SEEDS + REF_SEEDS
+# train.ensemble: all seeds of the baseline (and of each forget set's retrain) in one job, as one batched model
+ENSEMBLE = bool(config["train"]["ensemble"])
 try:  # every configured attack's parameters, defaults filled and checked now
     ATTACKS = resolve_attacks(config["audit"]["attacks"])
 except ScunlearnError as e:
@@ -172,6 +174,28 @@ def _stem(model, forget, seed):
     return f"baseline/seed{seed}" if model == "baseline" else f"{model}/{forget}/seed{seed}"
 
 
+def seed_files(stem):
+    """Each seed's checkpoint, history and per-cell statistics under models/{stem}/, in ALL_SEEDS order."""
+    return {
+        "model": [f"{OUT}/models/{stem}/seed{s}.pt" for s in ALL_SEEDS],
+        "history": [f"{OUT}/models/{stem}/seed{s}.history.tsv" for s in ALL_SEEDS],
+        "cells": [f"{OUT}/models/{stem}/seed{s}.cells.npz" for s in ALL_SEEDS],
+    }
+
+
+def _trained_together(model):
+    """How many seeds share the training job of a model's seed (the benchmark's wall time is split among them)."""
+    return len(ALL_SEEDS) if ENSEMBLE and model in ("baseline", "retrain") else 1
+
+
+def _bench_stem(model, forget, seed):
+    """The benchmark of the job that trained a model's seed: the ensemble job's for baseline and retrain
+    under train.ensemble, else the seed's own."""
+    if _trained_together(model) > 1:
+        return "baseline/ensemble" if model == "baseline" else f"retrain/{forget}/ensemble"
+    return _stem(model, forget, seed)
+
+
 def models_of(w):
     """Checkpoints, per-cell statistics and training benchmarks of every seed of an audited model (one
     audit job per forget set and model), and the references they share."""
@@ -179,7 +203,7 @@ def models_of(w):
     return {
         "models": [f"{OUT}/models/{stem}.pt" for stem in stems],
         "cells": [f"{OUT}/models/{stem}.cells.npz" for stem in stems],
-        "benchmarks": [f"{OUT}/benchmarks/{stem}.tsv" for stem in stems],
+        "benchmarks": [f"{OUT}/benchmarks/{_bench_stem(w.model, w.forget, s)}.tsv" for s in SEEDS],
         "ref_retrain": [f"{OUT}/models/retrain/{w.forget}/seed{s}.cells.npz" for s in ALL_SEEDS],
         "ref_baseline": [f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
         "controls": [f"{OUT}/models/{v}/{w.forget}/seed{s}.cells.npz" for v in controls_of(w) for s in SEEDS],
@@ -238,9 +262,8 @@ def every_result():
     for f in FORGET:
         files += [f"{OUT}/splits/{f}.json", f"{OUT}/splits/matched_{f}.json", f"{OUT}/audit/{f}/controls.json"]
     for s in ALL_SEEDS:  # the reference seeds' models too: the audit reads only their .cells.npz
-        files += [f"{OUT}/models/baseline/seed{s}.pt", f"{OUT}/models/baseline/seed{s}.history.tsv"]
-        for f in FORGET:
-            files += [f"{OUT}/models/retrain/{f}/seed{s}.pt", f"{OUT}/models/retrain/{f}/seed{s}.history.tsv"]
+        for stem in ["baseline"] + [f"retrain/{f}" for f in FORGET]:
+            files += [f"{OUT}/models/{stem}/seed{s}.{ext}" for ext in ("pt", "history.tsv", "cells.npz")]
     for t in TRAJECTORIES:
         stem = f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}"
         files += [f"{stem}.pt", f"{stem}.tsv"]

@@ -1,60 +1,66 @@
 # baseline VAE per seed, retrained VAE per forget set and seed (train.seeds and audit.reference_seeds),
-# matched negatives (in the preprocessed PCA: no model chooses them)
+# matched negatives (in the preprocessed PCA: no model chooses them).
+# With train.ensemble (the default) one job trains all seeds of the baseline (and one job all
+# seeds of each forget set's retrain) as one batched model (scunlearn.ensemble); each seed still
+# gets its own checkpoint, history and per-cell statistics, the files the per-seed jobs write.
 
 
-TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k != "seeds"}
+# the recipe without the seeds and the way they are batched: neither changes a seed's model
+TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("seeds", "ensemble")}
+TRAIN_CODE = ("model.py", "train.py", "splits.py", "cellstats.py")
 
 
-rule baseline:
-    input:
-        adata=rules.preprocess.output.adata,
-        split=rules.split.output.split,
-        code=lib("model.py", "train.py", "splits.py", "cellstats.py"),
-    output:
-        model=f"{OUT}/models/baseline/seed{{seed}}.pt",
-        history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
-        cells=f"{OUT}/models/baseline/seed{{seed}}.cells.npz",
-    params:
-        kind="baseline",
-        seed=lambda w: int(w.seed),
-        model=config["model"],
-        train=TRAIN_PARAMS,
-        device=config["device"],
-    log:
-        f"{OUT}/logs/baseline/seed{{seed}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/baseline/seed{{seed}}.tsv"
-    conda:
-        ENV_TORCH
-    threads: res("train", "threads", 2)
-    resources:
-        mem_mb=res("train", "mem_mb", 16000),
-        runtime=res("train", "runtime", 120),
-        gpu=MODEL_GPUS,
-    script:
-        "../scripts/train.py"
+if ENSEMBLE:
 
+    rule baseline:
+        input:
+            adata=rules.preprocess.output.adata,
+            split=rules.split.output.split,
+            code=lib(*TRAIN_CODE, "ensemble.py"),
+        output:
+            **seed_files("baseline"),
+        params:
+            kind="baseline",
+            seeds=ALL_SEEDS,
+            model=config["model"],
+            train=TRAIN_PARAMS,
+            device=config["device"],
+        log:
+            f"{OUT}/logs/baseline/ensemble.log",
+        benchmark:
+            f"{OUT}/benchmarks/baseline/ensemble.tsv"
+        conda:
+            ENV_TORCH
+        threads: res("train", "threads", 2)
+        resources:
+            mem_mb=res("train", "mem_mb", 16000),
+            runtime=res("train", "runtime", 120 * len(ALL_SEEDS)),  # the default: 2 hours per seed
+            gpu=MODEL_GPUS,
+        script:
+            "../scripts/train_ensemble.py"
 
-use rule baseline as retrain with:
-    input:
-        adata=rules.preprocess.output.adata,
-        split=rules.split.output.split,
-        forget=rules.forget_set.output.forget,
-        code=lib("model.py", "train.py", "splits.py", "cellstats.py"),
-    output:
-        model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
-        history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",
-        cells=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.cells.npz",
-    params:
-        kind="retrain",
-        seed=lambda w: int(w.seed),
-        model=config["model"],
-        train=TRAIN_PARAMS,
-        device=config["device"],
-    log:
-        f"{OUT}/logs/retrain/{{forget}}/seed{{seed}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/retrain/{{forget}}/seed{{seed}}.tsv"
+    use rule baseline as retrain with:
+        input:
+            adata=rules.preprocess.output.adata,
+            split=rules.split.output.split,
+            forget=rules.forget_set.output.forget,
+            code=lib(*TRAIN_CODE, "ensemble.py"),
+        output:
+            **seed_files("retrain/{forget}"),
+        params:
+            kind="retrain",
+            seeds=ALL_SEEDS,
+            model=config["model"],
+            train=TRAIN_PARAMS,
+            device=config["device"],
+        log:
+            f"{OUT}/logs/retrain/{{forget}}/ensemble.log",
+        benchmark:
+            f"{OUT}/benchmarks/retrain/{{forget}}/ensemble.tsv"
+
+else:
+
+    include: "train_solo.smk"
 
 
 rule matched_negatives:

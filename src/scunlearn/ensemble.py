@@ -1,0 +1,399 @@
+"""K seeds of one training recipe trained at once as one batched model (:func:`fit_ensemble`).
+
+Member k is the VAE that seed k gives alone (``seed_everything(seed)``, ``build_vae``,
+:func:`scunlearn.train.fit`): the same initial weights, data order, dropout masks and
+reparameterisation noise (drawn from its own generators, seeded as the solo run's global ones),
+Adam and early stopping on its own validation ELBO. Its weights are stacked with the other
+members' (K, out, in) and every layer runs as one batched matmul, so the K small matmuls of a
+batch-128 step become one larger kernel (CPU) or one launch (GPU). A member differs from its
+solo run by float rounding only (the batched kernels sum in another order).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import ScunlearnError
+from .model import COUNT_TABLE, EPS, VAE, VAEConfig, build_vae, dropout_mask, kl_normal, log_factorial_rows
+from .train import adam, count_codes_cached, kl_weight, log_factorial_cached
+
+log = logging.getLogger(__name__)
+
+LN_EPS = 1e-5  # nn.LayerNorm's default, which the VAE's layers use
+
+
+# ---------------------------------------------------------------- the NB term, batched over members
+
+class _Counts:
+    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`scunlearn.model._CountIndex`
+    with a member axis (each member has its own θ, so its own tables)."""
+
+    def __init__(self, x: torch.Tensor, k: torch.Tensor, odd: tuple[torch.Tensor, ...] | None):
+        self.x, self.k, self.odd = x, k, odd  # odd: (member, row, gene) of entries not in the tables
+
+    @classmethod
+    def of(cls, x: torch.Tensor, index) -> _Counts:
+        """From a flat :class:`~scunlearn.model._CountIndex` of ``x.view(K * B, G)``."""
+        K, B, G = x.shape
+        odd = None
+        if index.odd is not None:
+            rows, cols = index.odd
+            odd = (torch.div(rows, B, rounding_mode="floor"), rows % B, cols)
+        return cls(x, index.k.view(K, B, G), odd)
+
+    def _lookup(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
+        # theta (K, 1, G): table[m, j] = Σ_{i<j} term(θ_m + i), gathered per member along the table axis
+        j = torch.arange(COUNT_TABLE - 1, dtype=theta.dtype, device=theta.device).view(1, -1, 1)
+        table = torch.cat([theta.new_zeros(theta.shape), term(theta + j).cumsum(1)], 1)
+        out = table.gather(1, self.k)
+        if self.odd is not None:
+            m, r, c = self.odd
+            t = theta[m, 0, c]
+            out[m, r, c] = exact(self.x[m, r, c] + t) - exact(t)
+        return out
+
+    def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
+        return self._lookup(theta, torch.log, torch.lgamma)
+
+    def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
+        return self._lookup(theta, torch.reciprocal, torch.digamma)
+
+
+def _nb_forward(ctx, logits, log_theta, x, library, counts: _Counts) -> torch.Tensor:
+    """:func:`scunlearn.model.nb_forward` with a member axis: logits / x (K, B, G), log θ (K, G),
+    library (K, B, 1); returns −Σ_g log NB − Σ_g lgamma(x + 1) + ... per member and cell (K, B)."""
+    theta = log_theta.exp().unsqueeze(1)        # (K, 1, G)
+    theta_eps = theta + EPS
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    mean = p * library
+    denom = mean + theta_eps
+    log_denom = denom.log()
+    xt = x + theta
+    ll = counts.lgamma_shift(theta)
+    ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
+    log_theta_eps = theta_eps.log()
+    if ctx is not None:
+        ctx.counts = counts
+        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
+    lib = library.squeeze(-1)
+    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum(-1))
+
+
+class _NBNLL(torch.autograd.Function):
+    """:class:`scunlearn.model._NBTrainingNLL` with a member axis (same formulas, batched)."""
+
+    @staticmethod
+    def forward(ctx, logits, log_theta, x, library, counts):
+        return _nb_forward(ctx, logits, log_theta, x, library, counts)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
+        x = ctx.counts.x
+        g = -grad.unsqueeze(-1)                  # (K, B, 1)
+        r = xt / denom
+        grad_logits = grad_log_theta = None
+        if ctx.needs_input_grad[0]:
+            a = torch.addcmul(x, mean, r, value=-1.0)
+            grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
+        if ctx.needs_input_grad[1]:
+            e = ctx.counts.digamma_shift(theta).sub_(log_denom).sub_(r)
+            const = log_theta_eps + theta / (theta + EPS)   # (K, 1, G)
+            # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
+            grad_log_theta = ((torch.bmm(g.transpose(1, 2), e) + g.sum(1, keepdim=True) * const)
+                              * theta).squeeze(1)
+        return grad_logits, grad_log_theta, None, None, None
+
+
+# ---------------------------------------------------------------- the stacked model
+
+class _Linear(torch.autograd.Function):
+    """Member-wise ``h @ W.T + b`` (h (K, B, in), W (K, out, in), b (K, out)) with a backward whose
+    products come out in W's layout: autograd's bmm backward computes the transposed weight gradient
+    from transposed views (a slow CPU bmm path) and then copies it into W's layout (a strided copy
+    as slow as the product): together ~5x the forward product at K = 4, batch 128, on CPU."""
+
+    @staticmethod
+    def forward(ctx, h, W, b):
+        ctx.save_for_backward(h, W)
+        return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        h, W = ctx.saved_tensors
+        grad_h = torch.bmm(g, W) if ctx.needs_input_grad[0] else None
+        grad_W = torch.bmm(g.transpose(1, 2), h) if ctx.needs_input_grad[1] else None
+        grad_b = g.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_h, grad_W, grad_b
+
+
+def _linear(P: dict, name: str, h: torch.Tensor) -> torch.Tensor:
+    """Member-wise ``h @ W.T + b``: h (K, B, in) or a shared (B, in), W (K, out, in) -> (K, B, out)."""
+    W, b = P[f"{name}.weight"], P[f"{name}.bias"]
+    if h.dim() == 2:
+        h = h.expand(W.shape[0], *h.shape)
+    if torch.is_grad_enabled():
+        return _Linear.apply(h, W, b)
+    return torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
+
+
+class StackedVAE:
+    """The parameters of K same-architecture VAEs stacked along a leading member axis, and their
+    batched forward pass. ``P[name]`` is the (K, ...) stack of every member's ``name`` parameter."""
+
+    def __init__(self, cfg: VAEConfig, states: Sequence[dict], device):
+        self.cfg = cfg
+        self.names = list(states[0])
+        self.P = {n: torch.stack([s[n] for s in states]).to(device).requires_grad_() for n in self.names}
+        self.n_layers = len(cfg.hidden)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.P.values())))
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.P[n] for n in self.names]
+
+    def member_state(self, k: int) -> dict:
+        """Member k's state dict (copies), loadable into ``build_vae(cfg)``."""
+        return {n: self.P[n][k].detach().clone() for n in self.names}
+
+    def widths(self) -> list[int]:
+        """The widths of the dropout layers, in the order a forward pass runs them."""
+        h = list(self.cfg.hidden)
+        return [*h, *reversed(h)]
+
+    def _mlp(self, prefix: str, h: torch.Tensor, masks: list | None) -> torch.Tensor:
+        for i in range(self.n_layers):
+            h = _linear(self.P, f"{prefix}.{4 * i}", h)
+            h = F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
+            ln = f"{prefix}.{4 * i + 1}"
+            h = torch.addcmul(self.P[f"{ln}.bias"].unsqueeze(1), h, self.P[f"{ln}.weight"].unsqueeze(1)).relu_()
+            if masks is not None:
+                h = h * masks.pop(0)
+        return h
+
+    def forward(self, x: torch.Tensor, masks: list | None = None, noise: torch.Tensor | None = None):
+        """(μ, log σ², logits) per member; z = μ + noise · σ if ``noise`` (K, B, latent) else z = μ.
+        ``masks``: each dropout layer's (K, B, width) mask in order, or None (eval: no dropout)."""
+        hid = self._mlp("encoder", torch.log1p(x), masks)
+        mu = _linear(self.P, "mu", hid)
+        logvar = _linear(self.P, "logvar", hid).clamp(-15.0, 15.0)
+        z = mu if noise is None else mu + noise * (0.5 * logvar).exp()
+        return mu, logvar, _linear(self.P, "px", self._mlp("decoder", z, masks))
+
+    def loss(self, x, beta: float, log_factorial, counts: _Counts, masks, noise) -> torch.Tensor:
+        """Each member's :meth:`VAE.loss` of its own batch (K,): x (K, B, G), log_factorial (K, B)."""
+        mu, logvar, logits = self.forward(x, masks, noise)
+        library = x.sum(-1, keepdim=True)
+        nll = _NBNLL.apply(logits, self.P["log_theta"], x, library, counts)
+        return (nll + log_factorial + beta * kl_normal(mu, logvar)).mean(-1)
+
+    @torch.no_grad()
+    def elbo(self, X: torch.Tensor, idx: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
+        """Each member's mean deterministic ELBO (z = μ, β = 1) over rows ``idx`` (K,): as
+        :func:`scunlearn.model.elbo`, whose chunks of 4096 rows are split K ways here (memory)."""
+        idx = torch.as_tensor(idx, dtype=torch.long, device=X.device)
+        K = len(self)
+        step = max(1, batch_size // K)
+        parts = []
+        for s in range(0, len(idx), step):
+            x = X[idx[s:s + step]]
+            mu, logvar, logits = self.forward(x)
+            xk = x.expand(K, *x.shape)
+            k = x.to(torch.int64).clamp_(0, COUNT_TABLE - 1)
+            mask = x != k
+            odd = None
+            if bool(mask.any()):
+                r, c = mask.nonzero(as_tuple=True)
+                odd = (torch.arange(K, device=x.device).repeat_interleave(len(r)), r.repeat(K), c.repeat(K))
+            counts = _Counts(xk, k.expand(K, *k.shape), odd)
+            nll = _nb_forward(None, logits, self.P["log_theta"], xk, x.sum(-1, keepdim=True), counts)
+            nll = nll + log_factorial_rows(x)
+            parts.append(-(nll + kl_normal(mu, logvar)))
+        if not parts:
+            raise ValueError("elbo: no cells given")
+        return torch.cat(parts, 1).mean(-1)
+
+    def keep(self, members: list[int], opt):
+        """Drop every member not in ``members`` (positions) from the stack; returns a new optimizer
+        over the smaller stack with the kept members' Adam state (per element, so unchanged)."""
+        sel = torch.as_tensor(members, dtype=torch.long, device=self.P[self.names[0]].device)
+        old = self.P
+        self.P = {n: old[n].detach().index_select(0, sel).requires_grad_() for n in self.names}
+        new = adam(self.params(), opt.param_groups[0]["lr"])
+        for n in self.names:
+            st = opt.state.get(old[n])
+            if st is not None:
+                new.state[self.P[n]] = {k: v.index_select(0, sel) if torch.is_tensor(v) and v.shape == old[n].shape
+                                        else (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+        return new
+
+
+# ---------------------------------------------------------------- initialisation and random streams
+
+def init_member(cfg: VAEConfig, seed: int, device) -> tuple[dict, torch.Generator]:
+    """(initial state dict, the generator of its dropout / noise draws) of the solo run of ``seed``:
+    ``seed_everything(seed)`` then ``build_vae(cfg)`` on the CPU, then its draws from torch's global
+    generator of ``device`` (CPU: the state after the init; CUDA & co: freshly seeded, as the init
+    ran on the CPU). Leaves torch's global CPU generator as the solo run's would be after its init."""
+    torch.manual_seed(int(seed))
+    state = {n: t.detach().clone() for n, t in build_vae(cfg).state_dict().items()}
+    device = torch.device(device)
+    if device.type == "cpu":
+        gen = torch.Generator()
+        gen.set_state(torch.get_rng_state())
+    else:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(seed))
+    return state, gen
+
+
+def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device) -> list[torch.Tensor] | None:
+    """Every dropout layer's (K, n_rows, width) mask, member k's from ``gens[k]`` exactly as
+    :func:`scunlearn.model.arm_dropout` draws a solo model's (one block per member per step)."""
+    if p <= 0.0:
+        return None
+    K = len(gens)
+    if p >= 1.0:
+        return [torch.zeros(K, n_rows, w, device=device) for w in widths]
+    sizes = [n_rows * w for w in widths]
+    buf = torch.empty(K, sum(sizes), device=device)
+    for k, g in enumerate(gens):
+        dropout_mask((sum(sizes),), p, device, generator=g, out=buf[k])
+    masks, off = [], 0
+    for s, w in zip(sizes, widths):
+        masks.append(buf[:, off:off + s].view(K, n_rows, w))
+        off += s
+    return masks
+
+
+def draw_noise(n_rows: int, latent: int, gens: list, device) -> torch.Tensor:
+    """The reparameterisation noise (K, n_rows, latent), member k's from ``gens[k]`` (as ``randn_like(μ)``)."""
+    out = torch.empty(len(gens), n_rows, latent, device=device)
+    for k, g in enumerate(gens):
+        torch.randn(n_rows, latent, generator=g, device=device, out=out[k])
+    return out
+
+
+# ---------------------------------------------------------------- training
+
+class Ensemble:
+    """K members (one per seed) of one recipe in training: the stacked model, its Adam, each member's
+    random streams (``gens``: dropout and noise; ``orders``: data order) and which are still training."""
+
+    def __init__(self, cfg: VAEConfig, seeds: Sequence[int], device, lr: float):
+        self.cfg, self.seeds = cfg, [int(s) for s in seeds]
+        if not self.seeds:
+            raise ScunlearnError("ensemble: no seeds given")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ScunlearnError(f"ensemble: repeated seeds {self.seeds}")
+        self.device = torch.device(device)
+        inits = [init_member(cfg, s, self.device) for s in self.seeds]
+        self.model = StackedVAE(cfg, [st for st, _ in inits], self.device)
+        self.gens = [g for _, g in inits]
+        self.orders = [torch.Generator().manual_seed(s) for s in self.seeds]  # as run_epoch's
+        self.opt = adam(self.model.params(), lr)
+        self.active = list(range(len(self.seeds)))  # member ids still in the stack, in stack order
+
+    def run_epoch(self, X: torch.Tensor, train_idx: torch.Tensor, batch_size: int, beta: float) -> list[float]:
+        """:func:`scunlearn.train.run_epoch` for every active member at once; their mean batch losses."""
+        dev, model, act = X.device, self.model, self.active
+        lf, codes = log_factorial_cached(X), count_codes_cached(X)
+        widths, p, K = model.widths(), float(self.cfg.dropout), len(act)
+        gens = [self.gens[i] for i in act]
+        n = len(train_idx)
+        perms = torch.stack([train_idx[torch.randperm(n, generator=self.orders[i]).to(dev)] for i in act])
+        total = torch.zeros(K, dtype=torch.float64, device=dev)
+        seen = 0
+        for s in range(0, n, batch_size):
+            b = perms[:, s:s + batch_size]
+            B = b.shape[1]
+            if B < 2:  # as run_epoch: a 1-cell batch is skipped
+                continue
+            flat = b.reshape(-1)
+            x = X.index_select(0, flat)
+            index = codes.index(flat, x)
+            x = x.view(K, B, -1)
+            masks = draw_masks(widths, p, B, gens, dev)
+            noise = draw_noise(B, self.cfg.latent, gens, dev)
+            loss = model.loss(x, beta, lf.index_select(0, flat).view(K, B), _Counts.of(x, index), masks, noise)
+            self.opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            self.opt.step()
+            total += loss.detach() * B
+            seen += B
+        return (total / max(seen, 1)).tolist()
+
+    def drop(self, positions: list[int]) -> None:
+        """Take the members at these stack positions out of training (their weights are discarded)."""
+        keep = [pos for pos in range(len(self.active)) if pos not in set(positions)]
+        if keep and len(keep) < len(self.active):
+            self.opt = self.model.keep(keep, self.opt)
+        self.active = [self.active[pos] for pos in keep]
+
+
+def fit_ensemble(cfg: VAEConfig, seeds: Sequence[int], X: torch.Tensor, train_idx, val_idx, *, lr: float,
+                 batch_size: int, max_epochs: int, kl_warmup_epochs: int, patience: int,
+                 min_delta: float = 0.0) -> list[tuple[VAE, pd.DataFrame]]:
+    """Train one VAE per seed on rows ``train_idx`` of X, all at once; [(model, history)] in seed order.
+
+    Each (model, history) is what ``seed_everything(seed); m = build_vae(cfg).to(dev); fit(m, ...)``
+    gives, up to float rounding: the best validation epoch's weights and the per-epoch history
+    (same columns; ``seconds`` is the batched epoch's wall time over the members it trained).
+    A member that early-stops leaves the stack; the others go on.
+    """
+    dev = X.device
+    train_idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long, device=dev)
+    val_idx = np.asarray(val_idx)
+    ens = Ensemble(cfg, seeds, dev, lr)
+    seeds, K = ens.seeds, len(ens.seeds)
+    best = [-np.inf] * K
+    best_state: list[dict | None] = [None] * K
+    bad = [0] * K
+    rows: list[list[dict]] = [[] for _ in range(K)]
+    for epoch in range(max_epochs):
+        if not ens.active:
+            break
+        t0 = time.perf_counter()
+        beta = kl_weight(epoch, kl_warmup_epochs)
+        train_loss = ens.run_epoch(X, train_idx, batch_size, beta)
+        val = ens.model.elbo(X, val_idx).tolist()
+        secs = (time.perf_counter() - t0) / len(ens.active)
+        stopped = []
+        for pos, i in enumerate(ens.active):
+            if not np.isfinite(train_loss[pos]) or not np.isfinite(val[pos]):
+                raise ScunlearnError(f"training diverged at epoch {epoch} for seed {seeds[i]} "
+                                     f"(loss {train_loss[pos]}, val ELBO {val[pos]}); lower train.lr")
+            improved = val[pos] > best[i] + min_delta
+            if improved:
+                best[i], best_state[i], bad[i] = val[pos], ens.model.member_state(pos), 0
+            else:
+                bad[i] += 1
+            rows[i].append({"epoch": epoch, "train_loss": train_loss[pos], "val_elbo": val[pos],
+                            "kl_weight": beta, "seconds": secs, "best": improved})
+            log.info("seed %d epoch %3d  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s", seeds[i],
+                     epoch, train_loss[pos], val[pos], beta, secs, "  *" if improved else "")
+            # no early stop while β is still warming up: the ELBO scale changes under it
+            if bad[i] >= patience and epoch >= kl_warmup_epochs:
+                log.info("seed %d: early stop at epoch %d; best epoch %d (val_elbo %.3f)", seeds[i], epoch,
+                         int(np.argmax([r["val_elbo"] for r in rows[i]])), best[i])
+                stopped.append(pos)
+        ens.drop(stopped)
+    final = {i: ens.model.member_state(pos) for pos, i in enumerate(ens.active)}
+    out = []
+    for i in range(K):
+        m = build_vae(cfg).to(dev)
+        m.load_state_dict(best_state[i] if best_state[i] is not None else final[i])
+        out.append((m, pd.DataFrame(rows[i])))
+    return out
