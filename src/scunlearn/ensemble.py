@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import ScunlearnError
-from .model import COUNT_TABLE, EPS, VAE, VAEConfig, build_vae, dropout_mask, kl_normal, log_factorial_rows
+from .model import COUNT_TABLE, EPS, VAE, VAEConfig, build_vae, dropout_mask, kl_normal, log_factorial_rows, nb_backward
 from .train import adam, count_codes_cached, kl_weight, log_factorial_cached
 
 log = logging.getLogger(__name__)
@@ -98,17 +98,10 @@ class _NBNLL(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        p, mean, denom, log_denom, xt, theta, log_theta_eps = ctx.saved_tensors
-        x = ctx.counts.x
-        g = -grad.unsqueeze(-1)                  # (K, B, 1)
-        r = xt / denom
-        grad_logits = grad_log_theta = None
-        if ctx.needs_input_grad[0]:
-            a = torch.addcmul(x, mean, r, value=-1.0)
-            grad_logits = a.addcmul_(p, a.sum(-1, keepdim=True), value=-1.0).mul_(g)
-        if ctx.needs_input_grad[1]:
-            e = ctx.counts.digamma_shift(theta).sub_(log_denom).sub_(r)
-            const = log_theta_eps + theta / (theta + EPS)   # (K, 1, G)
+        # the single model's formulas, broadcast over the members' leading axis: g (K, B, 1), const (K, 1, G)
+        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
+        grad_log_theta = None
+        if e is not None:
             # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
             grad_log_theta = ((torch.bmm(g.transpose(1, 2), e) + g.sum(1, keepdim=True) * const)
                               * theta).squeeze(1)
