@@ -23,8 +23,10 @@ FIGURES: dict[str, tuple[str, str]] = {
         "negatives; 0.5 = the attack cannot tell them apart) of every variant, one point per "
         "seed and a bar at the mean over seeds; the grey span is the range of the retrained "
         "models' AUCs on the same cells, the dotted line chance (0.5). Right: every model's "
-        "difference from the retrained models (Δ vs retrain) with its 95% CI, paired on the "
-        "same cells; the shaded span is the equivalence margin. Colour: the model's verdict. "
+        "difference from the retrained models (Δ vs retrain, in the audit's measure: by default "
+        "the forget cells' mean calibrated score above every audit cell's, in per-cell reference "
+        "SDs) with its 95% CI from the retrained models' own spread; the shaded span is the "
+        "equivalence margin. Colour: the model's verdict. "
         "SUCCESS needs the whole CI inside the margin and the study's controls passed."),
     "fig2_trajectories": (
         "Figure 2. Unlearning trajectories",

@@ -306,14 +306,14 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
             ax_d.errorbar(row.delta_vs_retrain, y, xerr=None if np.isnan(err).any() else err, fmt="o",
                           ms=6, color=VERDICT_COLORS.get(row.verdict, "0.5"), mec="black", mew=0.4,
                           capsize=2, lw=1.3)
-        # a difference of AUCs lies in [-1, 1]: wider CIs are cut at the axis (the TSV keeps them)
+        # Δ is in the audit's measure (the score shift, unbounded; or the AUC): the axis spans the data
         span = panel[["delta_ci_low", "delta_ci_high", "delta_vs_retrain"]].to_numpy(dtype=float)
         if np.isfinite(span).any():
             lo_d, hi_d = np.nanmin(span), np.nanmax(span)
             pad = 0.05 * max(hi_d - lo_d, 0.1)
-            ax_d.set_xlim(max(lo_d - pad, -1.05), min(hi_d + pad, 1.05))
+            ax_d.set_xlim(min(lo_d, -(margin or 0)) - pad, max(hi_d, margin or 0) + pad)
         ax_d.set_title(f"{fs}: Δ vs retrain (95% CI)", loc="left", fontsize=10)
-        ax_d.set_xlabel("Δ per-cell AUC vs retrained models (0 = as retrain)")
+        ax_d.set_xlabel("Δ vs retrained models (score shift, per-cell SDs; 0 = as retrain)")
     handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black", label="one seed"),
                Line2D([], [], color="black", lw=2.2, label="mean over seeds"),
                Line2D([], [], color=RETRAIN_COLOR, alpha=0.5, lw=8, label="retrained models' range"),

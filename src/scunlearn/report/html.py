@@ -417,9 +417,12 @@ def render_reading_guide(summary: pd.DataFrame, tolerance: float, margin: float 
 the ELBOs of reference models retrained without the forget set on the <i>same</i> cell
 (LiRA-style calibration), so a cell's score says how much better the model fits it than
 models that never saw it would. The <b>per-cell AUC</b> separates the forget cells from
-matched cells no model trained on; 0.5 means no membership signal. <b>Δ vs retrain</b> is
-that AUC minus the retrained models' AUC on the same cells and resamples (paired), with a
-95% CI; a model that forgot like retraining has Δ ≈ 0. Verdicts per model: <b>LEAK</b> the
+matched cells no model trained on; 0.5 means no membership signal. <b>Δ vs retrain</b> (by
+default) is the forget cells' mean score above every audit cell's (each cell centred on unseen
+cells of its own type; a forgotten type kept whole), in per-cell reference SDs, minus the
+retrained models' value on the same cells; its 95% CI and p come from the spread of the
+retrained models themselves, each scored against the others (listed under the controls). A
+model that forgot like retraining has Δ ≈ 0. Verdicts per model: <b>LEAK</b> the
 baseline is significantly above retrain (the audit caught it: the positive control);
 <b>TARGET</b> a retrained model; <b>FAIL</b> significantly above retrain; <b>OVER-UNLEARN</b>
 significantly below (the forget cells now look less like members than unseen cells do,
