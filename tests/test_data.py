@@ -319,9 +319,11 @@ def _rounded(X, target_sum=1e4, log=True):
 
 
 def _write_h5ad(path, X, raw=None, counts=None):
+    """A user's h5ad, written by AnnData itself (object-dtype names: pandas 3 would make them `str`,
+    which AnnData refuses to write by default)."""
     a = ad.AnnData(X=sp.csr_matrix(X))
-    a.obs_names = [f"c{i}" for i in range(a.n_obs)]
-    a.var_names = [f"g{j}" for j in range(a.n_vars)]
+    a.obs_names = pd.Index([f"c{i}" for i in range(a.n_obs)], dtype=object)
+    a.var_names = pd.Index([f"g{j}" for j in range(a.n_vars)], dtype=object)
     if counts is not None:
         a.layers["counts"] = sp.csr_matrix(counts)
     if raw is not None:
@@ -438,7 +440,7 @@ def test_random_forget_sets_with_the_same_n_draw_different_cells(processed, tmp_
     from scunlearn.splits import forget_set_rng
 
     adata = tmp_path / "adata.h5ad"
-    processed.write_h5ad(adata)
+    write_h5ad(processed, adata)
     write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
 
     def draw(name, seed=0):
