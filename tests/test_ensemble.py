@@ -8,7 +8,7 @@ import torch
 
 from scunlearn.cellstats import read_cell_stats
 from scunlearn.ensemble import Ensemble, StackedVAE, _Counts, draw_masks, draw_noise, fit_ensemble, init_member
-from scunlearn.io import write_json
+from scunlearn.io import write_h5ad, write_json
 from scunlearn.model import VAEConfig, arm_dropout, build_vae, seed_everything
 from scunlearn.train import count_codes_cached, fit, load_checkpoint, log_factorial_cached
 
@@ -119,7 +119,7 @@ def test_stage_writes_each_seeds_files_as_the_solo_stage(tmp_path):
     names = np.array([f"c{i}" for i in range(200)])
     adata = ad.AnnData(X.numpy(), obs=pd.DataFrame(index=names), var=pd.DataFrame(index=[f"g{i}" for i in range(60)]))
     adata.layers["counts"] = X.numpy()
-    adata.write_h5ad(tmp_path / "adata.h5ad")
+    write_h5ad(adata, tmp_path / "adata.h5ad")  # the project's writer: pandas 3's str names written plainly
     write_json({"train": list(names[:120]), "validation": list(names[120:160]), "audit": list(names[160:])},
                tmp_path / "split.json")
     write_json({"forget": list(names[:10])}, tmp_path / "forget.json")

@@ -554,7 +554,8 @@ def test_changed_h5ad_is_refused_by_every_reader(processed, tmp_path):
     write_h5ad(processed, p)
     read_cells(p)
     st = p.stat()
-    processed[:50].copy().write_h5ad(p)  # edited in place, the old time stamp put back
+    write_h5ad(processed[:50].copy(), tmp_path / "other.h5ad")
+    p.write_bytes((tmp_path / "other.h5ad").read_bytes())  # edited in place, the old time stamp put back
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     for read in (read_cells, read_adata,
                  lambda f: stage_split({"adata": str(f)}, {"split": str(tmp_path / "s.json")},
