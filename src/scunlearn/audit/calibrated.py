@@ -184,7 +184,7 @@ def compare_spread(a_model: float, a_group: np.ndarray, a_null: np.ndarray, marg
     model that never saw the forget cells gets, with every source of its variation in
     them (cell noise, seed noise, a seed's shift on a whole cell type), whatever their
     correlation or tails. Under H0 the audited model is one more such draw, so
-    Var(Δ) = s² (1 + 1/n_group), s the null AUCs' SD, with n_null − 1 degrees of freedom
+    Var(Δ) = s² (1 + 1/n_group), s the null values' SD, with n_null − 1 degrees of freedom
     (a prediction-interval t-test). Chosen over :func:`compare` because it was measured on
     trained VAEs (bench/audit_calibration.py): DeLong's cell variance assumes independent
     cells, which a forgotten cell type is not.
