@@ -208,8 +208,11 @@ assert len(rows) == expected, "not every job went through sbatch"
 assert submitted == expected, "snakemake logged a different number of submissions"
 assert states == {"COMPLETED"}, f"job states {states}"
 summary = pd.read_csv(out / "report/summary.tsv", sep="\t")
-n_audits = len(list((out / "audit").rglob("*.json")))
+# one record per audited model; audit/<forget>/controls.json is the judge's control tally, not a model
+n_audits = len([p for p in (out / "audit").rglob("*.json") if p.name != "controls.json"])
 assert len(summary) == n_audits > 0, (len(summary), n_audits)
+n_controls = len(list((out / "audit").rglob("controls.json")))
+assert n_controls == summary["forget_set"].nunique(), (n_controls, summary["forget_set"].nunique())
 assert summary["auc"].between(0, 1).all()
 assert set(summary["method"]) >= {"baseline", "retrain"}
 assert (out / "report/index.html").stat().st_size > 0
