@@ -9,7 +9,9 @@ What it does, on this machine, in one run:
    models see after preprocessing;
 3. runs the real stages in-process on it (``scunlearn.pipeline``): split, one forget set,
    **one training epoch** of the config's model (``fit`` with ``max_epochs=1``, with the
-   rule's threads), matched negatives and **one audit** (``stage_audit``, 1 thread);
+   rule's threads), and with ``train.ensemble`` (the default) **one epoch of the batched
+   ensemble** a baseline / retrain job trains (``fit_ensemble``, train.seeds + reference seeds),
+   matched negatives and **one audit** (``stage_audit``, 1 thread);
 4. adds the per-job process start-up (imports), timed in a fresh interpreter, and
    multiplies by the job counts: baseline/retrain = epochs x epoch (``max_epochs``, an
    upper bound: early stopping ends most runs sooner; the lower bound uses
@@ -85,14 +87,17 @@ def startup_seconds(reps: int = 3) -> tuple[float, float]:
 
 
 def calibration(results_dir: str | None, variants: dict) -> dict[str, float]:
-    """Median unlearn / retrain wall time per variant from a finished run's benchmarks (1.0 if absent)."""
+    """Median unlearn / retrain wall time per variant from a finished run's benchmarks (1.0 if absent); a
+    retrained model's time is its job's over the seeds it trained (an ensemble job trains several)."""
     factors = {v: 1.0 for v in variants}
     if not results_dir:
         return factors
     from scunlearn.costs import job_costs
 
     jobs = job_costs(results_dir)
-    retrain = jobs[jobs["rule"] == "retrain"]["wall_s"].median()
+    rt = jobs[jobs["rule"] == "retrain"]
+    # per retrained model: an ensemble retrain job trains `units` seeds at once
+    retrain = (rt["wall_s"] / rt["units"].clip(lower=1)).median() if "units" in rt else rt["wall_s"].median()
     for v in variants:
         w = jobs[(jobs["rule"] == "unlearn") & jobs["job"].str.startswith(f"{v}/")]["wall_s"].median()
         if w == w and retrain == retrain and retrain > 0:
@@ -153,6 +158,21 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     out["epoch_s"], out["epoch_cpu_s"] = time.perf_counter() - w, time.process_time() - c
     out["epoch_fit_s"] = float(hist["seconds"].iloc[0])
     out["n_train"] = int(len(part.retain))
+    if tr.get("ensemble", True):
+        # what a baseline / retrain job runs with train.ensemble: every seed of the model (train.seeds
+        # and audit.reference_seeds) as one batched model, one epoch
+        from scunlearn.ensemble import fit_ensemble
+
+        k = len(tr["seeds"]) + len(cfg["audit"].get("reference_seeds") or [])
+        vcfg = VAEConfig(n_genes=adata_r.n_vars, **cfg["model"])
+        w, c = time.perf_counter(), time.process_time()
+        fit_ensemble(vcfg, list(range(k)), X, part.retain, part.validation, lr=tr["lr"],
+                     batch_size=tr["batch_size"], max_epochs=1, kl_warmup_epochs=tr["kl_warmup_epochs"],
+                     patience=tr["patience"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        out["ensemble_k"] = k
+        out["ensemble_epoch_s"], out["ensemble_epoch_cpu_s"] = time.perf_counter() - w, time.process_time() - c
     save_checkpoint(model.cpu(), f["model.pt"], {"genes": list(map(str, adata_r.var_names)), "param_hash": "x"})
 
     torch.set_num_threads(1)  # matched and audit rules run with 1 thread
@@ -215,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds, forget = len(cfg["train"]["seeds"]), list(cfg["forget_sets"])
     n_var_jobs = {v: len(d.get("forget_sets", forget)) * seeds for v, d in variants.items()}
     if a.jobs_from_config:
-        counts = {"acquire": 1, "preprocess": 1, "split": 1, "forget_set": len(forget), "baseline": seeds,
-                  "matched_negatives": len(forget), "retrain": len(forget) * seeds,
+        n_models = 1 if cfg["train"].get("ensemble", True) else seeds + len(cfg["audit"].get("reference_seeds") or [])
+        counts = {"acquire": 1, "preprocess": 1, "split": 1, "forget_set": len(forget), "baseline": n_models,
+                  "matched_negatives": len(forget), "retrain": len(forget) * n_models,
                   "unlearn": sum(n_var_jobs.values()),
                   # one audit job per (forget set, model), auditing the model's seeds
                   "audit": 2 * len(forget) + sum(n_var_jobs.values()) // seeds, "aggregate": 1, "report": 1}
@@ -240,11 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     tr = cfg["train"]
     # per-epoch job seconds: CPU seconds over the job's threads, or the wall time on a GPU
     epoch_job_s = m["epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["epoch_s"]
+    # a baseline / retrain job: one model per seed, or (train.ensemble) all its seeds batched in one job
+    ens = "ensemble_k" in m
+    train_epoch_s = ((m["ensemble_epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["ensemble_epoch_s"])
+                     if ens else epoch_job_s)
+    # one retrained model's share of an epoch: the unit the unlearn / retrain factors are relative to
+    model_epoch_s = train_epoch_s / m["ensemble_k"] if ens else epoch_job_s
     hi_epochs, lo_epochs = tr["max_epochs"], min(tr["max_epochs"], tr["kl_warmup_epochs"] + tr["patience"] + 1)
 
     def jobs_for(epochs: int) -> list[dict]:
         # CPU seconds per job, spread over the job's threads: a quiet machine's wall time per job
-        train_s = startup + epochs * epoch_job_s
+        train_s = startup + epochs * train_epoch_s
         small = startup + 5.0
         js = [
             {"rule": "acquire", "count": counts.get("acquire", 1), "seconds": small, "threads": 1, "stage": 0},
@@ -264,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         total_var = sum(n_var_jobs.values()) or 1
         for v, n in n_var_jobs.items():  # the DAG's unlearn jobs, split over variants as the config does
             js.append({"rule": f"unlearn:{v}", "count": round(n_unlearn * n / total_var),
-                       "seconds": startup + epochs * epoch_job_s * factors[v],
+                       "seconds": startup + epochs * model_epoch_s * factors[v],
                        "threads": threads["unlearn"],
                        "stage": 6})
         js += [
@@ -288,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# measured start-up {startup:.1f}s CPU ({startup_wall:.1f}s wall) per job (fresh interpreter, imports)")
     print(f"# measured one epoch {m['epoch_s']:.1f}s wall / {m['epoch_cpu_s']:.1f}s CPU on {threads['train']} "
           f"threads ({m['n_train']} training cells, batch {tr['batch_size']}, incl. validation ELBO)")
+    if ens:
+        print(f"# measured one epoch of the batched ensemble (train.ensemble, {m['ensemble_k']} seeds, one "
+              f"baseline / retrain job): {m['ensemble_epoch_s']:.1f}s wall / {m['ensemble_epoch_cpu_s']:.1f}s CPU "
+              f"({m['ensemble_epoch_s'] / m['ensemble_k']:.2f}s wall per seed against {m['epoch_s']:.2f}s alone)")
     print(f"# measured one audit {m['audit_s']:.1f}s wall / {m['audit_cpu_s']:.1f}s CPU on 1 thread; "
           f"matched negatives {m['matched_s']:.1f}s")
     print("# unlearn / retrain factors: " + ", ".join(f"{v} {f:.2f}" for v, f in factors.items())

@@ -14,15 +14,18 @@ What it does, in one run, on one device with one thread count:
    best of several repetitions) on the same device and threads;
 4. converts cells/s to achieved training GFLOP/s with an analytic FLOP count per cell
    (see :func:`flops_per_cell`) and prints its ratio to the matmul GFLOP/s;
-5. with ``--ensemble K``: for each batch size also K seeds trained at once as one batched
-   model (``scunlearn.ensemble.Ensemble``, the workflow's ``train.ensemble``), its cells/s
-   summed over the K members, printed beside the single model's.
+5. with ``--ensemble K[,K2...]``: for each batch size also K seeds trained at once as one
+   batched model (``scunlearn.ensemble.Ensemble``, the workflow's ``train.ensemble``), its
+   cells/s summed over the K members, printed beside the single model's. K = 1 is one model
+   through the ensemble trainer: on CUDA its step is a captured CUDA graph (``--step``,
+   default ``auto``: a graph on CUDA, eager on CPU; the workflow's ``train.cuda_graphs``).
 
 Usage (from the repository root)::
 
     python bench/train_throughput.py                       # 28k x 2000, batches 128 and 512
     python bench/train_throughput.py --cells 2000 --genes 500 --out bench.tsv   # quick
     python bench/train_throughput.py --ensemble 8          # and 8 seeds as one batched model
+    python bench/train_throughput.py --device cuda --batch-sizes 128 --ensemble 1,8   # CUDA graphs
 """
 
 from __future__ import annotations
@@ -135,14 +138,17 @@ def time_training(X: torch.Tensor, batch_size: int, epochs: int, warmup_batches:
 
 
 def time_ensemble(X: torch.Tensor, k: int, batch_size: int, epochs: int, warmup_batches: int,
-                  lr: float, seed: int) -> float:
-    """Seconds for ``epochs`` timed epochs of K seeds (seed .. seed+K-1) trained as one batched model."""
-    from scunlearn.ensemble import Ensemble
+                  lr: float, seed: int, step: str = "auto") -> float:
+    """Seconds for ``epochs`` timed epochs of K seeds (seed .. seed+K-1) trained as one batched model
+    (``step``: :class:`scunlearn.ensemble.Ensemble`'s; a CUDA graph is captured in the warm-up)."""
+    from scunlearn.ensemble import GRAPH_WARMUP_STEPS, Ensemble
 
     device = X.device
-    ens = Ensemble(VAEConfig(n_genes=X.shape[1], **PAPER), range(seed, seed + k), device, lr)
+    ens = Ensemble(VAEConfig(n_genes=X.shape[1], **PAPER), range(seed, seed + k), device, lr, step=step)
     idx = torch.arange(X.shape[0], device=device)
-    ens.run_epoch(X, idx[: warmup_batches * batch_size], batch_size, 1.0)
+    # enough warm-up batches for the capture to happen before the clock starts
+    warm = max(warmup_batches, GRAPH_WARMUP_STEPS + 2 if ens.step_mode == "graph" else 0)
+    ens.run_epoch(X, idx[: warm * batch_size], batch_size, 1.0)
     sync(device)
     t0 = clock()
     for _ in range(epochs):
@@ -166,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--matmul-n", type=int, default=2048, help="size of the square matmul")
     p.add_argument("--matmul-reps", type=int, default=10, help="timed matmul repetitions")
-    p.add_argument("--ensemble", type=int, default=0, metavar="K",
-                   help="also time K seeds trained at once as one batched model (cells/s summed over members)")
+    p.add_argument("--ensemble", default="", metavar="K[,K2...]",
+                   help="also time K seeds trained at once as one batched model (cells/s summed over members); "
+                        "1 = one model through the ensemble trainer")
+    p.add_argument("--step", default="auto", choices=["auto", "eager", "static", "graph"],
+                   help="the ensemble's training step: auto = a CUDA graph on CUDA, eager on CPU")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -176,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markers", default=str(ROOT / "resources/markers/pbmc.tsv"))
     p.add_argument("--out", default=None, help="also write the table as TSV here")
     a = p.parse_args(argv)
-    if a.epochs < 1 or a.warmup_batches < 0 or a.cells < 2 or a.ensemble < 0:
-        p.error("need --epochs >= 1, --warmup-batches >= 0, --cells >= 2 and --ensemble >= 0")
+    try:
+        ensembles = [int(k) for k in str(a.ensemble).split(",") if k.strip()]
+    except ValueError:
+        p.error(f"--ensemble: comma-separated member counts, not {a.ensemble!r}")
+    if a.epochs < 1 or a.warmup_batches < 0 or a.cells < 2 or any(k < 1 for k in ensembles):
+        p.error("need --epochs >= 1, --warmup-batches >= 0, --cells >= 2 and --ensemble counts >= 1")
     # run_epoch's float(loss) on a grad-requiring tensor warns on every call in torch >= 2.x;
     # harmless here (the loss is only logged), so keep the table readable
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
@@ -228,25 +241,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.clock} clock")
 
     rows = []
-    models = [1] + ([a.ensemble] if a.ensemble else [])
+    from scunlearn.ensemble import Ensemble
+
+    step = Ensemble(VAEConfig(n_genes=8, hidden=[4], latent=2), [0], device, a.lr, step=a.step).step_mode
+    runs = [("solo", 1)] + [("ensemble", k) for k in ensembles]
     for bs in batch_sizes:
-        for k in models:
-            if k == 1:
+        for trainer, k in runs:
+            if trainer == "solo":
                 secs = time_training(X, bs, a.epochs, a.warmup_batches, a.lr, a.seed)
             else:
-                secs = time_ensemble(X, k, bs, a.epochs, a.warmup_batches, a.lr, a.seed)
+                secs = time_ensemble(X, k, bs, a.epochs, a.warmup_batches, a.lr, a.seed, a.step)
             cps = k * a.epochs * X.shape[0] / secs  # summed over the ensemble's members
             gflops = cps * train / 1e9
-            rows.append({"batch_size": bs, "models": k, "cells": X.shape[0], "genes": X.shape[1],
+            rows.append({"batch_size": bs, "models": k, "trainer": trainer,
+                         "step": "eager" if trainer == "solo" else step, "cells": X.shape[0], "genes": X.shape[1],
                          "epochs": a.epochs, "seconds": round(secs, 3), "cells_per_s": round(cps, 1),
                          "train_gflops": round(gflops, 2), "matmul_gflops": round(mm_best, 2),
                          "ratio": round(gflops / mm_best, 3), **machine})
 
-    head = ["batch", "models", "seconds", "cells/s", "train GFLOP/s", "matmul GFLOP/s", "ratio"]
+    head = ["batch", "models", "trainer", "step", "seconds", "cells/s", "train GFLOP/s", "matmul GFLOP/s", "ratio"]
     widths = [max(len(h), 8) for h in head]
     print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
     for r in rows:
-        vals = [f"{r['batch_size']}", f"{r['models']}", f"{r['seconds']:.2f}", f"{r['cells_per_s']:.0f}",
+        vals = [f"{r['batch_size']}", f"{r['models']}", r["trainer"], r["step"], f"{r['seconds']:.2f}", f"{r['cells_per_s']:.0f}",
                 f"{r['train_gflops']:.1f}", f"{r['matmul_gflops']:.1f}", f"{r['ratio']:.2f}"]
         print("  ".join(v.rjust(w) for v, w in zip(vals, widths)))
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from scunlearn.cellstats import read_cell_stats
-from scunlearn.ensemble import Ensemble, StackedVAE, _Counts, draw_masks, draw_noise, fit_ensemble, init_member
+from scunlearn import ScunlearnError
+from scunlearn.ensemble import (Ensemble, StackedVAE, _Counts, _ExactCounts, draw_masks, draw_noise, fit_ensemble,
+                                 init_member)
 from scunlearn.io import write_h5ad, write_json
 from scunlearn.model import VAEConfig, arm_dropout, build_vae, seed_everything
 from scunlearn.train import count_codes_cached, fit, load_checkpoint, log_factorial_cached
@@ -166,3 +168,76 @@ def test_members_train_as_their_solo_runs_on_cuda():
         np.testing.assert_allclose(hist["val_elbo"], ref["val_elbo"], rtol=1e-4)
         for name, v in solo.state_dict().items():
             torch.testing.assert_close(m.state_dict()[name], v, rtol=1e-3, atol=5e-4, msg=name)
+
+
+def test_exact_count_terms_equal_the_lookup_tables():
+    """The static step's count terms (lgamma / digamma shifts for every entry) equal the tables' sums, the
+    entries beyond the tables (a non-integer count, 150) included."""
+    X = _data()
+    rows = torch.tensor([[1, 3, 5, 11], [40, 41, 2, 0]])
+    flat = rows.reshape(-1)
+    x = X.index_select(0, flat)
+    tables = _Counts.of(x.view(2, 4, -1), count_codes_cached(X).index(flat, x))
+    assert tables.odd is not None  # the entries beyond the tables are in this batch
+    exact = _ExactCounts(x.view(2, 4, -1))
+    theta = torch.rand(2, 1, X.shape[1]) * 20 + 0.05
+    torch.testing.assert_close(exact.lgamma_shift(theta), tables.lgamma_shift(theta), rtol=1e-5, atol=2e-4)
+    torch.testing.assert_close(exact.digamma_shift(theta), tables.digamma_shift(theta), rtol=1e-5, atol=2e-5)
+
+
+def test_static_step_trains_as_the_eager_step():
+    """The CUDA-graph step's logic run eagerly on the CPU (static buffers filled per batch, exact count
+    terms, the partial last batch eager, buffers rebuilt as members stop): the same loss curves,
+    early stopping and weights as the eager ensemble, up to float rounding."""
+    X = _data()
+    seeds = [0, 1, 2, 3]
+    # 44 cells at batch 12: three full (static) batches and a partial one (eager) per epoch
+    kw = dict(lr=2e-2, batch_size=12, max_epochs=40, kl_warmup_epochs=1, patience=3)
+    train, val = np.arange(44), np.arange(200, 300)
+    eager = fit_ensemble(CFG, seeds, X, train, val, step="eager", **kw)
+    static = fit_ensemble(CFG, seeds, X, train, val, step="static", **kw)
+    assert len({len(h) for _, h in eager}) > 1  # members stopped at different epochs: the stack shrank
+    for (m_e, h_e), (m_s, h_s) in zip(eager, static):
+        assert len(h_s) == len(h_e)
+        assert h_s["best"].tolist() == h_e["best"].tolist()
+        np.testing.assert_allclose(h_s["train_loss"], h_e["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(h_s["val_elbo"], h_e["val_elbo"], rtol=1e-5)
+        for name, v in m_e.state_dict().items():
+            torch.testing.assert_close(m_s.state_dict()[name], v, rtol=1e-3, atol=5e-4, msg=name)
+
+
+def test_static_step_reuses_its_buffers_and_the_default_cpu_step_is_eager():
+    """A static step copies each batch into the same buffers (what a captured graph reads); on the CPU
+    ``auto`` is the eager step, and a CUDA graph or an unknown step is refused with the reason."""
+    X = _data()
+    ens = Ensemble(CFG, [3, 4], "cpu", 1e-2, step="static")
+    ens.run_epoch(X, torch.arange(48), 16, 1.0)
+    st = ens._static
+    ptr = st.x.data_ptr()
+    before = st.x.clone()
+    ens.run_epoch(X, torch.arange(48), 16, 1.0)
+    assert ens._static is st and st.x.data_ptr() == ptr and st.graph is None and st.steps == 6
+    assert not torch.equal(before, st.x)  # new rows were copied in
+    assert Ensemble(CFG, [3], "cpu", 1e-2).step_mode == "eager"
+    with pytest.raises(ScunlearnError, match="CUDA graphs need a CUDA device"):
+        Ensemble(CFG, [3], "cpu", 1e-2, step="graph")
+    with pytest.raises(ScunlearnError, match="not one of"):
+        Ensemble(CFG, [3], "cpu", 1e-2, step="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_trains_as_the_eager_step_on_cuda():
+    """On CUDA the step is captured once and replayed; members train as with eager steps (float rounding)."""
+    X = _data().cuda()
+    kw = dict(lr=1e-2, batch_size=16, max_epochs=4, kl_warmup_epochs=1, patience=2)
+    train, val = np.arange(120), np.arange(200, 300)
+    ens = Ensemble(CFG, [0, 1], "cuda", 1e-2)
+    assert ens.step_mode == "graph"
+    ens.run_epoch(X, torch.arange(120, device="cuda"), 16, 1.0)
+    assert ens._static.graph is not None
+    eager = fit_ensemble(CFG, [0, 1], X, train, val, step="eager", **kw)
+    graph = fit_ensemble(CFG, [0, 1], X, train, val, step="graph", **kw)
+    for (m_e, h_e), (m_g, h_g) in zip(eager, graph):
+        np.testing.assert_allclose(h_g["val_elbo"], h_e["val_elbo"], rtol=1e-4)
+        for name, v in m_e.state_dict().items():
+            torch.testing.assert_close(m_g.state_dict()[name], v, rtol=1e-3, atol=5e-4, msg=name)

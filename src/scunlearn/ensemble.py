@@ -67,6 +67,23 @@ class _Counts:
         return self._lookup(theta, torch.reciprocal, torch.digamma)
 
 
+class _ExactCounts:
+    """Counts x (K, B, G) whose lgamma / digamma shifts are computed for every entry, without
+    :class:`_Counts`'s tables: the same values up to float rounding (table[j] = Σ_{i<j} log(θ + i) =
+    lgamma(θ + j) − lgamma(θ)), with no data-dependent shapes (the tables' list of counts beyond them
+    is a ``nonzero``), so a step that uses them can be captured in a CUDA graph. Element-wise
+    lgamma / digamma cost a CPU several times the table gather, a GPU next to nothing."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.lgamma(self.x + theta).sub_(torch.lgamma(theta))
+
+    def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.digamma(self.x + theta).sub_(torch.digamma(theta))
+
+
 def _nb_forward(ctx, logits, log_theta, x, library, counts: _Counts) -> torch.Tensor:
     """:func:`scunlearn.model.nb_forward` with a member axis: logits / x (K, B, G), log θ (K, G),
     library (K, B, 1); returns −Σ_g log NB − Σ_g lgamma(x + 1) + ... per member and cell (K, B)."""
@@ -252,18 +269,24 @@ def init_member(cfg: VAEConfig, seed: int, device) -> tuple[dict, torch.Generato
     return state, gen
 
 
-def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device) -> list[torch.Tensor] | None:
+def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device,
+               buf: torch.Tensor | None = None) -> list[torch.Tensor] | None:
     """Every dropout layer's (K, n_rows, width) mask, member k's from ``gens[k]`` exactly as
-    :func:`scunlearn.model.arm_dropout` draws a solo model's (one block per member per step)."""
+    :func:`scunlearn.model.arm_dropout` draws a solo model's (one block per member per step).
+    ``buf``: a (K, n_rows · Σ widths) tensor to draw them into (the masks are views of it)."""
     if p <= 0.0:
         return None
     K = len(gens)
-    if p >= 1.0:
-        return [torch.zeros(K, n_rows, w, device=device) for w in widths]
     sizes = [n_rows * w for w in widths]
-    buf = torch.empty(K, sum(sizes), device=device)
-    for k, g in enumerate(gens):
-        dropout_mask((sum(sizes),), p, device, generator=g, out=buf[k])
+    if p >= 1.0:
+        if buf is None:
+            return [torch.zeros(K, n_rows, w, device=device) for w in widths]
+        buf.zero_()
+    elif buf is None:
+        buf = torch.empty(K, sum(sizes), device=device)
+    if p < 1.0:
+        for k, g in enumerate(gens):
+            dropout_mask((sum(sizes),), p, device, generator=g, out=buf[k])
     masks, off = [], 0
     for s, w in zip(sizes, widths):
         masks.append(buf[:, off:off + s].view(K, n_rows, w))
@@ -271,9 +294,11 @@ def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device) -> 
     return masks
 
 
-def draw_noise(n_rows: int, latent: int, gens: list, device) -> torch.Tensor:
-    """The reparameterisation noise (K, n_rows, latent), member k's from ``gens[k]`` (as ``randn_like(μ)``)."""
-    out = torch.empty(len(gens), n_rows, latent, device=device)
+def draw_noise(n_rows: int, latent: int, gens: list, device, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The reparameterisation noise (K, n_rows, latent), member k's from ``gens[k]`` (as ``randn_like(μ)``);
+    into ``out`` if given."""
+    if out is None:
+        out = torch.empty(len(gens), n_rows, latent, device=device)
     for k, g in enumerate(gens):
         torch.randn(n_rows, latent, generator=g, device=device, out=out[k])
     return out
@@ -281,11 +306,105 @@ def draw_noise(n_rows: int, latent: int, gens: list, device) -> torch.Tensor:
 
 # ---------------------------------------------------------------- training
 
+STEP_MODES = ("auto", "eager", "static", "graph")
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS handles, Adam's state)
+
+
+class StaticStep:
+    """One training step of an :class:`Ensemble` on fixed-shape buffers (``batch_size`` rows per member).
+
+    Each step copies its rows, log-factorials, dropout masks, noise and β into the buffers (outside
+    any graph: the masks and noise come from the members' own generators, in the eager step's
+    order), then runs forward, NB loss, backward and the fused Adam on them. With ``capture`` (CUDA
+    only) that work is recorded once as a CUDA graph after :data:`GRAPH_WARMUP_STEPS` eager steps and
+    replayed: one launch instead of ~150 kernel launches, which bound a batch-128 step on a GPU.
+    Without it the same ops run eagerly (the CPU test of this logic). The count terms are
+    :class:`_ExactCounts` (static shapes), so a member's numbers differ from the eager step's by
+    float rounding only. A capture that fails falls back to eager steps, with a warning.
+    """
+
+    def __init__(self, ens: Ensemble, X: torch.Tensor, batch_size: int, capture: bool):
+        K, G, dev = len(ens.active), X.shape[1], X.device
+        self.ens, self.K, self.B, self.G = ens, K, int(batch_size), G
+        self.widths, self.p = ens.model.widths(), float(ens.cfg.dropout)
+        self.x = torch.zeros(K, self.B, G, device=dev)
+        self.lf = torch.zeros(K, self.B, device=dev)
+        self.noise = torch.zeros(K, self.B, ens.cfg.latent, device=dev)
+        self.beta = torch.zeros((), device=dev)
+        self.mask_buf = torch.ones(K, self.B * sum(self.widths), device=dev) if self.p > 0.0 else None
+        self.capture = bool(capture) and dev.type == "cuda"
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None  # the graph's output (K,)
+        self.steps = 0
+
+    def fill(self, X: torch.Tensor, log_factorial: torch.Tensor, flat: torch.Tensor, beta: float, gens: list) -> None:
+        """Copy one batch (``flat``: the K · B row ids, member-major) and its random draws into the buffers."""
+        torch.index_select(X, 0, flat, out=self.x.view(self.K * self.B, self.G))
+        torch.index_select(log_factorial, 0, flat, out=self.lf.view(-1))
+        if self.mask_buf is not None:
+            draw_masks(self.widths, self.p, self.B, gens, self.x.device, buf=self.mask_buf)
+        draw_noise(self.B, self.ens.cfg.latent, gens, self.x.device, out=self.noise)
+        self.beta.fill_(float(beta))
+
+    def _masks(self) -> list[torch.Tensor] | None:
+        if self.mask_buf is None:
+            return None
+        out, off = [], 0
+        for w in self.widths:
+            out.append(self.mask_buf[:, off:off + self.B * w].view(self.K, self.B, w))
+            off += self.B * w
+        return out
+
+    def _forward_backward_step(self) -> torch.Tensor:
+        loss = self.ens.model.loss(self.x, self.beta, self.lf, _ExactCounts(self.x), self._masks(), self.noise)
+        loss.sum().backward()
+        self.ens.opt.step()
+        return loss.detach()
+
+    def run(self) -> torch.Tensor:
+        """One step on the buffers' batch; the members' batch losses (K,)."""
+        if self.graph is not None:
+            self.graph.replay()
+            return self.loss
+        if self.capture and self.steps >= GRAPH_WARMUP_STEPS:
+            try:
+                self.ens.opt.zero_grad(set_to_none=True)  # the captured backward then writes, not adds
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.loss = self._forward_backward_step()
+                self.graph = graph
+            except RuntimeError as e:  # an op that cannot be captured: the same step eagerly
+                log.warning("CUDA graph capture of the training step failed (%s); eager steps", e)
+                self.capture, self.graph = False, None
+            else:
+                log.info("training step captured as a CUDA graph (%d members, batch %d)", self.K, self.B)
+                graph.replay()  # capture records, it does not run: this batch's step
+                return self.loss
+        self.ens.opt.zero_grad(set_to_none=True)
+        if self.capture:  # warm-up before capture runs on a side stream, as torch's docs prescribe
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._forward_backward_step()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            loss = self._forward_backward_step()
+        self.steps += 1
+        return loss
+
+
 class Ensemble:
     """K members (one per seed) of one recipe in training: the stacked model, its Adam, each member's
-    random streams (``gens``: dropout and noise; ``orders``: data order) and which are still training."""
+    random streams (``gens``: dropout and noise; ``orders``: data order) and which are still training.
 
-    def __init__(self, cfg: VAEConfig, seeds: Sequence[int], device, lr: float):
+    ``step``: how a full batch's step runs. ``eager`` (the CPU default): as written, count terms from
+    lookup tables. ``graph``: a :class:`StaticStep` captured as a CUDA graph (the CUDA default of
+    ``auto``). ``static``: the same static step without capture (exact count terms; tests its logic on
+    CPU). The last, partial batch of an epoch always runs eagerly."""
+
+    def __init__(self, cfg: VAEConfig, seeds: Sequence[int], device, lr: float, step: str = "auto"):
+        if step not in STEP_MODES:
+            raise ScunlearnError(f"ensemble: step {step!r} is not one of {STEP_MODES}")
         self.cfg, self.seeds = cfg, [int(s) for s in seeds]
         if not self.seeds:
             raise ScunlearnError("ensemble: no seeds given")
@@ -298,6 +417,12 @@ class Ensemble:
         self.orders = [torch.Generator().manual_seed(s) for s in self.seeds]  # as run_epoch's
         self.opt = adam(self.model.params(), lr)
         self.active = list(range(len(self.seeds)))  # member ids still in the stack, in stack order
+        if step == "auto":
+            step = "graph" if self.device.type == "cuda" else "eager"
+        if step == "graph" and self.device.type != "cuda":
+            raise ScunlearnError(f"ensemble: CUDA graphs need a CUDA device, not {self.device}")
+        self.step_mode = step
+        self._static: StaticStep | None = None  # built at the first full batch; rebuilt when members leave
 
     def run_epoch(self, X: torch.Tensor, train_idx: torch.Tensor, batch_size: int, beta: float) -> list[float]:
         """:func:`scunlearn.train.run_epoch` for every active member at once; their mean batch losses."""
@@ -309,12 +434,20 @@ class Ensemble:
         perms = torch.stack([train_idx[torch.randperm(n, generator=self.orders[i]).to(dev)] for i in act])
         total = torch.zeros(K, dtype=torch.float64, device=dev)
         seen = 0
+        static = self.step_mode in ("static", "graph")
+        if static and (self._static is None or self._static.B != batch_size):
+            self._static = StaticStep(self, X, batch_size, capture=self.step_mode == "graph")
         for s in range(0, n, batch_size):
             b = perms[:, s:s + batch_size]
             B = b.shape[1]
             if B < 2:  # as run_epoch: a 1-cell batch is skipped
                 continue
             flat = b.reshape(-1)
+            if static and B == batch_size:
+                self._static.fill(X, lf, flat, beta, gens)
+                total += self._static.run() * B
+                seen += B
+                continue
             x = X.index_select(0, flat)
             index = codes.index(flat, x)
             x = x.view(K, B, -1)
@@ -333,23 +466,25 @@ class Ensemble:
         keep = [pos for pos in range(len(self.active)) if pos not in set(positions)]
         if keep and len(keep) < len(self.active):
             self.opt = self.model.keep(keep, self.opt)
+            self._static = None  # new parameter tensors: new buffers, and a new capture
         self.active = [self.active[pos] for pos in keep]
 
 
 def fit_ensemble(cfg: VAEConfig, seeds: Sequence[int], X: torch.Tensor, train_idx, val_idx, *, lr: float,
                  batch_size: int, max_epochs: int, kl_warmup_epochs: int, patience: int,
-                 min_delta: float = 0.0) -> list[tuple[VAE, pd.DataFrame]]:
+                 min_delta: float = 0.0, step: str = "auto") -> list[tuple[VAE, pd.DataFrame]]:
     """Train one VAE per seed on rows ``train_idx`` of X, all at once; [(model, history)] in seed order.
 
     Each (model, history) is what ``seed_everything(seed); m = build_vae(cfg).to(dev); fit(m, ...)``
     gives, up to float rounding: the best validation epoch's weights and the per-epoch history
     (same columns; ``seconds`` is the batched epoch's wall time over the members it trained).
-    A member that early-stops leaves the stack; the others go on.
+    A member that early-stops leaves the stack; the others go on. ``step``: :class:`Ensemble`'s
+    (``auto``: a CUDA graph of the step on CUDA, the eager step elsewhere).
     """
     dev = X.device
     train_idx = torch.as_tensor(np.asarray(train_idx), dtype=torch.long, device=dev)
     val_idx = np.asarray(val_idx)
-    ens = Ensemble(cfg, seeds, dev, lr)
+    ens = Ensemble(cfg, seeds, dev, lr, step=step)
     seeds, K = ens.seeds, len(ens.seeds)
     best = [-np.inf] * K
     best_state: list[dict | None] = [None] * K

@@ -197,7 +197,7 @@ def stage_train_ensemble(inp, out, params, threads):
     t0 = time.perf_counter()
     fitted = fit_ensemble(cfg, seeds, X, train_idx, part.validation, lr=tr["lr"], batch_size=tr["batch_size"],
                           max_epochs=tr["max_epochs"], kl_warmup_epochs=tr["kl_warmup_epochs"],
-                          patience=tr["patience"])
+                          patience=tr["patience"], step="auto" if params.get("cuda_graphs", True) else "eager")
     secs = (time.perf_counter() - t0) / len(seeds)  # each seed's share of the batched training
     log_units(log, len(seeds), "models trained")
     for i, (seed, (model, hist)) in enumerate(zip(seeds, fitted)):

@@ -5,8 +5,9 @@
 # gets its own checkpoint, history and per-cell statistics, the files the per-seed jobs write.
 
 
-# the recipe without the seeds and the way they are batched: neither changes a seed's model
-TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("seeds", "ensemble")}
+# the recipe without the seeds and the way they are batched or launched: none changes a seed's model
+# (beyond float rounding)
+TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("seeds", "ensemble", "cuda_graphs")}
 TRAIN_CODE = ("model.py", "train.py", "splits.py", "cellstats.py")
 
 
@@ -25,6 +26,7 @@ if ENSEMBLE:
             model=config["model"],
             train=TRAIN_PARAMS,
             device=config["device"],
+            cuda_graphs=config["train"]["cuda_graphs"],
         log:
             f"{OUT}/logs/baseline/ensemble.log",
         benchmark:
@@ -53,6 +55,7 @@ if ENSEMBLE:
             model=config["model"],
             train=TRAIN_PARAMS,
             device=config["device"],
+            cuda_graphs=config["train"]["cuda_graphs"],
         log:
             f"{OUT}/logs/retrain/{{forget}}/ensemble.log",
         benchmark:
