@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(h), 8) for h in head]
     print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
     for r in rows:
-        vals = [f"{r['batch_size']}", f"{r['models']}", r["trainer"], r["step"], f"{r['seconds']:.2f}", f"{r['cells_per_s']:.0f}",
+        vals = [f"{r['batch_size']}", f"{r['models']}", r["trainer"], r["step"], f"{r['seconds']:.2f}",
+                f"{r['cells_per_s']:.0f}",
                 f"{r['train_gflops']:.1f}", f"{r['matmul_gflops']:.1f}", f"{r['ratio']:.2f}"]
         print("  ".join(v.rjust(w) for v, w in zip(vals, widths)))
 

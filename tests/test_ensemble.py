@@ -6,10 +6,18 @@ import pandas as pd
 import pytest
 import torch
 
-from scunlearn.cellstats import read_cell_stats
 from scunlearn import ScunlearnError
-from scunlearn.ensemble import (Ensemble, StackedVAE, _Counts, _ExactCounts, draw_masks, draw_noise, fit_ensemble,
-                                 init_member)
+from scunlearn.cellstats import read_cell_stats
+from scunlearn.ensemble import (
+    Ensemble,
+    StackedVAE,
+    _Counts,
+    _ExactCounts,
+    draw_masks,
+    draw_noise,
+    fit_ensemble,
+    init_member,
+)
 from scunlearn.io import write_h5ad, write_json
 from scunlearn.model import VAEConfig, arm_dropout, build_vae, seed_everything
 from scunlearn.train import count_codes_cached, fit, load_checkpoint, log_factorial_cached
