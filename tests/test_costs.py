@@ -144,3 +144,48 @@ def test_stage_logs_its_process_cpu_time_when_done(tmp_path, monkeypatch):
     sys.stdout.flush()
     m = DONE.search(log.read_text())
     assert m and 0 < float(m.group(1)) < 1e4
+
+
+def _study_cost():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "study_cost.py"
+    spec = importlib.util.spec_from_file_location("study_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_cost_calibrates_unlearning_per_retrained_model(tmp_path):
+    """An ensemble retrain job trains `units` seeds: the unlearn / retrain factor is per retrained model."""
+    _job(tmp_path, "retrain/f/ensemble.tsv", "retrain/f/ensemble.log", "retrain", 40, 40, 500, 1.0, units=8)
+    _job(tmp_path, "eg/f/seed0.tsv", "unlearn/eg/f/seed0.log", "unlearn", 10, 10, 500, 1.0)
+    f = _study_cost().calibration(str(tmp_path), {"eg": {}, "other": {}})
+    assert f["eg"] == pytest.approx(10 / (40 / 8)) and f["other"] == 1.0
+
+
+@pytest.mark.parametrize("ensemble", [True, False])
+def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, capsys, ensemble):
+    """On the tiny study: with train.ensemble one training job per model, costed by a measured epoch of the
+    ensemble of all its seeds; without, one job per seed at a lone model's epoch."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "tests/data/tiny.yaml").read_text())
+    cfg["train"]["ensemble"] = ensemble
+    cfg["dataset"]["simulate"]["n_cells"] = 800
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert _study_cost().main(["--configfile", str(path), "--jobs-from-config", "--cores", "2,8"]) == 0
+    out = capsys.readouterr().out
+    jobs = next(line for line in out.splitlines() if line.startswith("# jobs"))
+    n_models = len(cfg["train"]["seeds"]) + len(cfg["audit"]["reference_seeds"])  # 3
+    assert f"baseline {1 if ensemble else n_models}," in jobs
+    assert f"retrain {2 if ensemble else 2 * n_models}," in jobs
+    assert ("batched ensemble (train.ensemble, 3 seeds" in out) == ensemble
+    upper = next(line for line in out.splitlines() if line.startswith("CPU, upper"))
+    cpu_hours = float(upper.split()[4])
+    assert cpu_hours > 0
