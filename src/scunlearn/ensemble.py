@@ -278,13 +278,11 @@ def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device,
         return None
     K = len(gens)
     sizes = [n_rows * w for w in widths]
-    if p >= 1.0:
-        if buf is None:
-            return [torch.zeros(K, n_rows, w, device=device) for w in widths]
-        buf.zero_()
-    elif buf is None:
+    if buf is None:
         buf = torch.empty(K, sum(sizes), device=device)
-    if p < 1.0:
+    if p >= 1.0:
+        buf.zero_()
+    else:
         for k, g in enumerate(gens):
             dropout_mask((sum(sizes),), p, device, generator=g, out=buf[k])
     masks, off = [], 0
