@@ -67,14 +67,17 @@ def load_config(configfile: Path) -> dict:
     return update(base, yaml.safe_load(Path(configfile).read_text()) or {})
 
 
-def startup_seconds(reps: int = 3) -> tuple[float, float]:
-    """Median (wall, CPU) seconds of a fresh interpreter importing what a training or audit job imports."""
+def startup_seconds(reps: int = 3, device: str = "cpu") -> tuple[float, float]:
+    """Median (wall, CPU) seconds of a fresh interpreter importing what a training or audit job imports
+    (and, on a GPU, creating its CUDA context, as a job on the GPU does)."""
     import resource
 
     # a job's own imports (no AnnData, scikit-learn or scipy.stats: jobs read h5ad with h5py and
     # take their folds, groups and regression from scunlearn), as in the stages' "ready" marks
     code = ("import torch, scunlearn.pipeline, scunlearn.train, scunlearn.membership, scunlearn.audit.attacks, "
             "scunlearn.audit.utility, scunlearn.audit.calibrated")
+    if device != "cpu":
+        code += f"; torch.zeros(1, device={device!r}).sum().item()"
     walls, cpus = [], []
     for _ in range(reps):
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -195,6 +198,8 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
         with open(r, "wb") as fh:
             np.savez(fh, **{k: (v + rng.normal(0, 1, v.shape) if v.dtype.kind == "f" else v) for k, v in base.items()})
     a = cfg["audit"]
+    audit_device = a.get("device") or device  # audit.device, else the study's (as the workflow's audit rule)
+    out["audit_device"] = str(P._device(audit_device))
     audit_params = {
         "run": cfg["run"], "dataset": cfg["dataset"]["source"], "forget": name, "variant": "baseline",
         "method": "baseline", "model_seeds": [0], "seed": cfg["seed"], "self_names": ["baseline/seed0"],
@@ -203,7 +208,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
         "audit": {"alpha": a.get("alpha", 0.05), "equivalence_margin": a.get("equivalence_margin", 0.05),
                   "bootstrap": a.get("bootstrap", 1000), "attacks": resolve_attacks(a.get("attacks")),
                   "utility": a.get("utility", {"max_cells": 5000, "folds": 5})},
-        "target_sum": cfg["preprocess"]["target_sum"],
+        "target_sum": cfg["preprocess"]["target_sum"], "device": audit_device,
     }
     timed("audit", lambda: P.stage_audit(
         {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"],
@@ -252,18 +257,27 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from scunlearn.model import resolve_device
+
+    resolve_device(a.device)  # a device this machine lacks stops here, naming it, before minutes of simulation
     n_threads = torch.get_num_threads()
     startup_wall, startup = startup_seconds()
+    # a job on the GPU: its imports and CUDA context, wall seconds (its CPU time is not what it costs)
+    gpu_startup = startup_seconds(device=a.device)[0] if a.device != "cpu" else startup
     with tempfile.TemporaryDirectory() as tmp:
         m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp))
     factors = calibration(a.calibrate, variants)
 
     tr = cfg["train"]
     # per-epoch job seconds: CPU seconds over the job's threads, or the wall time on a GPU
-    epoch_job_s = m["epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["epoch_s"]
+    on_gpu = a.device != "cpu"
+    audit_on_gpu = not m["audit_device"].startswith("cpu")
+    model_startup = gpu_startup if on_gpu else startup
+    audit_startup = gpu_startup if audit_on_gpu else startup
+    epoch_job_s = m["epoch_cpu_s"] / threads["train"] if not on_gpu else m["epoch_s"]
     # a baseline / retrain job: one model per seed, or (train.ensemble) all its seeds batched in one job
     ens = "ensemble_k" in m
-    train_epoch_s = ((m["ensemble_epoch_cpu_s"] / threads["train"] if a.device == "cpu" else m["ensemble_epoch_s"])
+    train_epoch_s = ((m["ensemble_epoch_cpu_s"] / threads["train"] if not on_gpu else m["ensemble_epoch_s"])
                      if ens else epoch_job_s)
     # one retrained model's share of an epoch: the unit the unlearn / retrain factors are relative to
     model_epoch_s = train_epoch_s / m["ensemble_k"] if ens else epoch_job_s
@@ -271,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def jobs_for(epochs: int) -> list[dict]:
         # CPU seconds per job, spread over the job's threads: a quiet machine's wall time per job
-        train_s = startup + epochs * train_epoch_s
+        train_s = model_startup + epochs * train_epoch_s
         small = startup + 5.0
         js = [
             {"rule": "acquire", "count": counts.get("acquire", 1), "seconds": small, "threads": 1, "stage": 0},
@@ -281,9 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             {"rule": "forget_set", "count": counts.get("forget_set", 0), "seconds": startup + m["forget_set_cpu_s"],
              "threads": 1, "stage": 3},
             {"rule": "baseline", "count": counts.get("baseline", 0), "seconds": train_s, "threads": threads["train"],
-             "stage": 4},
+             "stage": 4, "gpu": on_gpu},
             {"rule": "retrain", "count": counts.get("retrain", 0), "seconds": train_s, "threads": threads["train"],
-             "stage": 4},
+             "stage": 4, "gpu": on_gpu},
+            # sisa's shards: together one model's cells, each shard trained to its own early stop
+            {"rule": "sisa_shards", "count": counts.get("sisa_shards", 0),
+             "seconds": model_startup + epochs * epoch_job_s, "threads": threads["train"], "stage": 4,
+             "gpu": on_gpu},
             {"rule": "matched_negatives", "count": counts.get("matched_negatives", 0),
              "seconds": startup + m["matched_cpu_s"], "threads": 1, "stage": 5},
         ]
@@ -291,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         total_var = sum(n_var_jobs.values()) or 1
         for v, n in n_var_jobs.items():  # the DAG's unlearn jobs, split over variants as the config does
             js.append({"rule": f"unlearn:{v}", "count": round(n_unlearn * n / total_var),
-                       "seconds": startup + epochs * model_epoch_s * factors[v],
+                       "seconds": model_startup + epochs * model_epoch_s * factors[v],
                        "threads": threads["unlearn"],
-                       "stage": 6})
+                       "stage": 6, "gpu": on_gpu})
         js += [
             # one audit job audits every seed of a model: one start-up, `seeds` audits (each
-            # measured with its data loading, so an upper figure)
-            {"rule": "audit", "count": counts.get("audit", 0), "seconds": startup + seeds * m["audit_cpu_s"],
-             "threads": 1, "stage": 7},
+            # measured with its data loading, so an upper figure); on the GPU (audit.device) wall seconds
+            {"rule": "audit", "count": counts.get("audit", 0),
+             "seconds": audit_startup + seeds * (m["audit_s"] if audit_on_gpu else m["audit_cpu_s"]),
+             "threads": 1, "stage": 7, "gpu": audit_on_gpu},
             {"rule": "aggregate", "count": counts.get("aggregate", 1), "seconds": small, "threads": 1, "stage": 8},
             {"rule": "report", "count": counts.get("report", 1), "seconds": small, "threads": 1, "stage": 9},
         ]
@@ -319,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# measured one epoch of the batched ensemble (train.ensemble, {m['ensemble_k']} seeds, one "
               f"baseline / retrain job): {m['ensemble_epoch_s']:.1f}s wall / {m['ensemble_epoch_cpu_s']:.1f}s CPU "
               f"({m['ensemble_epoch_s'] / m['ensemble_k']:.2f}s wall per seed against {m['epoch_s']:.2f}s alone)")
-    print(f"# measured one audit {m['audit_s']:.1f}s wall / {m['audit_cpu_s']:.1f}s CPU on 1 thread; "
+    print(f"# measured one audit {m['audit_s']:.1f}s wall / {m['audit_cpu_s']:.1f}s CPU on 1 thread "
+          f"(attackers on {m['audit_device']}); "
           f"matched negatives {m['matched_s']:.1f}s")
     print("# unlearn / retrain factors: " + ", ".join(f"{v} {f:.2f}" for v, f in factors.items())
           + ("" if a.calibrate else " (assumed: no --calibrate run given)"))
@@ -332,8 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, e, est in (("CPU, upper (max_epochs)", hi_epochs, hi), ("CPU, lower (early stop)", lo_epochs, lo)):
         walls = "  ".join(f"{est['wall_h'][n]:>6.1f}h".rjust(len(f"wall@{n}c")) for n in cores)
         print(f"{label:28}{e:>14}{est['cpu_hours']:>11.1f}{est['critical_path_h']:>14.2f}h  {walls}")
-    gpu = "measured above (--device)" if a.device != "cpu" else "not measured (no GPU on this machine)"
-    print(f"{'GPU':28}{'':>14}{'':>11}{'':>15}  {gpu}")
+    if on_gpu:
+        rules = sorted({j["rule"].split(":")[0] for j in jobs_for(hi_epochs) if j.get("gpu") and j["count"]})
+        print(f"# on the GPU ({', '.join(rules)}): job-seconds summed, i.e. one GPU running its jobs one after")
+        print("# another (an upper bound on its wall time: jobs that share it overlap):")
+        for label, est in (("GPU, upper (max_epochs)", hi), ("GPU, lower (early stop)", lo)):
+            print(f"{label:28}{'':>14}{est['gpu_hours']:>10.2f}h GPU")
+    else:
+        print(f"{'GPU':28}{'':>14}{'':>11}{'':>15}  not measured (run with --device cuda where a GPU is present)")
     return 0
 
 

@@ -133,8 +133,57 @@ def test_batched_attackers_match_the_single_attacker_recipe():
     assert s.shape == (3, 200)
     for b in range(3):
         assert auc_score(y[~masks[b]], s[b, ~masks[b]]) > 0.85
-    # same seed, same scores (deterministic on CPU)
+    # same seed, same scores (deterministic on CPU); device "cpu" named is the default
     assert np.array_equal(s, fit_score_batched(X, y, masks, ATT["attacker"], seed=0))
+    assert np.array_equal(s, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cpu"))
+
+
+def _planted(seed=4):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(40), np.zeros(160)].astype(int)
+    X = rng.normal(size=(200, 6)) + y[:, None] * 1.5
+    masks = np.zeros((3, 200), dtype=bool)
+    for b in range(3):
+        masks[b, rng.permutation(200)[:150]] = True
+    return X, y, masks
+
+
+def test_attackers_leave_the_callers_random_state_alone():
+    """The attackers seed their own draws inside a forked RNG: an unlearning method that logs a shadow
+    AUC between its steps keeps its own stream of dropout and noise draws."""
+    import torch
+
+    from scunlearn.membership import fit_score_batched
+
+    X, y, masks = _planted()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_attackers_train_on_cuda_as_on_the_cpu():
+    """audit.device cuda: the same attackers (initial weights from the CPU generator), trained on the GPU
+    (dropout drawn there): each fold's AUC as on the CPU within noise; the caller's CUDA RNG untouched."""
+    import torch
+
+    from scunlearn.membership import fit_score_batched
+
+    X, y, masks = _planted()
+    cpu = fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cpu")
+    torch.cuda.manual_seed(7)
+    expected = torch.rand(3, device="cuda")
+    torch.cuda.manual_seed(7)
+    gpu = fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda")
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    assert gpu.shape == cpu.shape and np.isfinite(gpu).all()
+    for b in range(3):
+        a_cpu, a_gpu = (auc_score(y[~masks[b]], s[b, ~masks[b]]) for s in (cpu, gpu))
+        assert a_gpu > 0.85 and abs(a_gpu - a_cpu) < 0.05, (b, a_cpu, a_gpu)
+    assert np.array_equal(gpu, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda")) or \
+        np.allclose(gpu, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda"), atol=1e-4)
 
 
 def _matched_null(seed=3):

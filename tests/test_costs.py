@@ -96,6 +96,11 @@ def test_parse_job_stats_and_study_estimate():
     assert est["wall_h"][1] == pytest.approx(core_s / 3600)
     assert est["wall_h"][4] == pytest.approx(core_s / 4 / 3600)
     assert est["wall_h"][1000] == pytest.approx(110 / 3600)  # the critical path: one baseline, then one audit
+    assert est["gpu_hours"] == 0.0  # no job on a GPU
+    jobs[0]["gpu"] = jobs[1]["gpu"] = True
+    assert study_estimate(jobs, [4])["gpu_hours"] == pytest.approx((4 * 100 + 56 * 10) / 3600)
+    jobs[1]["gpu"] = False  # audit.device: cpu
+    assert study_estimate(jobs, [4])["gpu_hours"] == pytest.approx(4 * 100 / 3600)
 
 
 def test_tune_allocator_takes_effect_on_linux_glibc():
@@ -186,6 +191,8 @@ def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, cap
     assert f"baseline {1 if ensemble else n_models}," in jobs
     assert f"retrain {2 if ensemble else 2 * n_models}," in jobs
     assert ("batched ensemble (train.ensemble, 3 seeds" in out) == ensemble
+    assert "(attackers on cpu)" in out  # audit.device unset: the study's device, cpu here
+    assert "GPU-hours" not in out and "not measured (run with --device cuda" in out
     upper = next(line for line in out.splitlines() if line.startswith("CPU, upper"))
     cpu_hours = float(upper.split()[4])
     assert cpu_hours > 0

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = ROOT / "profiles/slurm/config.yaml"
 GPU = ROOT / "profiles/slurm-gpu/config.yaml"
-GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards"}
+GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards", "audit"}
 
 
 def _load(path):
@@ -92,3 +92,12 @@ def test_model_rules_take_the_gpu_resource_only_when_config_asks_for_cuda(tmp_pa
     assert taking == (GPU_RULES if gpus else set())
     for rule in GPU_RULES:
         assert jobs[rule]["gpu"] == str(gpus)
+
+
+def test_audit_device_cpu_keeps_the_audits_off_the_gpu(tmp_path):
+    """audit.device: cpu with device cuda: the model rules take the GPU, the audits do not (and get the cpu
+    device as their param, so changing it reruns them)."""
+    jobs = _dry_run(tmp_path, extra=["--cores", "16", "--resources", "gpu=1", "--config", "device=cuda",
+                                     "audit={'device': 'cpu'}"])
+    assert jobs["audit"]["gpu"] == "0"
+    assert {r for r, res in jobs.items() if int(res.get("gpu", 0)) > 0} == GPU_RULES - {"audit"}

@@ -265,9 +265,11 @@ def study_estimate(jobs: list[dict], cores: list[int]) -> dict:
     """Total CPU-hours and wall time on N cores of a list of jobs.
 
     Each job: ``rule``, ``count``, ``seconds`` (wall of one job), ``threads`` and ``stage``
-    (its position on the critical path: jobs of one stage run after the previous stage's).
-    Wall on N cores = max(critical path, core-seconds / N): the DAG is wide (many
-    independent models), so beyond a few cores it is the critical path that limits.
+    (its position on the critical path: jobs of one stage run after the previous stage's),
+    and ``gpu`` (optional: the job runs on the GPU). Wall on N cores = max(critical path,
+    core-seconds / N): the DAG is wide (many independent models), so beyond a few cores it is
+    the critical path that limits. ``gpu_hours``: the GPU jobs' seconds summed (one GPU
+    running them one after another).
     """
     core_s = sum(j["count"] * j["seconds"] * j["threads"] for j in jobs)
     stages: dict[int, float] = {}
@@ -276,6 +278,7 @@ def study_estimate(jobs: list[dict], cores: list[int]) -> dict:
     critical = sum(stages.values())
     return {
         "cpu_hours": core_s / 3600,
+        "gpu_hours": sum(j["count"] * j["seconds"] for j in jobs if j.get("gpu")) / 3600,
         "critical_path_h": critical / 3600,
         "wall_h": {n: max(critical, core_s / n) / 3600 for n in cores},
     }

@@ -153,7 +153,13 @@ def _relu_dropout(h: torch.Tensor, p: float) -> torch.Tensor:
     return h * mask
 
 
-def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: dict, seed: int) -> np.ndarray:
+def _rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose RNG a forked RNG must save and restore (none on the CPU)."""
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: dict, seed: int,
+                      device: torch.device | str | None = None) -> np.ndarray:
     """Train one attacker per row of ``masks`` (its training rows) and score every cell: (B, n).
 
     Each attacker's forward and backward pass runs over its own training rows only (padded
@@ -161,11 +167,12 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
     weighted zero: the same loss, about a fifth less work.
     """
     masks = np.asarray(masks, dtype=bool)
-    with torch.random.fork_rng(devices=[]):
+    dev = torch.device(device if device is not None else "cpu")
+    with torch.random.fork_rng(devices=_rng_devices(dev)):
         torch.manual_seed(seed)
-        X = torch.as_tensor(np.asarray(feats), dtype=torch.float32)
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        M = torch.as_tensor(masks, dtype=torch.float32)  # (B, n)
+        X = torch.as_tensor(np.asarray(feats), dtype=torch.float32, device=dev)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.float32, device=dev)
+        M = torch.as_tensor(masks, dtype=torch.float32, device=dev)  # (B, n)
         cnt = M.sum(1, keepdim=True)
         mean = M @ X / cnt
         std = ((M @ X**2) / cnt - mean**2).clamp_min(0).mul(cnt / (cnt - 1).clamp_min(1)).sqrt().clamp_min(1e-6)
@@ -177,13 +184,15 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
         for b, m in enumerate(masks):
             r = np.flatnonzero(m)
             rows[b, : len(r)], valid[b, : len(r)] = r, True
-        rows_t = torch.as_tensor(rows)
+        rows_t = torch.as_tensor(rows, device=dev)
         xt = torch.gather(xs, 1, rows_t[:, :, None].expand(-1, -1, xs.shape[2]))  # (B, width, d)
         target = yt[rows_t]
         n_pos = (M * yt).sum(1).clamp_min(1.0)
         pos_weight = (cnt[:, 0] - n_pos) / n_pos  # class balance of each attacker's own fold
-        w = torch.as_tensor(valid, dtype=torch.float32) * torch.where(target.bool(), pos_weight[:, None], 1.0)
-        att = BatchedAttackers(M.shape[0], X.shape[1], tuple(cfg["hidden"]), cfg["dropout"])
+        w = torch.as_tensor(valid, dtype=torch.float32, device=dev) * torch.where(target.bool(), pos_weight[:, None],
+                                                                                   1.0)
+        # built on the CPU (its initial draws from the CPU generator, as before devices existed), then moved
+        att = BatchedAttackers(M.shape[0], X.shape[1], tuple(cfg["hidden"]), cfg["dropout"]).to(dev)
         params = list(att.parameters())
         opt = adam(params, cfg["lr"], weight_decay=cfg["weight_decay"])
         att.train()
@@ -196,7 +205,7 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
             opt.step()
         att.eval()
         with torch.no_grad():
-            return att(xs).double().numpy()
+            return att(xs).double().cpu().numpy()
 
 
 def bce_balanced(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -240,18 +249,20 @@ def fold_splits(y: np.ndarray, folds: int, repeats: int, seed: int, groups=None)
     yield from splits_from_folds(repeated_stratified_test_folds(y, folds, repeats, seed, groups), folds)
 
 
-def held_out_scores(feats: np.ndarray, y: np.ndarray, splits, cfg: dict, seed: int) -> list[np.ndarray]:
+def held_out_scores(feats: np.ndarray, y: np.ndarray, splits, cfg: dict, seed: int,
+                    device: torch.device | str | None = None) -> list[np.ndarray]:
     """Each (repeat, train, test) split's held-out scores: one attacker per split, trained on its
-    train rows, all trained as one batched model (:func:`fit_score_batched`)."""
+    train rows, all trained as one batched model (:func:`fit_score_batched`, on ``device``)."""
     splits = list(splits)
     masks = np.zeros((len(splits), len(y)), dtype=bool)
     for i, (_, tr, _) in enumerate(splits):
         masks[i, tr] = True
-    scores = fit_score_batched(feats, y, masks, cfg, seed)
+    scores = fit_score_batched(feats, y, masks, cfg, seed, device)
     return [scores[i, te] for i, (_, _, te) in enumerate(splits)]
 
 
-def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3, groups=None) -> float:
+def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: int = 3, groups=None,
+               device: torch.device | str | None = None) -> float:
     """A quick single-repeat out-of-fold AUC: the shadow attacker used to steer unlearning.
 
     Each cell is scored by the attacker of the fold that held it out (:func:`held_out_scores`),
@@ -261,6 +272,6 @@ def shadow_auc(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, folds: in
     folds = min(folds, int(y.sum()), int((1 - y).sum()))
     splits = list(fold_splits(y, folds, 1, seed, groups))
     s = np.full(len(y), np.nan)
-    for (_, _, te), scores in zip(splits, held_out_scores(feats, y, splits, cfg, seed)):
+    for (_, _, te), scores in zip(splits, held_out_scores(feats, y, splits, cfg, seed, device)):
         s[te] = scores
     return auc_score(y, s)

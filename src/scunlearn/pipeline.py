@@ -315,8 +315,6 @@ def stage_audit(inp, out, params, threads):
     is the same whichever seeds share its job; each record is written (atomically) as soon
     as it is done.
     """
-    import torch
-
     # the audit's imports, before the data are read: start-up is measured to the last ready mark
     # (in _load_experiment), so they count as start-up, as they did with one job per model
     from .audit import attacks, data, utility  # noqa: F401
@@ -332,7 +330,8 @@ def stage_audit(inp, out, params, threads):
             f"cell statistics, {len(benches)} benchmarks, {len(seeds)} seeds, {len(self_names)} names and "
             f"{len(outs)} outputs: one of each per audited seed")
     seed_everything(int(params["seed"]), threads)
-    shared = _audit_shared(inp, params, torch.device("cpu"))
+    # audit.device (default: the study's device): the attackers train there, the model and counts live there
+    shared = _audit_shared(inp, params, _device(params.get("device") or "cpu"))
     log_units(log, len(models), "models audited")
     shares = list(params.get("bench_models") or [1] * len(models))
     for model_path, cells_path, bench, model_seed, self_name, path, share in zip(models, cells, benches, seeds,
@@ -446,7 +445,7 @@ def _audit_model(shared: dict, params: dict, model_path, cells_path, bench_path,
 
     adata, X, part = shared["adata"], shared["X"], shared["part"]
     seed = int(params["seed"])
-    model, meta = load_checkpoint(model_path)
+    model, meta = load_checkpoint(model_path, X.device)
     check_genes(model, adata, model_path, meta)
     cfg = params["audit"]
     # each model's attacks get their own copies of the shared arrays (small): an attack that

@@ -43,7 +43,7 @@ rule audit:
         bench_models=lambda w: [_trained_together(w.model)] * len(SEEDS),
         seed=config["seed"],
         audit={
-            **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds")},
+            **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds", "device")},
             "attacks": ATTACKS,
         },
         self_names=lambda w: audit_names(w)["self_names"],
@@ -51,6 +51,7 @@ rule audit:
         ref_baseline=lambda w: audit_names(w)["ref_baseline"],
         controls=lambda w: audit_names(w)["controls"],
         target_sum=config["preprocess"]["target_sum"],
+        device=AUDIT_DEVICE,
     log:
         f"{OUT}/logs/audit/{{forget}}/{{model}}.log",
     benchmark:
@@ -58,11 +59,12 @@ rule audit:
     wildcard_constraints:
         model=alternatives(["baseline", "retrain", *VARIANTS]),
     conda:
-        ENV_TORCH
+        ENV_AUDIT
     threads: 1
     resources:
         mem_mb=8000,
         runtime=60 * len(SEEDS),  # minutes: an hour per audited model, as when each had its own job
+        gpu=AUDIT_GPUS,
     script:
         "../scripts/audit.py"
 

@@ -50,9 +50,14 @@ ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cu
 # GPUs per model job (baseline, retrain, unlearn, sisa_shards): 1 when config asks for CUDA, so that
 # `--resources gpu=N` caps how many run on the GPU at once and the Slurm plugin asks for one (--gpus=1);
 # else 0 (device auto, cpu, mps), which needs no gpu resource anywhere. auto is not resolved here: the
-# workflow parses without torch (the login node, the Snakemake-only environment). Matched negatives and
-# audits run on the CPU, data and report rules too: they never take a GPU.
+# workflow parses without torch (the login node, the Snakemake-only environment). Matched negatives,
+# data and report rules run on the CPU: they never take a GPU. Audits: AUDIT_GPUS below.
 MODEL_GPUS = 1 if str(config["device"]).startswith("cuda") else 0
+# The audit's device (audit.device, default the study's): its MLP attack trains k x repeats attackers
+# per model, ~90% of a PBMC-size audit on a CPU and seconds on a GPU. audit.device: cpu keeps it off.
+AUDIT_DEVICE = config["audit"].get("device") or config["device"]
+AUDIT_GPUS = 1 if str(AUDIT_DEVICE).startswith("cuda") else 0
+ENV_AUDIT = "../../envs/torch-cuda.yaml" if AUDIT_GPUS else "../../envs/torch.yaml"
 
 
 def from_base(path):

@@ -29,7 +29,7 @@ def _fold_bootstrap(y: np.ndarray, scores: list[np.ndarray], tests: list[np.ndar
     return total / len(scores)
 
 
-def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, groups=None) -> dict:
+def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, groups=None, device=None) -> dict:
     """The paper's post-hoc attack on one model, scored without bias.
 
     Fresh attackers, one per fold and repeat (trained as one batched model), each scoring
@@ -39,14 +39,15 @@ def mia(feats: np.ndarray, y: np.ndarray, cfg: dict, seed: int, groups=None) -> 
     group within one fold: the audit passes neighbourhoods of forget cells with their
     matched negatives. CI: bootstrap of the mean per-fold AUC (members and non-members
     resampled within each fold). TPR at low FPR comes from the cells' mean out-of-fold
-    score (pooled over attackers, so it is a conservative reading).
+    score (pooled over attackers, so it is a conservative reading). The attackers train on
+    ``device`` (default the CPU); the scores, AUCs and bootstrap are computed on the CPU.
     """
     y = np.asarray(y).astype(int)
     folds = min(cfg["folds"], int(y.sum()), int((1 - y).sum()))
     if folds < 2:
         raise ValueError(f"need at least 2 positives and 2 negatives, got {int(y.sum())} / {int((1 - y).sum())}")
     splits = list(fold_splits(y, folds, cfg["repeats"], seed, groups))
-    fold_scores = held_out_scores(feats, y, splits, cfg["attacker"], seed)
+    fold_scores = held_out_scores(feats, y, splits, cfg["attacker"], seed, device)
     keep = [i for i, (_, _, te) in enumerate(splits) if 0 < y[te].sum() < len(te)]
     fold_auc = np.array([auc_score(y[splits[i][2]], fold_scores[i]) for i in keep])
     reps = np.array([splits[i][0] for i in keep])

@@ -37,6 +37,11 @@ class AuditData:
     forget_kind: str | None = None  # the forget set's kind (cell_type, cluster, random)
 
     @property
+    def device(self):
+        """Where the audit's model and counts live (the ``audit.device``): attacks that train run there."""
+        return getattr(self.X, "device", None)
+
+    @property
     def matched(self) -> np.ndarray:
         return self.negatives["matched"]
 

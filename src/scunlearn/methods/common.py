@@ -93,7 +93,8 @@ class MembershipSet:
 
     def shadow(self, model: VAE, cfg: dict, seed: int) -> float:
         """A fresh shadow attacker's grouped out-of-fold AUC: the method's own progress signal."""
-        return shadow_auc(self.features(model), self.y.cpu().numpy(), cfg, seed, groups=self.groups)
+        return shadow_auc(self.features(model), self.y.cpu().numpy(), cfg, seed, groups=self.groups,
+                          device=self.x.device)
 
     def losses(self, model: VAE) -> dict[str, float]:
         """The trajectory's movement columns, deterministic (eval mode, z = μ), per gene:

@@ -8,4 +8,4 @@ from ..data import AuditData
 
 def run(data: AuditData, params: dict) -> dict:
     cfg = {**params, "bootstrap": data.bootstrap}
-    return mia(data.features, data.labels, cfg, data.seed, groups=data.groups)
+    return mia(data.features, data.labels, cfg, data.seed, groups=data.groups, device=data.device)

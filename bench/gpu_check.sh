@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU checks of one short session, in one script with its own time limits: training throughput
+# (CUDA-graph and eager steps, one model and an 8-seed ensemble), the CUDA tests, the PBMC study's
+# cost on the GPU (bench/study_cost.py --device cuda), the demo on CUDA, and (if time is left) the
+# demo on the machine's CPU cores for comparison. Each step's output goes to $OUT (default
+# bench/out/gpu_check); the console gets the tails. Run from the repository root:
+#
+#     bash bench/gpu_check.sh [SECONDS]      # SECONDS: the whole script's budget (default 540)
+#
+# Dependencies not installed on the machine can be carried as wheels in .whl/ (installed with
+# --no-deps into /tmp/site, which goes first on PYTHONPATH); see bench/README.md, "GPU".
+set -u
+BUDGET=${1:-540}
+OUT=${OUT:-bench/out/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+step() { echo "== $1 ($(($(date +%s) - T0)) s in, $(left) s left)"; }
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/src
+else
+    export PYTHONPATH=$PWD/src
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, pandas, anndata, snakemake; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'pandas', pandas.__version__, 'anndata', anndata.__version__, 'snakemake', snakemake.__version__)" | tee -a "$OUT/gpu.txt"
+
+step "training throughput: CUDA-graph step (auto), one model and 8 seeds batched"
+timeout 120 python3 bench/train_throughput.py --device cuda --batch-sizes 128,512 --ensemble 1,8 --epochs 1 \
+    --out "$OUT/throughput.tsv" > "$OUT/throughput.log" 2>&1
+tail -7 "$OUT/throughput.log"
+step "training throughput: eager step, for comparison"
+timeout 90 python3 bench/train_throughput.py --device cuda --batch-sizes 128 --ensemble 1,8 --step eager --epochs 1 \
+    --out "$OUT/throughput_eager.tsv" > "$OUT/throughput_eager.log" 2>&1
+tail -4 "$OUT/throughput_eager.log"
+
+step "CUDA tests (graph step vs eager, members vs solo runs, attackers on CUDA, device selection)"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_ensemble.py tests/test_audit.py tests/test_gpu_path.py \
+    -k "cuda or gpu" > "$OUT/cuda_tests.log" 2>&1
+tail -3 "$OUT/cuda_tests.log"
+
+step "the PBMC study's cost on this GPU (study_cost --device cuda, demo calibration if present)"
+CAL=()
+[ -d results/demo/benchmarks ] && CAL=(--calibrate results/demo)
+timeout 240 python3 bench/study_cost.py --configfile config/config.yaml --device cuda --cores 16 "${CAL[@]}" \
+    > "$OUT/study_cost_cuda.log" 2>&1
+tail -14 "$OUT/study_cost_cuda.log"
+
+step "the demo on CUDA (--cores 16, --resources gpu=8)"
+if [ "$(left)" -gt 60 ]; then
+    /usr/bin/time -f "demo cuda wall %e s" timeout $(($(left) - 40)) python3 -m snakemake --cores 16 --resources gpu=8 \
+        --configfile config/demo.yaml --config device=cuda run=demo-cuda --quiet rules > "$OUT/demo_cuda.log" 2>&1
+    tail -3 "$OUT/demo_cuda.log"
+    timeout 30 python3 bench/stage_costs.py results/demo-cuda > "$OUT/stage_costs_cuda.txt" 2>&1
+    head -22 "$OUT/stage_costs_cuda.txt"
+    grep -h "controls on" results/demo-cuda/logs/controls/*.log 2>/dev/null | cut -c40-260
+fi
+
+step "the demo on the CPU cores (--config device=cpu), if time is left"
+if [ "$(left)" -gt 120 ]; then
+    /usr/bin/time -f "demo cpu wall %e s" timeout $(($(left) - 15)) python3 -m snakemake --cores 16 \
+        --configfile config/demo.yaml --config device=cpu run=demo-cpu16 --quiet rules > "$OUT/demo_cpu.log" 2>&1
+    tail -3 "$OUT/demo_cpu.log"
+    timeout 10 python3 bench/stage_costs.py results/demo-cpu16 > "$OUT/stage_costs_cpu.txt" 2>&1
+    head -22 "$OUT/stage_costs_cpu.txt"
+fi
+step "end"
