@@ -36,8 +36,10 @@ PIP_TO_CONDA = {"torch": "pytorch", "igraph": "python-igraph"}
 NOT_IN_RULE_ENVS = {"snakemake", "jsonschema"}
 #: packages a module needs without importing them: scanpy loads them for the flavours used
 HIDDEN_IMPORTS = {"scunlearn.preprocess": {"skmisc", "igraph"}}
-#: the environment variables in common.smk -> file (the CUDA one is chosen by config `device`)
-ENV_VARS = {"ENV_DATA": "data.yaml", "ENV_TORCH": "torch.yaml", "ENV_REPORT": "report.yaml"}
+#: the environment variables in common.smk -> file (the CUDA one is chosen by config `device`, for the
+#: audit by `audit.device`)
+ENV_VARS = {"ENV_DATA": "data.yaml", "ENV_TORCH": "torch.yaml", "ENV_REPORT": "report.yaml",
+            "ENV_AUDIT": "torch.yaml"}
 #: conda-only or build-support packages that need no pyproject counterpart
 CONDA_ONLY = {"python"}
 
@@ -257,6 +259,7 @@ def test_common_smk_points_to_the_env_files():
         assert re.search(rf'^{var} = .*"\.\./\.\./envs/{re.escape(file)}"', text, re.M), var
     # the CUDA build when config asks for CUDA
     assert re.search(r'^ENV_TORCH = "\.\./\.\./envs/torch-cuda\.yaml" if .*config\["device"\]', text, re.M)
+    assert re.search(r'^ENV_AUDIT = "\.\./\.\./envs/torch-cuda\.yaml" if AUDIT_GPUS', text, re.M)
 
 
 @pytest.mark.parametrize("rule", sorted(_rules()))
