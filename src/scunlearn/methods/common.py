@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..matched import matched_negatives
-from ..membership import feature_grad, features_from_terms, shadow_auc
+from ..membership import _rng_devices, feature_grad, features_from_terms, shadow_auc
 from ..model import VAE, cell_terms, elbo
 from ..train import adam, rows_loss, run_epoch
 from .context import UnlearnContext
@@ -125,10 +125,6 @@ def shares(norms: dict[str, float]) -> dict[str, float]:
     """Each term's gradient share ‖g_term‖ / Σ ‖g‖ as ``grad_share_<term>`` columns."""
     tot = sum(norms.values()) or 1.0
     return {f"grad_share_{k}": v / tot for k, v in norms.items()}
-
-
-def _rng_devices(device: torch.device) -> list:
-    return [device.index or 0] if device.type == "cuda" else []
 
 
 def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_size: int, patience: int,
