@@ -279,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ens = "ensemble_k" in m
     train_epoch_s = ((m["ensemble_epoch_cpu_s"] / threads["train"] if not on_gpu else m["ensemble_epoch_s"])
                      if ens else epoch_job_s)
-    # one retrained model's share of an epoch: the unit the unlearn / retrain factors are relative to
-    model_epoch_s = train_epoch_s / m["ensemble_k"] if ens else epoch_job_s
+    # the unit of the unlearn / retrain factors: one model trained alone, on the device. An unlearning job
+    # trains one model (never batched); the factors come from a CPU run, where a retrained model's share of
+    # its ensemble job is what it costs alone (bench/README), so they are unlearning over lone training.
+    # On a GPU a lone model is launch-bound and several times an ensemble member's share.
+    model_epoch_s = epoch_job_s
     hi_epochs, lo_epochs = tr["max_epochs"], min(tr["max_epochs"], tr["kl_warmup_epochs"] + tr["patience"] + 1)
 
     def jobs_for(epochs: int) -> list[dict]:
@@ -343,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
           f"matched negatives {m['matched_s']:.1f}s")
     print("# unlearn / retrain factors: " + ", ".join(f"{v} {f:.2f}" for v, f in factors.items())
           + ("" if a.calibrate else " (assumed: no --calibrate run given)"))
+    print("# unlearning job = start-up + epochs x one lone model's epoch on the device x its factor (calibrate "
+          "from a CPU run: there a retrained model's share of its ensemble job is what it costs alone; on a GPU "
+          "it is several times less)")
     print("# acquire, preprocess, aggregate, report: start-up + 5 s each (not measured at full size)")
     print("# model: job time = its CPU seconds / its threads (CPU time, not wall: on a shared machine the wall")
     print("# clock counts other users' work); wall on N cores = max(critical path, core-seconds / N)")
