@@ -54,7 +54,7 @@ ENV_TORCH = "../../envs/torch-cuda.yaml" if str(config["device"]).startswith("cu
 # data and report rules run on the CPU: they never take a GPU. Audits: AUDIT_GPUS below.
 MODEL_GPUS = 1 if str(config["device"]).startswith("cuda") else 0
 # The audit's device (audit.device, default the study's): its MLP attack trains k x repeats attackers
-# per model, ~90% of a PBMC-size audit on a CPU and seconds on a GPU. audit.device: cpu keeps it off.
+# per model, 98% of a PBMC-size audit on a CPU and seconds on a GPU. audit.device: cpu keeps it off.
 AUDIT_DEVICE = config["audit"].get("device") or config["device"]
 AUDIT_GPUS = 1 if str(AUDIT_DEVICE).startswith("cuda") else 0
 ENV_AUDIT = "../../envs/torch-cuda.yaml" if AUDIT_GPUS else "../../envs/torch.yaml"
