@@ -277,18 +277,23 @@ def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device,
     if p <= 0.0:
         return None
     K = len(gens)
-    sizes = [n_rows * w for w in widths]
+    total = n_rows * sum(widths)
     if buf is None:
-        buf = torch.empty(K, sum(sizes), device=device)
+        buf = torch.empty(K, total, device=device)
     if p >= 1.0:
         buf.zero_()
     else:
         for k, g in enumerate(gens):
-            dropout_mask((sum(sizes),), p, device, generator=g, out=buf[k])
+            dropout_mask((total,), p, device, generator=g, out=buf[k])
+    return mask_views(buf, widths, n_rows)
+
+
+def mask_views(buf: torch.Tensor, widths: list[int], n_rows: int) -> list[torch.Tensor]:
+    """Each dropout layer's (K, n_rows, width) mask as a view of the (K, n_rows · Σ widths) ``buf``."""
     masks, off = [], 0
-    for s, w in zip(sizes, widths):
-        masks.append(buf[:, off:off + s].view(K, n_rows, w))
-        off += s
+    for w in widths:
+        masks.append(buf[:, off:off + n_rows * w].view(buf.shape[0], n_rows, w))
+        off += n_rows * w
     return masks
 
 
@@ -331,6 +336,8 @@ class StaticStep:
         self.noise = torch.zeros(K, self.B, ens.cfg.latent, device=dev)
         self.beta = torch.zeros((), device=dev)
         self.mask_buf = torch.ones(K, self.B * sum(self.widths), device=dev) if self.p > 0.0 else None
+        # views of mask_buf, fixed like it: refilled in place each step
+        self.masks = mask_views(self.mask_buf, self.widths, self.B) if self.mask_buf is not None else None
         self.capture = bool(capture) and dev.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None  # the graph's output (K,)
@@ -345,17 +352,10 @@ class StaticStep:
         draw_noise(self.B, self.ens.cfg.latent, gens, self.x.device, out=self.noise)
         self.beta.fill_(float(beta))
 
-    def _masks(self) -> list[torch.Tensor] | None:
-        if self.mask_buf is None:
-            return None
-        out, off = [], 0
-        for w in self.widths:
-            out.append(self.mask_buf[:, off:off + self.B * w].view(self.K, self.B, w))
-            off += self.B * w
-        return out
-
     def _forward_backward_step(self) -> torch.Tensor:
-        loss = self.ens.model.loss(self.x, self.beta, self.lf, _ExactCounts(self.x), self._masks(), self.noise)
+        loss = self.ens.model.loss(self.x, self.beta, self.lf, _ExactCounts(self.x),
+                                   None if self.masks is None else list(self.masks),  # the loss pops them
+                                   self.noise)
         loss.sum().backward()
         self.ens.opt.step()
         return loss.detach()
