@@ -22,7 +22,18 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import ScunlearnError
-from .model import COUNT_TABLE, EPS, VAE, VAEConfig, build_vae, dropout_mask, kl_normal, log_factorial_rows, nb_backward
+from .model import (
+    COUNT_TABLE,
+    EPS,
+    VAE,
+    VAEConfig,
+    build_vae,
+    count_shift,
+    dropout_mask,
+    kl_normal,
+    log_factorial_rows,
+    nb_backward,
+)
 from .train import adam, count_codes_cached, kl_weight, log_factorial_cached
 
 log = logging.getLogger(__name__)
@@ -49,22 +60,16 @@ class _Counts:
             odd = (torch.div(rows, B, rounding_mode="floor"), rows % B, cols)
         return cls(x, index.k.view(K, B, G), odd)
 
-    def _lookup(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
-        # theta (K, 1, G): table[m, j] = Σ_{i<j} term(θ_m + i), gathered per member along the table axis
-        j = torch.arange(COUNT_TABLE - 1, dtype=theta.dtype, device=theta.device).view(1, -1, 1)
-        table = torch.cat([theta.new_zeros(theta.shape), term(theta + j).cumsum(1)], 1)
-        out = table.gather(1, self.k)
-        if self.odd is not None:
-            m, r, c = self.odd
-            t = theta[m, 0, c]
-            out[m, r, c] = exact(self.x[m, r, c] + t) - exact(t)
-        return out
+    def _shift(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
+        # theta (K, 1, G): member m's table from its own θ; an odd entry (m, r, c) takes θ[m, 0, c]
+        theta_odd = None if self.odd is None else theta[self.odd[0], 0, self.odd[2]]
+        return count_shift(self.x, self.k, self.odd, theta, theta_odd, term, exact)
 
     def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._lookup(theta, torch.log, torch.lgamma)
+        return self._shift(theta, torch.log, torch.lgamma)
 
     def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._lookup(theta, torch.reciprocal, torch.digamma)
+        return self._shift(theta, torch.reciprocal, torch.digamma)
 
 
 class _ExactCounts:

@@ -61,22 +61,34 @@ class _CountIndex:
             odd = mask.nonzero(as_tuple=True) if bool(mask.any()) else None
         self.k, self.odd = k, odd
 
-    def _lookup(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
-        j = torch.arange(COUNT_TABLE - 1, dtype=theta.dtype, device=theta.device).unsqueeze(-1)
-        table = torch.cat([theta.new_zeros(1, theta.shape[-1]), term(theta + j).cumsum(0)])
-        out = table.gather(0, self.k)
-        if self.odd is not None:
-            rows, cols = self.odd
-            out[rows, cols] = exact(self.x[rows, cols] + theta[cols]) - exact(theta[cols])
-        return out
+    def _shift(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
+        theta_odd = None if self.odd is None else theta[self.odd[1]]
+        return count_shift(self.x, self.k, self.odd, theta.unsqueeze(0), theta_odd, term, exact)
 
     def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
         """lgamma(x + θ) - lgamma(θ) for per-gene θ."""
-        return self._lookup(theta, torch.log, torch.lgamma)
+        return self._shift(theta, torch.log, torch.lgamma)
 
     def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
         """ψ(x + θ) - ψ(θ) for per-gene θ."""
-        return self._lookup(theta, torch.reciprocal, torch.digamma)
+        return self._shift(theta, torch.reciprocal, torch.digamma)
+
+
+def count_shift(x: torch.Tensor, k: torch.Tensor, odd: tuple | None, theta: torch.Tensor,
+                theta_odd: torch.Tensor | None, term, exact) -> torch.Tensor:
+    """Σ_{j<x} term(θ + j) for every entry of x, by table: :class:`_CountIndex`'s (θ (1, G), k (B, G))
+    and the ensemble's member-wise one (θ (K, 1, G), k (K, B, G)) in one definition.
+
+    ``table[..., j, g] = Σ_{i<j} term(θ_g + i)`` along the second-last axis, gathered at k. The
+    ``odd`` entries (an index tuple into x), beyond the table or not integers, get
+    ``exact(x + θ) − exact(θ)`` with ``theta_odd`` their θ.
+    """
+    j = torch.arange(COUNT_TABLE - 1, dtype=theta.dtype, device=theta.device).unsqueeze(-1)
+    table = torch.cat([theta.new_zeros(theta.shape), term(theta + j).cumsum(-2)], -2)
+    out = table.gather(-2, k)
+    if odd is not None:
+        out[odd] = exact(x[odd] + theta_odd) - exact(theta_odd)
+    return out
 
 
 class CountCodes:
