@@ -21,12 +21,17 @@ What it does, on this machine, in one run:
    times the seeds (one audit job audits every seed of a model);
 5. prints CPU-hours and the wall time on N cores (max of the critical path and
    core-seconds / N). GPU: not measured unless run where one is present (``--device``).
+   There it prints the GPU jobs' hours one after another, and (``--share``, default 8) with
+   n jobs sharing the GPU (``snakemake --resources gpu=n``): n fresh processes each train a
+   lone model at once, and their epoch against one alone gives the slowdown of the lone-model
+   jobs (unlearning, SISA's shards), which are launch-bound and overlap.
 
 Usage (from the repository root)::
 
     python bench/study_cost.py --configfile config/config.yaml
     python bench/study_cost.py --configfile config/config.yaml --calibrate results/demo --cores 2,8,32
     python bench/study_cost.py --configfile config/demo.yaml      # the demo, as a check against a real run
+    python bench/study_cost.py --configfile config/config.yaml --device cuda --share 8,16 --calibrate results/demo
 """
 
 from __future__ import annotations
@@ -108,8 +113,10 @@ def calibration(results_dir: str | None, variants: dict) -> dict[str, float]:
     return factors
 
 
-def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, workdir: Path) -> dict:
-    """Seconds (wall and CPU) of one epoch, one audit and the small stages, run in-process at full size."""
+def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, workdir: Path,
+            share: list[int] = ()) -> dict:
+    """Seconds (wall and CPU) of one epoch, one audit and the small stages, run in-process at full size;
+    with ``share``, a lone model's epoch while 1 and each n in it train at once on the device."""
     import pandas as pd
     import torch
 
@@ -177,6 +184,16 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
         out["ensemble_k"] = k
         out["ensemble_epoch_s"], out["ensemble_epoch_cpu_s"] = time.perf_counter() - w, time.process_time() - c
     save_checkpoint(model.cpu(), f["model.pt"], {"genes": list(map(str, adata_r.var_names)), "param_hash": "x"})
+    if share:
+        # n jobs training one lone model each on the device at once (snakemake --resources gpu=n on one GPU):
+        # each job's epoch, median over the jobs, for n = 1 and each n asked
+        from scunlearn.costs import shared_device_epochs
+
+        inp = {"adata": f["adata.h5ad"], "split": f["split.json"]}
+        out["shared_epoch_s"] = {
+            n: statistics.median(shared_device_epochs(n, inp, cfg["model"], tr, device, workdir / "shared",
+                                                      threads=1, seed=cfg["seed"]))
+            for n in sorted({1, *share})}
 
     torch.set_num_threads(1)  # matched and audit rules run with 1 thread
     timed("matched", lambda: P.stage_matched(
@@ -218,6 +235,29 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     return out
 
 
+LONE_RULES = ("unlearn", "sisa_shards")  # jobs that train one model alone: launch-bound on a GPU
+
+
+def shared_rows(shared: dict[int, float], jobs_hi: list[dict], jobs_lo: list[dict]) -> list[str]:
+    """The table's rows for n jobs sharing the GPU, from ``shared`` = {n: a lone model's epoch seconds with
+    n jobs training at once} (n = 1 included); none if only n = 1 was measured."""
+    from scunlearn.costs import shared_gpu_hours
+
+    if 1 not in shared or len(shared) < 2:
+        return []
+    alone = shared[1]
+    rows = [f"# n jobs sharing the GPU (--resources gpu=n): a lone model's epoch {alone:.2f}s with one job; "
+            "the unlearning and shard jobs",
+            "# overlap, each slowed as measured; the ensembles and audits are counted whole (upper bound):"]
+    for n in sorted(k for k in shared if k != 1):
+        slow = shared[n] / alone
+        for label, jobs in (("upper", jobs_hi), ("lower", jobs_lo)):
+            h = shared_gpu_hours(jobs, n, slow, LONE_RULES)
+            rows.append(f"{f'GPU, {label}, {n} sharing':28}{'':>14}{h:>10.2f}h GPU  "
+                        f"(epoch {shared[n]:.2f}s each, {slow:.2f}x alone)")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -227,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", default="2,8,32,128", help="core counts to print the wall time for")
     p.add_argument("--calibrate", default=None, help="a finished run's results folder for unlearn/retrain factors")
     p.add_argument("--device", default="cpu", help="cpu, or auto / cuda where a GPU is present")
+    p.add_argument("--share", default="8",
+                   help="on a GPU: also measure N jobs sharing it (comma-separated N; 1 is always measured; "
+                        "'' to skip)")
     p.add_argument("--jobs-from-config", action="store_true",
                    help="skip 'snakemake -n' (counts derived from the config instead)")
     a = p.parse_args(argv)
@@ -264,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     startup_wall, startup = startup_seconds()
     # a job on the GPU: its imports and CUDA context, wall seconds (its CPU time is not what it costs)
     gpu_startup = startup_seconds(device=a.device)[0] if a.device != "cpu" else startup
+    share = [int(n) for n in a.share.split(",") if n.strip()] if a.device != "cpu" else []
+    if any(n < 1 for n in share):
+        p.error(f"--share: job counts must be >= 1, got {a.share!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp))
+        m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp), share)
     factors = calibration(a.calibrate, variants)
 
     tr = cfg["train"]
@@ -364,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         print("# another (an upper bound on its wall time: jobs that share it overlap):")
         for label, est in (("GPU, upper (max_epochs)", hi), ("GPU, lower (early stop)", lo)):
             print(f"{label:28}{'':>14}{est['gpu_hours']:>10.2f}h GPU")
+        for line in shared_rows(m.get("shared_epoch_s") or {}, jobs_for(hi_epochs), jobs_for(lo_epochs)):
+            print(line)
     else:
         print(f"{'GPU':28}{'':>14}{'':>11}{'':>15}  not measured (run with --device cuda where a GPU is present)")
     return 0

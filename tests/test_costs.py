@@ -196,3 +196,67 @@ def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, cap
     upper = next(line for line in out.splitlines() if line.startswith("CPU, upper"))
     cpu_hours = float(upper.split()[4])
     assert cpu_hours > 0
+
+
+def test_shared_gpu_hours_divides_only_the_lone_model_jobs():
+    """n jobs sharing one GPU: a lone-model job (unlearn, shards) costs seconds · slowdown / n of it; the
+    ensembles and audits are counted whole; CPU jobs not at all."""
+    from scunlearn.costs import shared_gpu_hours, study_estimate
+
+    jobs = [{"rule": "retrain", "count": 2, "seconds": 300.0, "threads": 2, "stage": 4, "gpu": True},
+            {"rule": "unlearn:fisher", "count": 8, "seconds": 100.0, "threads": 2, "stage": 6, "gpu": True},
+            {"rule": "sisa_shards", "count": 1, "seconds": 50.0, "threads": 2, "stage": 4, "gpu": True},
+            {"rule": "audit", "count": 4, "seconds": 20.0, "threads": 1, "stage": 7, "gpu": True},
+            {"rule": "matched_negatives", "count": 2, "seconds": 5.0, "threads": 1, "stage": 5}]
+    lone = ("unlearn", "sisa_shards")
+    # one job at a time, no slowdown: the plain GPU-hours
+    assert shared_gpu_hours(jobs, 1, 1.0, lone) == pytest.approx(study_estimate(jobs, [2])["gpu_hours"])
+    got = shared_gpu_hours(jobs, 8, 2.0, lone)
+    assert got == pytest.approx((2 * 300 + (8 * 100 + 50) * 2.0 / 8 + 4 * 20) / 3600)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        shared_gpu_hours(jobs, 0, 1.0, lone)
+
+
+def test_shared_device_epochs_runs_n_jobs_at_once(tmp_path, processed):
+    """n fresh interpreters each train a lone model on the data; one epoch time per job; a worker's failure
+    comes back with its error."""
+    from .conftest import write_audit_inputs
+
+    write_audit_inputs(tmp_path, processed)
+    from scunlearn.costs import shared_device_epochs
+
+    inp = {"adata": str(tmp_path / "adata.h5ad"), "split": str(tmp_path / "split.json")}
+    model = {"hidden": [32], "latent": 4, "dropout": 0.1}
+    train = {"lr": 1e-3, "batch_size": 128, "kl_warmup_epochs": 1}
+    secs = shared_device_epochs(2, inp, model, train, "cpu", tmp_path / "w", epochs=2, timeout=240)
+    assert len(secs) == 2 and all(0 < s < 60 for s in secs)
+    with pytest.raises(RuntimeError, match="nope.h5ad"):
+        shared_device_epochs(1, {**inp, "adata": str(tmp_path / "nope.h5ad")}, model, train, "cpu",
+                             tmp_path / "w", epochs=1, timeout=120)
+
+
+def test_study_cost_prints_the_gpu_hours_of_n_jobs_sharing_it():
+    """The rows study_cost prints on a GPU for n jobs sharing it: the measured slowdown, the GPU-hours."""
+    from scunlearn.costs import shared_gpu_hours
+
+    sc = _study_cost()
+    hi = [{"rule": "unlearn:eg", "count": 16, "seconds": 90.0, "threads": 2, "stage": 6, "gpu": True},
+          {"rule": "retrain", "count": 2, "seconds": 500.0, "threads": 2, "stage": 4, "gpu": True}]
+    lo = [{**j, "seconds": j["seconds"] / 3} for j in hi]
+    assert sc.shared_rows({1: 2.0}, hi, lo) == []  # nothing shared was measured
+    rows = sc.shared_rows({1: 2.0, 8: 3.0}, hi, lo)
+    upper = next(r for r in rows if r.startswith("GPU, upper, 8 sharing"))
+    assert f"{shared_gpu_hours(hi, 8, 1.5, ('unlearn',)):.2f}h GPU" in upper and "1.50x alone" in upper
+    assert float(upper.split()[4].rstrip("h")) == pytest.approx((16 * 90 * 1.5 / 8 + 2 * 500) / 3600, abs=0.01)
+    assert any(r.startswith("GPU, lower, 8 sharing") for r in rows)
+
+
+def test_study_cost_measures_a_lone_epoch_with_n_jobs_at_once(tmp_path):
+    """measure(share=[2]) (what --share asks on a GPU): a lone model's epoch with 1 and with 2 jobs at once."""
+    from pathlib import Path
+
+    sc = _study_cost()
+    cfg = sc.load_config(Path(__file__).resolve().parents[1] / "tests/data/tiny.yaml")
+    m = sc.measure(cfg, 600, int(cfg["preprocess"]["n_hvg"]), 1, "cpu", tmp_path, share=[2])
+    assert set(m["shared_epoch_s"]) == {1, 2}
+    assert all(0 < s < 60 for s in m["shared_epoch_s"].values())
