@@ -344,18 +344,18 @@ def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: st
     src = str(Path(__file__).resolve().parents[1])  # the source tree this module came from, first on the path
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     procs, files = [], []
-    for i in range(n):
+
+    def start(i: int) -> None:
         f = {k: str(work / f"{k}{n}_{i}") for k in ("ready", "out", "err")}
         for k in ("ready", "out"):
             Path(f[k]).unlink(missing_ok=True)
         spec = {"adata": inp["adata"], "split": inp["split"], "model": model, "train": train, "device": device,
                 "epochs": epochs, "threads": threads, "seed": seed + i, "ready": f["ready"], "go": str(go),
                 "out": f["out"], "timeout": timeout}
-        err = open(f["err"], "w")
-        procs.append(subprocess.Popen([sys.executable, "-c", "import json, sys; from scunlearn.costs import "
-                                       "epoch_worker; epoch_worker(json.loads(sys.argv[1]))", json.dumps(spec)],
-                                      stdout=subprocess.DEVNULL, stderr=err, env=env))
-        err.close()
+        with open(f["err"], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-c", "import json, sys; from scunlearn.costs import "
+                                           "epoch_worker; epoch_worker(json.loads(sys.argv[1]))", json.dumps(spec)],
+                                          stdout=subprocess.DEVNULL, stderr=err, env=env))
         files.append(f)
 
     def failed() -> str | None:
@@ -366,6 +366,8 @@ def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: st
         return None
 
     try:
+        for i in range(n):
+            start(i)
         deadline = time.monotonic() + timeout
         while not all(Path(f["ready"]).exists() for f in files):
             msg = failed()
