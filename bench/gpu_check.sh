@@ -73,4 +73,34 @@ if [ "$(left)" -gt 120 ]; then
     timeout 10 python3 bench/stage_costs.py results/demo-cpu16 > "$OUT/stage_costs_cpu.txt" 2>&1
     head -22 "$OUT/stage_costs_cpu.txt"
 fi
+step "summary: issue 25's GPU targets"
+python3 - "$OUT" <<'PYEOF' | tee "$OUT/summary.txt"
+import csv, re, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+def read(name):
+    p = out / name
+    return p.read_text() if p.exists() else ""
+
+rows = list(csv.DictReader(read("throughput.tsv").splitlines(), delimiter="\t"))
+def cells(models, step=None):
+    for r in rows:
+        if r["batch_size"] == "128" and r["models"] == str(models) and r["trainer"] == "ensemble" \
+                and (step is None or r["step"] == step):
+            return float(r["cells_per_s"]), r["step"]
+    return None, None
+one, st1 = cells(1)
+eight, st8 = cells(8)
+print(f"one model, batch 128 ({st1} step): {one or float('nan'):,.0f} cells/s (target >= 150,000)")
+if one and eight:
+    print(f"8 members, batch 128 ({st8} step): {eight:,.0f} cells/s summed = {eight / one:.1f}x one model "
+          f"(target >= 8x 150,000 = 1,200,000)")
+for line in read("study_cost_cuda.log").splitlines():
+    if line.startswith("GPU,"):
+        print("PBMC estimate:", " ".join(line.split()))
+walls = {k: re.search(rf"demo {k} wall ([0-9.]+) s", read(f"demo_{k}.log")) for k in ("cuda", "cpu")}
+for k, m in walls.items():
+    print(f"demo on --cores 16, device {k}: " + (f"{float(m.group(1)):.0f} s" if m else "not run / not finished"))
+PYEOF
 step "end"
