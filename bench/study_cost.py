@@ -187,7 +187,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     if share:
         # n jobs training one lone model each on the device at once (snakemake --resources gpu=n on one GPU):
         # each job's epoch, median over the jobs, for n = 1 and each n asked
-        from scunlearn.costs import shared_device_epochs
+        from scunlearn.sharing import shared_device_epochs
 
         inp = {"adata": f["adata.h5ad"], "split": f["split.json"]}
         out["shared_epoch_s"] = {

@@ -223,7 +223,7 @@ def test_shared_device_epochs_runs_n_jobs_at_once(tmp_path, processed):
     from .conftest import write_audit_inputs
 
     write_audit_inputs(tmp_path, processed)
-    from scunlearn.costs import shared_device_epochs
+    from scunlearn.sharing import shared_device_epochs
 
     inp = {"adata": str(tmp_path / "adata.h5ad"), "split": str(tmp_path / "split.json")}
     model = {"hidden": [32], "latent": 4, "dropout": 0.1}

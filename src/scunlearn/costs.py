@@ -305,8 +305,9 @@ def shared_gpu_hours(jobs: list[dict], n: int, slowdown: float, lone: tuple[str,
 
     A job whose rule starts with a name in ``lone`` trains one model alone (unlearning, SISA's shards):
     launch-bound on a GPU, so n of them overlap, each ``slowdown`` times slower than alone (measured
-    by :func:`shared_device_epochs`); they cost ``seconds · slowdown / n`` of the GPU each. The other GPU
-    jobs (batched ensembles, audits) are counted whole, as if they ran one at a time: an upper bound.
+    by :func:`scunlearn.sharing.shared_device_epochs`); they cost ``seconds · slowdown / n`` of the GPU
+    each. The other GPU jobs (batched ensembles, audits) are counted whole, as if they ran one at a time:
+    an upper bound.
     """
     if n < 1 or slowdown <= 0:
         raise ValueError(f"shared_gpu_hours: n must be >= 1 and slowdown > 0 (got {n}, {slowdown})")
@@ -317,104 +318,3 @@ def shared_gpu_hours(jobs: list[dict], n: int, slowdown: float, lone: tuple[str,
         share = slowdown / n if j["rule"].startswith(lone) else 1.0
         total += j["count"] * j["seconds"] * share
     return total / 3600
-
-
-def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: str, workdir: str | os.PathLike, *,
-                         epochs: int = 3, threads: int = 1, seed: int = 0, timeout: float = 600.0) -> list[float]:
-    """Seconds of one lone model's training epoch while ``n`` jobs train at once on ``device``: one per job.
-
-    Starts ``n`` fresh interpreters (as ``n`` workflow jobs are); each loads the data (``inp``:
-    ``adata`` and ``split`` paths), builds the config's model (seed ``seed + i``) and, once all have
-    loaded, trains it with the training recipe for ``epochs`` epochs; it reports the median of its
-    epochs after the first (the first pays kernel selection and the allocator's growth). On a GPU,
-    where a lone model's step is bound by kernel launches, n jobs overlap: the ratio to ``n = 1`` is
-    what sharing the GPU costs each of them.
-    """
-    import json
-    import subprocess
-    import sys
-
-    if n < 1 or epochs < 1:
-        raise ValueError(f"shared_device_epochs: n and epochs must be >= 1 (got {n}, {epochs})")
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    go = work / f"go{n}"
-    go.unlink(missing_ok=True)
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])  # the source tree this module came from, first on the path
-    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-    procs, files = [], []
-
-    def start(i: int) -> None:
-        f = {k: str(work / f"{k}{n}_{i}") for k in ("ready", "out", "err")}
-        for k in ("ready", "out"):
-            Path(f[k]).unlink(missing_ok=True)
-        spec = {"adata": inp["adata"], "split": inp["split"], "model": model, "train": train, "device": device,
-                "epochs": epochs, "threads": threads, "seed": seed + i, "ready": f["ready"], "go": str(go),
-                "out": f["out"], "timeout": timeout}
-        with open(f["err"], "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-c", "import json, sys; from scunlearn.costs import "
-                                           "epoch_worker; epoch_worker(json.loads(sys.argv[1]))", json.dumps(spec)],
-                                          stdout=subprocess.DEVNULL, stderr=err, env=env))
-        files.append(f)
-
-    def failed() -> str | None:
-        for p, f in zip(procs, files):
-            if p.poll() not in (None, 0):
-                tail = Path(f["err"]).read_text()[-3000:]
-                return f"shared_device_epochs: a worker exited with {p.returncode}:\n{tail}"
-        return None
-
-    try:
-        for i in range(n):
-            start(i)
-        deadline = time.monotonic() + timeout
-        while not all(Path(f["ready"]).exists() for f in files):
-            msg = failed()
-            if msg:
-                raise RuntimeError(msg)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"shared_device_epochs: {n} workers not ready after {timeout:.0f} s")
-            time.sleep(0.05)
-        go.touch()  # all loaded: they train at the same time
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        msg = failed()
-        if msg:
-            raise RuntimeError(msg)
-        return [float(json.loads(Path(f["out"]).read_text())) for f in files]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-
-
-def epoch_worker(spec: dict) -> None:
-    """One worker of :func:`shared_device_epochs` (run in its own interpreter)."""
-    import json
-    import statistics
-
-    from .io import read_cells
-    from .model import VAEConfig, build_vae, resolve_device, seed_everything
-    from .splits import load_partition
-    from .train import counts_tensor, fit
-
-    seed_everything(int(spec["seed"]), int(spec["threads"]))
-    dev = resolve_device(spec["device"])
-    adata = read_cells(spec["adata"])
-    part = load_partition(adata, spec["split"], None)
-    X = counts_tensor(adata, dev)
-    vae = build_vae(VAEConfig(n_genes=adata.n_vars, **spec["model"])).to(dev)
-    Path(spec["ready"]).touch()
-    deadline = time.monotonic() + float(spec["timeout"])
-    while not Path(spec["go"]).exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("epoch_worker: no go signal")
-        time.sleep(0.01)
-    tr, e = spec["train"], int(spec["epochs"])
-    hist = fit(vae, X, part.retain, part.validation, lr=tr["lr"], batch_size=tr["batch_size"], max_epochs=e,
-               kl_warmup_epochs=tr["kl_warmup_epochs"], patience=e + 1, seed=int(spec["seed"]))
-    secs = hist["seconds"].tolist()
-    tmp = Path(spec["out"] + ".tmp")
-    tmp.write_text(json.dumps(statistics.median(secs[1:] or secs)))
-    tmp.replace(spec["out"])
