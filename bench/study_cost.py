@@ -113,10 +113,9 @@ def calibration(results_dir: str | None, variants: dict) -> dict[str, float]:
     return factors
 
 
-def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, workdir: Path,
-            share: list[int] = ()) -> dict:
-    """Seconds (wall and CPU) of one epoch, one audit and the small stages, run in-process at full size;
-    with ``share``, a lone model's epoch while 1 and each n in it train at once on the device."""
+def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, workdir: Path) -> dict:
+    """Seconds (wall and CPU) of one epoch, one audit and the small stages, run in-process at full size
+    (the data it writes stay in ``workdir``, for :func:`measure_sharing`)."""
     import pandas as pd
     import torch
 
@@ -184,16 +183,6 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
         out["ensemble_k"] = k
         out["ensemble_epoch_s"], out["ensemble_epoch_cpu_s"] = time.perf_counter() - w, time.process_time() - c
     save_checkpoint(model.cpu(), f["model.pt"], {"genes": list(map(str, adata_r.var_names)), "param_hash": "x"})
-    if share:
-        # n jobs training one lone model each on the device at once (snakemake --resources gpu=n on one GPU):
-        # each job's epoch, median over the jobs, for n = 1 and each n asked
-        from scunlearn.sharing import shared_device_epochs
-
-        inp = {"adata": f["adata.h5ad"], "split": f["split.json"]}
-        out["shared_epoch_s"] = {
-            n: statistics.median(shared_device_epochs(n, inp, cfg["model"], tr, device, workdir / "shared",
-                                                      threads=1, seed=cfg["seed"]))
-            for n in sorted({1, *share})}
 
     torch.set_num_threads(1)  # matched and audit rules run with 1 thread
     timed("matched", lambda: P.stage_matched(
@@ -235,12 +224,35 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     return out
 
 
+def measure_sharing(cfg: dict, device: str, workdir: Path, share: list[int], timeout: float) -> dict[int, float]:
+    """A lone model's epoch seconds (median over the jobs) with 1 and each n in ``share`` jobs training at
+    once on the device (snakemake --resources gpu=n on one GPU), on the data :func:`measure` wrote; all
+    within ``timeout`` seconds."""
+    from scunlearn.sharing import shared_device_epochs
+
+    inp = {"adata": str(workdir / "adata.h5ad"), "split": str(workdir / "split.json")}
+    end = time.monotonic() + timeout
+    out = {}
+    for n in sorted({1, *share}):
+        left = end - time.monotonic()
+        if left <= 1:
+            raise TimeoutError(f"--share: no time left for {n} jobs (--share-timeout {timeout:.0f} s)")
+        out[n] = statistics.median(shared_device_epochs(n, inp, cfg["model"], cfg["train"], device,
+                                                        workdir / "shared", threads=1, seed=cfg["seed"],
+                                                        timeout=left))
+    return out
+
+
 LONE_RULES = ("unlearn", "sisa_shards")  # jobs that train one model alone: launch-bound on a GPU
 
 
-def shared_rows(shared: dict[int, float], jobs_hi: list[dict], jobs_lo: list[dict]) -> list[str]:
+def shared_rows(shared: dict[int, float], jobs_hi: list[dict], jobs_lo: list[dict],
+                lone: tuple[str, ...] = LONE_RULES) -> list[str]:
     """The table's rows for n jobs sharing the GPU, from ``shared`` = {n: a lone model's epoch seconds with
-    n jobs training at once} (n = 1 included); none if only n = 1 was measured."""
+    n jobs training at once} (n = 1 included); none if only n = 1 was measured. ``lone``: the rules whose
+    jobs train one model alone (with ``train.ensemble: false`` also baseline and retrain). Their whole
+    job time, start-up included, is scaled by the epochs' slowdown: start-up is CPU work, which
+    overlaps across jobs at least as well."""
     from scunlearn.costs import shared_gpu_hours
 
     if 1 not in shared or len(shared) < 2:
@@ -252,7 +264,7 @@ def shared_rows(shared: dict[int, float], jobs_hi: list[dict], jobs_lo: list[dic
     for n in sorted(k for k in shared if k != 1):
         slow = shared[n] / alone
         for label, jobs in (("upper", jobs_hi), ("lower", jobs_lo)):
-            h = shared_gpu_hours(jobs, n, slow, LONE_RULES)
+            h = shared_gpu_hours(jobs, n, slow, lone)
             rows.append(f"{f'GPU, {label}, {n} sharing':28}{'':>14}{h:>10.2f}h GPU  "
                         f"(epoch {shared[n]:.2f}s each, {slow:.2f}x alone)")
     return rows
@@ -270,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share", default="8",
                    help="on a GPU: also measure N jobs sharing it (comma-separated N; 1 is always measured; "
                         "'' to skip)")
+    p.add_argument("--share-timeout", type=float, default=180.0,
+                   help="seconds for the --share measurement, after the main table is printed")
     p.add_argument("--jobs-from-config", action="store_true",
                    help="skip 'snakemake -n' (counts derived from the config instead)")
     a = p.parse_args(argv)
@@ -310,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     share = [int(n) for n in a.share.split(",") if n.strip()] if a.device != "cpu" else []
     if any(n < 1 for n in share):
         p.error(f"--share: job counts must be >= 1, got {a.share!r}")
-    with tempfile.TemporaryDirectory() as tmp:
-        m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp), share)
+    tmp = tempfile.TemporaryDirectory()
+    m = measure(cfg, cells, genes, threads["train"], a.device, Path(tmp.name))
     factors = calibration(a.calibrate, variants)
 
     tr = cfg["train"]
@@ -410,10 +424,21 @@ def main(argv: list[str] | None = None) -> int:
         print("# another (an upper bound on its wall time: jobs that share it overlap):")
         for label, est in (("GPU, upper (max_epochs)", hi), ("GPU, lower (early stop)", lo)):
             print(f"{label:28}{'':>14}{est['gpu_hours']:>10.2f}h GPU")
-        for line in shared_rows(m.get("shared_epoch_s") or {}, jobs_for(hi_epochs), jobs_for(lo_epochs)):
-            print(line)
     else:
         print(f"{'GPU':28}{'':>14}{'':>11}{'':>15}  not measured (run with --device cuda where a GPU is present)")
+    if share:
+        # after the table: a failure or a time-out here loses none of it
+        print(f"# measuring a lone model's epoch with {', '.join(map(str, sorted({1, *share})))} jobs at once on "
+              f"{a.device} (--share) ...", flush=True)
+        lone = LONE_RULES if ens else (*LONE_RULES, "baseline", "retrain")
+        try:
+            shared = measure_sharing(cfg, a.device, Path(tmp.name), share, a.share_timeout)
+        except (RuntimeError, TimeoutError) as e:
+            print(f"# --share not measured: {e}")
+        else:
+            for line in shared_rows(shared, jobs_for(hi_epochs), jobs_for(lo_epochs), lone):
+                print(line)
+    tmp.cleanup()
     return 0
 
 

@@ -252,11 +252,14 @@ def test_study_cost_prints_the_gpu_hours_of_n_jobs_sharing_it():
 
 
 def test_study_cost_measures_a_lone_epoch_with_n_jobs_at_once(tmp_path):
-    """measure(share=[2]) (what --share asks on a GPU): a lone model's epoch with 1 and with 2 jobs at once."""
+    """measure_sharing (what --share asks on a GPU), on the data measure wrote: a lone model's epoch with 1
+    and with 2 jobs at once; out of time, a TimeoutError that study_cost reports instead of the rows."""
     from pathlib import Path
 
     sc = _study_cost()
     cfg = sc.load_config(Path(__file__).resolve().parents[1] / "tests/data/tiny.yaml")
-    m = sc.measure(cfg, 600, int(cfg["preprocess"]["n_hvg"]), 1, "cpu", tmp_path, share=[2])
-    assert set(m["shared_epoch_s"]) == {1, 2}
-    assert all(0 < s < 60 for s in m["shared_epoch_s"].values())
+    sc.measure(cfg, 600, int(cfg["preprocess"]["n_hvg"]), 1, "cpu", tmp_path)
+    shared = sc.measure_sharing(cfg, "cpu", tmp_path, [2], timeout=240)
+    assert set(shared) == {1, 2} and all(0 < s < 60 for s in shared.values())
+    with pytest.raises(TimeoutError, match="--share"):
+        sc.measure_sharing(cfg, "cpu", tmp_path, [2], timeout=0.5)

@@ -72,7 +72,10 @@ def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: st
             time.sleep(0.05)
         go.touch()  # all loaded: they train at the same time
         for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"shared_device_epochs: {n} workers not done after {timeout:.0f} s") from None
         msg = failed()
         if msg:
             raise RuntimeError(msg)
@@ -81,6 +84,7 @@ def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: st
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
 
 
 def epoch_worker(spec: dict) -> None:
@@ -99,11 +103,14 @@ def epoch_worker(spec: dict) -> None:
     part = load_partition(adata, spec["split"], None)
     X = counts_tensor(adata, dev)
     vae = build_vae(VAEConfig(n_genes=adata.n_vars, **spec["model"])).to(dev)
+    parent = os.getppid()
     Path(spec["ready"]).touch()
     deadline = time.monotonic() + float(spec["timeout"])
     while not Path(spec["go"]).exists():
         if time.monotonic() > deadline:
             raise TimeoutError("epoch_worker: no go signal")
+        if os.getppid() != parent:  # the measuring process is gone: free the device
+            raise SystemExit("epoch_worker: the parent process ended")
         time.sleep(0.01)
     tr, e = spec["train"], int(spec["epochs"])
     hist = fit(vae, X, part.retain, part.validation, lr=tr["lr"], batch_size=tr["batch_size"], max_epochs=e,
