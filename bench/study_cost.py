@@ -316,12 +316,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from scunlearn.model import resolve_device
 
-    resolve_device(a.device)  # a device this machine lacks stops here, naming it, before minutes of simulation
+    # a device this machine lacks stops here, naming it, before minutes of simulation; `auto` without a GPU is the CPU
+    dev = resolve_device(a.device)
+    on_gpu = dev.type != "cpu"
     n_threads = torch.get_num_threads()
     startup_wall, startup = startup_seconds()
     # a job on the GPU: its imports and CUDA context, wall seconds (its CPU time is not what it costs)
-    gpu_startup = startup_seconds(device=a.device)[0] if a.device != "cpu" else startup
-    share = [int(n) for n in a.share.split(",") if n.strip()] if a.device != "cpu" else []
+    gpu_startup = startup_seconds(device=str(dev))[0] if on_gpu else startup
+    share = [int(n) for n in a.share.split(",") if n.strip()] if on_gpu else []
     if any(n < 1 for n in share):
         p.error(f"--share: job counts must be >= 1, got {a.share!r}")
     tmp = tempfile.TemporaryDirectory()
@@ -330,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
 
     tr = cfg["train"]
     # per-epoch job seconds: CPU seconds over the job's threads, or the wall time on a GPU
-    on_gpu = a.device != "cpu"
     audit_on_gpu = not m["audit_device"].startswith("cpu")
     model_startup = gpu_startup if on_gpu else startup
     audit_startup = gpu_startup if audit_on_gpu else startup

@@ -170,10 +170,15 @@ def test_study_cost_calibrates_unlearning_per_retrained_model(tmp_path):
     assert f["eg"] == pytest.approx(10 / (40 / 8)) and f["other"] == 1.0
 
 
-@pytest.mark.parametrize("ensemble", [True, False])
-def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, capsys, ensemble):
+@pytest.mark.parametrize("ensemble, device", [(True, "cpu"), (False, "auto")])
+def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, capsys, ensemble, device):
     """On the tiny study: with train.ensemble one training job per model, costed by a measured epoch of the
-    ensemble of all its seeds; without, one job per seed at a lone model's epoch."""
+    ensemble of all its seeds; without, one job per seed at a lone model's epoch. `--device auto` on a
+    machine without a GPU is the CPU (no GPU rows)."""
+    from scunlearn.model import resolve_device
+
+    if resolve_device(device).type != "cpu":
+        pytest.skip("auto is a GPU on this machine")
     from pathlib import Path
 
     import yaml
@@ -184,7 +189,8 @@ def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, cap
     cfg["dataset"]["simulate"]["n_cells"] = 800
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert _study_cost().main(["--configfile", str(path), "--jobs-from-config", "--cores", "2,8"]) == 0
+    assert _study_cost().main(["--configfile", str(path), "--jobs-from-config", "--cores", "2,8",
+                               "--device", device]) == 0
     out = capsys.readouterr().out
     jobs = next(line for line in out.splitlines() if line.startswith("# jobs"))
     n_models = len(cfg["train"]["seeds"]) + len(cfg["audit"]["reference_seeds"])  # 3
