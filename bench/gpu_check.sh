@@ -95,7 +95,8 @@ def cells(models, step=None):
     return None, None
 one, st1 = cells(1)
 eight, st8 = cells(8)
-print(f"one model, batch 128 ({st1} step): {one or float('nan'):,.0f} cells/s (target >= 150,000)")
+print(f"one model, batch 128 ({st1} step): {one:,.0f} cells/s (target >= 150,000)" if one else
+      "one model, batch 128: not measured (see throughput.log)")
 if one and eight:
     print(f"8 members, batch 128 ({st8} step): {eight:,.0f} cells/s summed = {eight / one:.1f}x one model "
           f"(target >= 8x 150,000 = 1,200,000)")
