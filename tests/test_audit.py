@@ -182,8 +182,8 @@ def test_attackers_train_on_cuda_as_on_the_cpu():
     for b in range(3):
         a_cpu, a_gpu = (auc_score(y[~masks[b]], s[b, ~masks[b]]) for s in (cpu, gpu))
         assert a_gpu > 0.85 and abs(a_gpu - a_cpu) < 0.05, (b, a_cpu, a_gpu)
-    assert np.array_equal(gpu, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda")) or \
-        np.allclose(gpu, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda"), atol=1e-4)
+    # the same seed again: the same scores, up to the GPU's non-deterministic reductions
+    assert np.allclose(gpu, fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cuda"), atol=1e-4)
 
 
 def _matched_null(seed=3):

@@ -92,17 +92,14 @@ def epoch_worker(spec: dict) -> None:
     import json
     import statistics
 
-    from .io import read_cells
     from .model import VAEConfig, build_vae, resolve_device, seed_everything
-    from .splits import load_partition
-    from .train import counts_tensor, fit
+    from .pipeline import _load_experiment
+    from .train import fit
 
     seed_everything(int(spec["seed"]), int(spec["threads"]))
-    dev = resolve_device(spec["device"])
-    adata = read_cells(spec["adata"])
-    part = load_partition(adata, spec["split"], None)
-    X = counts_tensor(adata, dev)
-    vae = build_vae(VAEConfig(n_genes=adata.n_vars, **spec["model"])).to(dev)
+    adata, X, part = _load_experiment({"adata": spec["adata"], "split": spec["split"]},
+                                      resolve_device(spec["device"]))
+    vae = build_vae(VAEConfig(n_genes=adata.n_vars, **spec["model"])).to(X.device)
     parent = os.getppid()
     Path(spec["ready"]).touch()
     deadline = time.monotonic() + float(spec["timeout"])
