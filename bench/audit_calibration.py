@@ -35,10 +35,10 @@ except ImportError:  # not pip-installed: use the source tree
 
 import pandas as pd  # noqa: E402
 
+from scunlearn.audit.assemble import study_stats  # noqa: E402
 from scunlearn.audit.attacks import resolve_attacks  # noqa: E402
 from scunlearn.audit.attacks.per_cell import is_type_level  # noqa: E402
 from scunlearn.audit.controls import calibration_rates, control_trials  # noqa: E402
-from scunlearn.pipeline import study_stats  # noqa: E402
 
 #: (test, measure, negative set) measured; the first is the audit's default
 CANDIDATES = [("spread", "shift", "all"), ("spread", "auc", "all"), ("spread", "shift", "matched"),

@@ -7,7 +7,7 @@ What it does, on this machine, in one run:
 2. simulates a count matrix of the study's size (``--cells``, default the config's
    simulated size or 33,000 for PBMC; genes = ``preprocess.n_hvg``), the matrix the
    models see after preprocessing;
-3. runs the real stages in-process on it (``scunlearn.pipeline``): split, one forget set,
+3. runs the real stages in-process on it (``scunlearn.stages``): split, one forget set,
    **one training epoch** of the config's model (``fit`` with ``max_epochs=1``, with the
    rule's threads), and with ``train.ensemble`` (the default) **one epoch of the batched
    ensemble** a baseline / retrain job trains (``fit_ensemble``, train.seeds + reference seeds),
@@ -79,7 +79,8 @@ def startup_seconds(reps: int = 3, device: str = "cpu") -> tuple[float, float]:
 
     # a job's own imports (no AnnData, scikit-learn or scipy.stats: jobs read h5ad with h5py and
     # take their folds, groups and regression from scunlearn), as in the stages' "ready" marks
-    code = ("import torch, scunlearn.pipeline, scunlearn.train, scunlearn.membership, scunlearn.audit.attacks, "
+    code = ("import torch, scunlearn.stages.audit, scunlearn.vae.train, scunlearn.membership.attackers, "
+            "scunlearn.audit.attacks, "
             "scunlearn.audit.utility, scunlearn.audit.calibrated")
     if device != "cpu":
         code += f"; torch.zeros(1, device={device!r}).sum().item()"
@@ -119,10 +120,16 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     import pandas as pd
     import torch
 
-    from scunlearn import pipeline as P
-    from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.simulate import simulate_counts
-    from scunlearn.train import fit, save_checkpoint
+    from scunlearn.data.simulate import simulate_counts
+    from scunlearn.io import write_h5ad
+    from scunlearn.runtime import seed_everything
+    from scunlearn.stages.audit import stage_audit
+    from scunlearn.stages.common import job_device
+    from scunlearn.stages.data import stage_forget, stage_split
+    from scunlearn.stages.train import stage_matched
+    from scunlearn.vae.checkpoints import save_checkpoint
+    from scunlearn.vae.model import VAEConfig, build_vae
+    from scunlearn.vae.train import fit, load_experiment
 
     markers_path = str(ROOT / cfg["preprocess"]["markers"])
     markers = pd.read_csv(markers_path, sep="\t")
@@ -145,18 +152,18 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
         fn()
         out[name + "_s"], out[name + "_cpu_s"] = time.perf_counter() - w, time.process_time() - c
 
-    timed("write_h5ad", lambda: P.write_h5ad(adata, f["adata.h5ad"]))
-    timed("split", lambda: P.stage_split({"adata": f["adata.h5ad"]}, {"split": f["split.json"]},
+    timed("write_h5ad", lambda: write_h5ad(adata, f["adata.h5ad"]))
+    timed("split", lambda: stage_split({"adata": f["adata.h5ad"]}, {"split": f["split.json"]},
                                          {"splits": cfg["splits"], "seed": cfg["seed"]}, 1))
     name, spec = next(iter(cfg["forget_sets"].items()))
-    timed("forget_set", lambda: P.stage_forget({"adata": f["adata.h5ad"], "split": f["split.json"]},
+    timed("forget_set", lambda: stage_forget({"adata": f["adata.h5ad"], "split": f["split.json"]},
                                                {"forget": f["forget.json"]},
                                                {"spec": spec, "seed": cfg["seed"], "name": name}, 1))
 
     # one epoch of the real training recipe (fit), with the rule's threads
     seed_everything(cfg["seed"], train_threads)
-    dev = P._device(device)
-    adata_r, X, part = P._load_experiment({"adata": f["adata.h5ad"], "split": f["split.json"]}, dev)
+    dev = job_device(device)
+    adata_r, X, part = load_experiment({"adata": f["adata.h5ad"], "split": f["split.json"]}, dev)
     model = build_vae(VAEConfig(n_genes=adata_r.n_vars, **cfg["model"])).to(dev)
     tr = cfg["train"]
     w, c = time.perf_counter(), time.process_time()
@@ -170,7 +177,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     if tr.get("ensemble", True):
         # what a baseline / retrain job runs with train.ensemble: every seed of the model (train.seeds
         # and audit.reference_seeds) as one batched model, one epoch
-        from scunlearn.ensemble import fit_ensemble
+        from scunlearn.vae.batched import fit_ensemble
 
         k = len(tr["seeds"]) + len(cfg["audit"].get("reference_seeds") or [])
         vcfg = VAEConfig(n_genes=adata_r.n_vars, **cfg["model"])
@@ -185,7 +192,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     save_checkpoint(model.cpu(), f["model.pt"], {"genes": list(map(str, adata_r.var_names)), "param_hash": "x"})
 
     torch.set_num_threads(1)  # matched and audit rules run with 1 thread
-    timed("matched", lambda: P.stage_matched(
+    timed("matched", lambda: stage_matched(
         {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"]},
         {"matched": f["matched.json"]},
         {"k": cfg["matched"]["k"], "min_matched": cfg["matched"]["min_matched"], "seed": cfg["seed"]}, 1))
@@ -193,7 +200,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     import numpy as np
 
     from scunlearn.audit.attacks import resolve_attacks
-    from scunlearn.cellstats import write_cell_stats
+    from scunlearn.vae.cellstats import write_cell_stats
 
     write_cell_stats(model, X.cpu(), adata_r.obs_names, workdir / "target.cells.npz")
     refs = [str(workdir / f"ref{i}.cells.npz") for i in range(2 + len(cfg["audit"].get("reference_seeds", [])))]
@@ -205,7 +212,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
             np.savez(fh, **{k: (v + rng.normal(0, 1, v.shape) if v.dtype.kind == "f" else v) for k, v in base.items()})
     a = cfg["audit"]
     audit_device = a.get("device") or device  # audit.device, else the study's (as the workflow's audit rule)
-    out["audit_device"] = str(P._device(audit_device))
+    out["audit_device"] = str(job_device(audit_device))
     audit_params = {
         "run": cfg["run"], "dataset": cfg["dataset"]["source"], "forget": name, "variant": "baseline",
         "method": "baseline", "model_seeds": [0], "seed": cfg["seed"], "self_names": ["baseline/seed0"],
@@ -216,7 +223,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
                   "utility": a.get("utility", {"max_cells": 5000, "folds": 5})},
         "target_sum": cfg["preprocess"]["target_sum"], "device": audit_device,
     }
-    timed("audit", lambda: P.stage_audit(
+    timed("audit", lambda: stage_audit(
         {"adata": f["adata.h5ad"], "split": f["split.json"], "forget": f["forget.json"],
          "matched": f["matched.json"], "models": [f["model.pt"]], "markers": markers_path, "benchmarks": [""],
          "cells": [str(workdir / "target.cells.npz")], "ref_retrain": refs, "ref_baseline": refs, "controls": []},
@@ -228,7 +235,7 @@ def measure_sharing(cfg: dict, device: str, workdir: Path, share: list[int], tim
     """A lone model's epoch seconds (median over the jobs) with 1 and each n in ``share`` jobs training at
     once on the device (snakemake --resources gpu=n on one GPU), on the data :func:`measure` wrote; all
     within ``timeout`` seconds."""
-    from scunlearn.sharing import shared_device_epochs
+    from scunlearn.stages.sharing import shared_device_epochs
 
     inp = {"adata": str(workdir / "adata.h5ad"), "split": str(workdir / "split.json")}
     end = time.monotonic() + timeout
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from scunlearn.model import resolve_device
+    from scunlearn.runtime import resolve_device
 
     # a device this machine lacks stops here, naming it, before minutes of simulation; `auto` without a GPU is the CPU
     dev = resolve_device(a.device)

@@ -49,12 +49,13 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from scunlearn.model import VAEConfig, build_vae, resolve_device, seed_everything  # noqa: E402
-from scunlearn.simulate import simulate_counts  # noqa: E402
-from scunlearn.train import counts_tensor, run_epoch  # noqa: E402
+from scunlearn.data.simulate import simulate_counts  # noqa: E402
+from scunlearn.runtime import resolve_device, seed_everything  # noqa: E402
+from scunlearn.vae.model import VAEConfig, build_vae  # noqa: E402
+from scunlearn.vae.train import counts_tensor, run_epoch  # noqa: E402
 
 try:
-    from scunlearn.train import adam  # the optimizer training uses (fused Adam)
+    from scunlearn.vae.train import adam  # the optimizer training uses (fused Adam)
 except ImportError:  # an older checkout, to compare before / after with this script
     def adam(params, lr):
         return torch.optim.Adam(params, lr=lr)
@@ -141,7 +142,7 @@ def time_ensemble(X: torch.Tensor, k: int, batch_size: int, epochs: int, warmup_
                   lr: float, seed: int, step: str = "auto") -> float:
     """Seconds for ``epochs`` timed epochs of K seeds (seed .. seed+K-1) trained as one batched model
     (``step``: :class:`scunlearn.ensemble.Ensemble`'s; a CUDA graph is captured in the warm-up)."""
-    from scunlearn.ensemble import GRAPH_WARMUP_STEPS, Ensemble
+    from scunlearn.vae.batched import GRAPH_WARMUP_STEPS, Ensemble
 
     device = X.device
     ens = Ensemble(VAEConfig(n_genes=X.shape[1], **PAPER), range(seed, seed + k), device, lr, step=step)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     # as the workflow does: seed, deterministic kernels, thread count, allocator kept warm
     seed_everything(a.seed, a.threads)
     try:
-        from scunlearn.costs import tune_allocator
+        from scunlearn.runtime import tune_allocator
     except ImportError:  # an older checkout
         def tune_allocator():
             return False
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.clock} clock")
 
     rows = []
-    from scunlearn.ensemble import Ensemble
+    from scunlearn.vae.batched import Ensemble
 
     step = Ensemble(VAEConfig(n_genes=8, hidden=[4], latent=2), [0], device, a.lr, step=a.step).step_mode
     runs = [("solo", 1)] + [("ensemble", k) for k in ensembles]

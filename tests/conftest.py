@@ -36,14 +36,14 @@ def markers() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def raw(markers):
-    from scunlearn.simulate import simulate_counts
+    from scunlearn.data.simulate import simulate_counts
 
     return simulate_counts(markers, n_cells=3000, n_genes=1000, seed=3)
 
 
 @pytest.fixture(scope="session")
 def processed(raw, markers):
-    from scunlearn.preprocess import preprocess
+    from scunlearn.data.preprocess import preprocess
 
     return preprocess(raw.copy(), dict(PRE_CFG), markers, seed=0)
 
@@ -54,11 +54,10 @@ def write_audit_inputs(d: Path, adata):
     returns (partition, count tensor)."""
     import numpy as np
 
-    from scunlearn.io import write_json
-    from scunlearn.matched import matched_negatives
-    from scunlearn.pipeline import write_h5ad
-    from scunlearn.splits import load_partition, make_forget_set, make_split
-    from scunlearn.train import counts_tensor
+    from scunlearn.data.splits import load_partition, make_forget_set, make_split
+    from scunlearn.io import write_h5ad, write_json
+    from scunlearn.membership.matched import matched_negatives
+    from scunlearn.vae.train import counts_tensor
 
     write_h5ad(adata, d / "adata.h5ad")
     split = make_split(adata.obs_names, 0.6, 0.25, seed=0)
@@ -76,9 +75,11 @@ def write_reference_models(d: Path, adata, X, part, n_seeds: int, max_epochs: in
     """Baselines (trained on all training cells) and retrained models (on the retain cells), seeds
     0..n_seeds-1, in folder ``d``: their per-cell statistics ``{kind}{seed}.cells.npz`` (and with
     ``checkpoints`` their ``{kind}{seed}.pt``). Returns {"baseline/seed0": statistics path, ...}."""
-    from scunlearn.cellstats import write_cell_stats
-    from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.train import fit, save_checkpoint
+    from scunlearn.runtime import seed_everything
+    from scunlearn.vae.cellstats import write_cell_stats
+    from scunlearn.vae.checkpoints import save_checkpoint
+    from scunlearn.vae.model import VAEConfig, build_vae
+    from scunlearn.vae.train import fit
 
     paths = {}
     for kind, train in (("baseline", part.train), ("retrain", part.retain)):

@@ -39,7 +39,7 @@ def audit_study(tmp_path_factory, processed):
 
 def _run_audit(d, paths, attacks, out, seeds=(0,)):
     """Run the audit stage on the baseline models of ``seeds`` (one job, one record each); the first record."""
-    from scunlearn.pipeline import stage_audit
+    from scunlearn.stages.audit import stage_audit
 
     names = sorted(paths)
     outs = [out] if len(seeds) == 1 else [out.with_name(f"{out.stem}_seed{s}.json") for s in seeds]
@@ -69,7 +69,7 @@ def test_a_toy_attack_is_one_module_and_one_config_entry(audit_study, tmp_path, 
     (pkg / "__init__.py").write_text("")
     (pkg / "norm.py").write_text(
         "import numpy as np\n"
-        "from scunlearn.audit.metrics import auc_score\n\n"
+        "from scunlearn.membership.metrics import auc_score\n\n"
         "def run(data, params):\n"
         "    mu = data.features[:, : data.model.cfg.latent]\n"
         "    return {'toy_auc': auc_score(data.labels, params['sign'] * np.linalg.norm(mu, axis=1))}\n")
@@ -87,8 +87,7 @@ def test_a_toy_attack_is_one_module_and_one_config_entry(audit_study, tmp_path, 
         # the primary attack ran too; the MLP and LOSS attacks did not (not configured)
         assert 0.0 <= rec["pc_auc"] <= 1.0 and rec["n_references"] == 3 and "auc" not in rec
         # the summary keeps the attack's declared column after the contract
-        from scunlearn.audit.summary import SUMMARY_COLUMNS
-        from scunlearn.pipeline import aggregate
+        from scunlearn.audit.summary import SUMMARY_COLUMNS, aggregate
 
         other = dict(rec, method="retrain", variant="retrain", test_vs_retrain="UNDECIDED")
         df = aggregate([rec, other], 0.03)
@@ -126,7 +125,7 @@ def test_one_audit_job_audits_every_seed_and_each_record_ignores_its_job_mates(a
 
 
 def test_audit_job_refuses_mismatched_seed_lists(audit_study, tmp_path):
-    from scunlearn.pipeline import stage_audit
+    from scunlearn.stages.audit import stage_audit
 
     d, paths = audit_study
     inp = {"models": [str(d / "baseline0.pt")], "cells": [], "benchmarks": [""]}

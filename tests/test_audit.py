@@ -6,9 +6,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from scunlearn.audit.attack import mia
-from scunlearn.audit.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
 from scunlearn.audit.verdict import add_verdicts, floor_stats, paper_verdict
-from scunlearn.membership import fold_splits
+from scunlearn.membership.attackers import fold_splits
+from scunlearn.membership.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
 
 from .conftest import fresh_python
 
@@ -26,7 +26,7 @@ def test_auc_equals_sklearn_with_ties():
 def test_average_ranks_equal_scipy_rankdata():
     from scipy.stats import rankdata
 
-    from scunlearn.audit.metrics import average_ranks
+    from scunlearn.membership.metrics import average_ranks
 
     rng = np.random.default_rng(1)
     for s in [np.round(rng.normal(size=200), 1), rng.normal(size=50), np.zeros(7), np.array([3.0]),
@@ -121,7 +121,7 @@ def test_mlp_attack_on_noise_features_has_its_null_at_half():
 
 def test_batched_attackers_match_the_single_attacker_recipe():
     """The batched attackers learn a planted signal in each fold and score only their own folds."""
-    from scunlearn.membership import fit_score_batched
+    from scunlearn.membership.attackers import fit_score_batched
 
     rng = np.random.default_rng(4)
     y = np.r_[np.ones(40), np.zeros(160)].astype(int)
@@ -153,7 +153,7 @@ def test_attackers_leave_the_callers_random_state_alone():
     AUC between its steps keeps its own stream of dropout and noise draws."""
     import torch
 
-    from scunlearn.membership import fit_score_batched
+    from scunlearn.membership.attackers import fit_score_batched
 
     X, y, masks = _planted()
     torch.manual_seed(123)
@@ -169,7 +169,7 @@ def test_attackers_train_on_cuda_as_on_the_cpu():
     (dropout drawn there): each fold's AUC as on the CPU within noise; the caller's CUDA RNG untouched."""
     import torch
 
-    from scunlearn.membership import fit_score_batched
+    from scunlearn.membership.attackers import fit_score_batched
 
     X, y, masks = _planted()
     cpu = fit_score_batched(X, y, masks, ATT["attacker"], seed=0, device="cpu")
@@ -208,7 +208,7 @@ def test_grouped_folds_remove_the_matched_design_anti_learning_bias():
 
 
 def test_grouped_folds_keep_groups_together():
-    from scunlearn.membership import fold_splits
+    from scunlearn.membership.attackers import fold_splits
 
     _, y, groups = _matched_null()
     for _, tr, te in fold_splits(y, 5, 2, 0, groups):
@@ -220,7 +220,7 @@ def test_relu_dropout_is_relu_then_dropout():
     """One mask: each entry is 0 or relu(h) / (1 - p), about 1 - p of the positive entries kept; gradient = mask."""
     import torch
 
-    from scunlearn.membership import _relu_dropout
+    from scunlearn.membership.attackers import _relu_dropout
 
     torch.manual_seed(0)
     h = torch.randn(4, 500, 64, requires_grad=True)
@@ -240,7 +240,7 @@ def test_seeding_and_mlp_attack_do_not_import_torch_dynamo():
     audit process); seed_everything and the attack avoid both, and the kernels are still deterministic, without
     deterministic mode's NaN fill of every new tensor (an extra pass per allocation)."""
     code = ("import sys, numpy as np, torch\n"
-            "from scunlearn.model import seed_everything\n"
+            "from scunlearn.runtime import seed_everything\n"
             "seed_everything(0, 1)\n"
             "assert torch.are_deterministic_algorithms_enabled()\n"
             "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
@@ -261,10 +261,13 @@ def test_audit_stage_imports_no_sklearn_and_reads_the_matched_stage_fold_groups(
     clusters them itself."""
     import json
 
-    from scunlearn.cellstats import write_cell_stats
-    from scunlearn.model import VAEConfig, build_vae, seed_everything
-    from scunlearn.pipeline import stage_audit, stage_matched
-    from scunlearn.train import fit, save_checkpoint
+    from scunlearn.runtime import seed_everything
+    from scunlearn.stages.audit import stage_audit
+    from scunlearn.stages.train import stage_matched
+    from scunlearn.vae.cellstats import write_cell_stats
+    from scunlearn.vae.checkpoints import save_checkpoint
+    from scunlearn.vae.model import VAEConfig, build_vae
+    from scunlearn.vae.train import fit
 
     from .conftest import tiny_audit_job
 
@@ -288,7 +291,7 @@ def test_audit_stage_imports_no_sklearn_and_reads_the_matched_stage_fold_groups(
     stage_audit(*jobs["clustered_here"], 1)
     code = (
         "import json, sys\n"
-        "from scunlearn.pipeline import stage_audit\n"
+        "from scunlearn.stages.audit import stage_audit\n"
         f"inp, out, params = json.loads({json.dumps(json.dumps(jobs['precomputed']))})\n"
         "stage_audit(inp, out, params, 1)\n"
         "print(sorted(m for m in ('sklearn', 'scipy.stats', 'scipy.optimize') if m in sys.modules))\n")

@@ -17,11 +17,11 @@ def _job(root, bench_rel, log_rel, rule, s, cpu, rss, ready, units=None, done_cp
     if log_rel:
         lg = root / "logs" / log_rel
         lg.parent.mkdir(parents=True, exist_ok=True)
-        lg.write_text(f"2026 INFO scunlearn.pipeline: stage x: rule {rule}, wildcards {{}}, threads 1\n"
-                      f"2026 INFO scunlearn.pipeline: ready 1.00s after process start, 0.50s CPU (stage called)\n"
-                      f"2026 INFO scunlearn.pipeline: ready {ready}s after process start, {ready / 2}s CPU (read)\n"
-                      + (f"2026 INFO scunlearn.pipeline: units of work: {units} (models audited)\n" if units else "")
-                      + (f"2026 INFO scunlearn.pipeline: stage x done, {done_cpu:.2f}s CPU\n" if done_cpu else ""))
+        lg.write_text(f"2026 INFO scunlearn.stages: stage x: rule {rule}, wildcards {{}}, threads 1\n"
+                      f"2026 INFO scunlearn.stages: ready 1.00s after process start, 0.50s CPU (stage called)\n"
+                      f"2026 INFO scunlearn.stages: ready {ready}s after process start, {ready / 2}s CPU (read)\n"
+                      + (f"2026 INFO scunlearn.stages: units of work: {units} (models audited)\n" if units else "")
+                      + (f"2026 INFO scunlearn.stages: stage x done, {done_cpu:.2f}s CPU\n" if done_cpu else ""))
 
 
 def test_rule_table_pairs_logs_and_sums(tmp_path):
@@ -108,7 +108,7 @@ def test_tune_allocator_takes_effect_on_linux_glibc():
     import platform
     import sys
 
-    from scunlearn.costs import tune_allocator
+    from scunlearn.runtime import tune_allocator
 
     ok = tune_allocator()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
@@ -131,7 +131,7 @@ def test_stage_logs_its_process_cpu_time_when_done(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from scunlearn.costs import DONE
-    from scunlearn.pipeline import run
+    from scunlearn.stages import run
 
     # run() sends stdout, stderr and the root logger to the rule's log: put them back afterwards
     monkeypatch.setattr(sys, "stdout", sys.stdout)
@@ -175,7 +175,7 @@ def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, cap
     """On the tiny study: with train.ensemble one training job per model, costed by a measured epoch of the
     ensemble of all its seeds; without, one job per seed at a lone model's epoch. `--device auto` on a
     machine without a GPU is the CPU (no GPU rows)."""
-    from scunlearn.model import resolve_device
+    from scunlearn.runtime import resolve_device
 
     if resolve_device(device).type != "cpu":
         pytest.skip("auto is a GPU on this machine")
@@ -230,7 +230,7 @@ def test_shared_device_epochs_runs_n_jobs_at_once(tmp_path, processed):
     from .conftest import write_audit_inputs
 
     write_audit_inputs(tmp_path, processed)
-    from scunlearn.sharing import shared_device_epochs
+    from scunlearn.stages.sharing import shared_device_epochs
 
     inp = {"adata": str(tmp_path / "adata.h5ad"), "split": str(tmp_path / "split.json")}
     model = {"hidden": [32], "latent": 4, "dropout": 0.1}

@@ -12,11 +12,11 @@ import scipy.sparse as sp
 from scipy.io import mmwrite
 
 from scunlearn import ScunlearnError
-from scunlearn.acquire import PBMC33K_ARCHIVE, check_raw_counts, fetch_pbmc33k, read_user_file
+from scunlearn.data.acquire import PBMC33K_ARCHIVE, check_raw_counts, fetch_pbmc33k, read_user_file
+from scunlearn.data.preprocess import quality_control, select_hvgs
+from scunlearn.data.simulate import MT_GENES, simulate_counts
+from scunlearn.data.splits import load_partition, make_forget_set, make_split, save_split
 from scunlearn.io import write_h5ad
-from scunlearn.preprocess import quality_control, select_hvgs
-from scunlearn.simulate import MT_GENES, simulate_counts
-from scunlearn.splits import load_partition, make_forget_set, make_split, save_split
 
 from .conftest import PRE_CFG
 
@@ -226,7 +226,7 @@ def test_download_from_local_url_verifies_checksum_and_shape(tmp_path):
 
 def test_simulate_too_few_genes_is_a_clear_config_error(markers):
     from scunlearn import ScunlearnError
-    from scunlearn.simulate import simulate_counts
+    from scunlearn.data.simulate import simulate_counts
 
     with pytest.raises(ScunlearnError, match=r"dataset.simulate.n_genes=40 is too small"):
         simulate_counts(markers, n_cells=100, n_genes=40, seed=0)
@@ -252,7 +252,7 @@ def test_read_cells_reads_what_anndata_reads(processed, tmp_path):
     np.testing.assert_array_equal(got.obsm["X_pca"], ref.obsm["X_pca"])
     assert got.uns["data_sha256"] == ref.uns["data_sha256"]
     # it serves the stages' readers: the partition and the count tensor are AnnData's
-    from scunlearn.train import counts_tensor
+    from scunlearn.vae.train import counts_tensor
 
     split = make_split(processed.obs_names, 0.6, 0.25, seed=0)
     save_split(split, tmp_path / "split.json")
@@ -371,7 +371,7 @@ def test_normalised_looking_counts_accepted_knowingly(raw, tmp_path, caplog):
 def test_counts_check_passes_simulated_and_pbmc_like_counts(raw, markers):
     """The demo's simulated data, the tests' data and PBMC-like counts (library sizes varying several-fold,
     maxima in the hundreds) are raw counts; so are small matrices, about which the check says nothing."""
-    from scunlearn.acquire import acquire, counts_stats
+    from scunlearn.data.acquire import acquire, counts_stats
 
     check_raw_counts(raw, "simulated")
     for sim in ({"n_cells": 5000, "n_genes": 1200, "seed": 7}, {"n_cells": 600, "n_genes": 300, "seed": 5}):
@@ -435,9 +435,9 @@ def test_non_integer_counts_layer_is_named_as_the_matrix_read(tmp_path):
 
 def test_random_forget_sets_with_the_same_n_draw_different_cells(processed, tmp_path):
     """Silent case 2: two random sets of the same n got the same cells (the draw ignored the set's name)."""
+    from scunlearn.data.splits import forget_set_rng
     from scunlearn.io import read_json, write_json
-    from scunlearn.pipeline import stage_forget
-    from scunlearn.splits import forget_set_rng
+    from scunlearn.stages.data import stage_forget
 
     adata = tmp_path / "adata.h5ad"
     write_h5ad(processed, adata)

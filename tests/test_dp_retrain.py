@@ -223,8 +223,7 @@ def test_the_unlearn_environments_hold_every_registered_methods_imports():
 
 def test_the_audit_records_dp_facts_reach_the_summary():
     """stage_audit merges the checkpoint meta's ``report`` into the record; aggregate keeps ε and δ as columns."""
-    from scunlearn.audit.summary import SUMMARY_COLUMNS
-    from scunlearn.pipeline import aggregate
+    from scunlearn.audit.summary import SUMMARY_COLUMNS, aggregate
 
     from .test_report import make_summary
 

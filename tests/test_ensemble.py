@@ -7,20 +7,15 @@ import pytest
 import torch
 
 from scunlearn import ScunlearnError
-from scunlearn.cellstats import read_cell_stats
-from scunlearn.ensemble import (
-    Ensemble,
-    StackedVAE,
-    _Counts,
-    _ExactCounts,
-    draw_masks,
-    draw_noise,
-    fit_ensemble,
-    init_member,
-)
 from scunlearn.io import write_h5ad, write_json
-from scunlearn.model import VAEConfig, arm_dropout, build_vae, seed_everything
-from scunlearn.train import count_codes_cached, fit, load_checkpoint, log_factorial_cached
+from scunlearn.runtime import seed_everything
+from scunlearn.vae.batched import Ensemble, StackedVAE, draw_masks, draw_noise, fit_ensemble, init_member
+from scunlearn.vae.cellstats import read_cell_stats
+from scunlearn.vae.checkpoints import load_checkpoint
+from scunlearn.vae.dropout import arm_dropout
+from scunlearn.vae.likelihood import _Counts, _ExactCounts, count_codes_cached, log_factorial_cached
+from scunlearn.vae.model import VAEConfig, build_vae
+from scunlearn.vae.train import fit
 
 CFG = VAEConfig(n_genes=60, hidden=[64, 32], latent=4, dropout=0.1)
 
@@ -123,7 +118,7 @@ def test_bench_ensemble_epoch_trains_every_member():
 def test_stage_writes_each_seeds_files_as_the_solo_stage(tmp_path):
     """stage_train_ensemble writes, per seed, a checkpoint, history and per-cell statistics that load with the
     existing readers and match stage_train's for that seed."""
-    from scunlearn.pipeline import stage_train, stage_train_ensemble
+    from scunlearn.stages.train import stage_train, stage_train_ensemble
 
     X = _data(n=200)
     names = np.array([f"c{i}" for i in range(200)])

@@ -17,6 +17,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from rattler import MatchSpec
 
+from scunlearn import codedeps
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
@@ -35,7 +37,7 @@ PIP_TO_CONDA = {"torch": "pytorch", "igraph": "python-igraph"}
 #: (jsonschema) outside the rule environments
 NOT_IN_RULE_ENVS = {"snakemake", "jsonschema"}
 #: packages a module needs without importing them: scanpy loads them for the flavours used
-HIDDEN_IMPORTS = {"scunlearn.preprocess": {"skmisc", "igraph"}}
+HIDDEN_IMPORTS = {"scunlearn.data.preprocess": {"skmisc", "igraph"}}
 #: the environment variables in common.smk -> file (the CUDA one is chosen by config `device`, for the
 #: audit by `audit.device`)
 ENV_VARS = {"ENV_DATA": "data.yaml", "ENV_TORCH": "torch.yaml", "ENV_REPORT": "report.yaml",
@@ -144,87 +146,35 @@ def test_data_and_report_environments_hold_no_torch():
 # ---------------------------------------------------------------- imports vs environments
 
 
-def _third_party(name: str) -> str | None:
-    top = name.split(".")[0]
-    if top in sys.stdlib_module_names or top in {"__future__", "scunlearn", "_stage"}:
-        return None
-    return top
+#: third-party packages imported only inside functions that the stages of other environments never call:
+#: runtime imports torch in its device and seed functions (torch stages), not in tune_allocator (every stage)
+LAZY_ONLY = {"scunlearn.runtime": {"torch"}}
 
 
-def _module_file(module: str) -> Path | None:
-    base = SRC / Path(*module.split("."))
-    for p in (base.with_suffix(".py"), base / "__init__.py"):
-        if p.exists():
-            return p
-    return None
-
-
-def _resolve(node: ast.ImportFrom, module: str, is_pkg: bool) -> str:
-    """Absolute name of a (possibly relative) ``from`` import inside ``module``."""
-    if not node.level:
-        return node.module or ""
-    parts = module.split(".")
-    base = parts if is_pkg else parts[:-1]
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
+def _third_party(names: set[str]) -> set[str]:
+    return {n for n in names if n not in sys.stdlib_module_names and n not in {"__future__", "scunlearn", "_stage"}}
 
 
 def _imports(tree: ast.AST, module: str, is_pkg: bool) -> tuple[set[str], set[str]]:
-    """(third-party top-level names, scunlearn modules) imported anywhere in ``tree``."""
-    third, own = set(), set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            target = _resolve(node, module, is_pkg)
-            names = [target]
-            # `from . import extragradient`: submodules
-            names += [f"{target}.{a.name}" for a in node.names if _module_file(f"{target}.{a.name}")]
-        for n in names:
-            if n.split(".")[0] == "scunlearn":
-                own.add(n)
-            elif tp := _third_party(n):
-                third.add(tp)
-    return third, own
+    """(third-party top-level names, scunlearn modules) imported anywhere in ``tree`` (scunlearn.codedeps)."""
+    third, own = codedeps.imports(tree, module, is_pkg)
+    return _third_party(third), own
 
 
-def _closure(modules: set[str]) -> set[str]:
-    """Third-party packages needed by the scunlearn ``modules``, every import in them followed."""
-    seen, third, todo = set(), set(), list(modules)
-    while todo:
-        mod = todo.pop()
-        path = _module_file(mod)
-        if path is None or mod in seen:
-            continue
-        seen.add(mod)
-        # a package's __init__ runs before any of its submodules
-        parent = mod.rsplit(".", 1)[0]
-        if parent != mod:
-            todo.append(parent)
-        t, own = _imports(ast.parse(path.read_text()), mod, path.name == "__init__.py")
-        third |= t | HIDDEN_IMPORTS.get(mod, set())
-        todo += own
-    return third
+def _module_third_party(module: str) -> set[str]:
+    path = codedeps.module_file(module)
+    third = _imports(codedeps.parsed(path), module, path.name == "__init__.py")[0]
+    return (third - LAZY_ONLY.get(module, set())) | HIDDEN_IMPORTS.get(module, set())
 
 
-def _stage_closure(entry: str) -> set[str]:
-    """Third-party packages of one pipeline stage function: the module's top-level imports, the
-    function's own imports and those of the pipeline helpers it calls, followed into scunlearn."""
-    tree = ast.parse((SRC / "scunlearn/pipeline.py").read_text())
-    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
-    third, own = _imports(top, "scunlearn.pipeline", False)
-    done, todo = set(), [entry]
-    while todo:
-        f = todo.pop()
-        if f in done:
-            continue
-        done.add(f)
-        t, o = _imports(funcs[f], "scunlearn.pipeline", False)
-        third, own = third | t, own | o
-        todo += [n.id for n in ast.walk(funcs[f]) if isinstance(n, ast.Name) and n.id in funcs]
-    return third | _closure(own | {"scunlearn"})
+def _stage_closure(stage: str) -> set[str]:
+    """Third-party packages of one stage function (``module:function``): its own imports (the module's
+    top level, the function and the module functions it calls), then every scunlearn module they reach
+    (the rule's code inputs, scunlearn.codedeps)."""
+    module = stage.partition(":")[0]
+    mods, _ = codedeps.stage_imports(stage)
+    third = _third_party(codedeps.stage_function_imports(stage)[0])
+    return third.union(*(_module_third_party(m) for m in mods - {module}))
 
 
 def _rules() -> dict[str, dict]:
@@ -266,8 +216,10 @@ def test_common_smk_points_to_the_env_files():
 def test_rule_environment_holds_every_package_its_code_imports(rule):
     info = _rules()[rule]
     script = info["script"]
-    stage = re.search(r"run\((stage_\w+), snakemake\)", script.read_text()).group(1)
-    needed = _stage_closure(stage)
+    text = script.read_text()
+    stage = re.search(r"run\((stage_\w+), snakemake\)", text).group(1)
+    module = re.search(rf"from (scunlearn\.stages\.\w+) import {stage}\b", text).group(1)
+    needed = _stage_closure(f"{module}:{stage}")
     for extra in (script, script.parent / "_stage.py"):
         needed |= _imports(ast.parse(extra.read_text()), "_script", False)[0]
     env = ROOT / "envs" / ENV_VARS[info["conda"]]

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from scunlearn.folds import (
+from scunlearn.data.folds import (
     repeated_stratified_test_folds,
     splits_from_folds,
     stratified_group_test_folds,
     stratified_test_folds,
 )
-from scunlearn.membership import fold_splits
+from scunlearn.membership.attackers import fold_splits
 
 sk = pytest.importorskip("sklearn.model_selection")
 
@@ -106,7 +106,7 @@ def test_latent_accuracy_matches_sklearn_pipeline():
     from sklearn.preprocessing import StandardScaler
 
     from scunlearn.audit import utility
-    from scunlearn.model import VAEConfig, build_vae
+    from scunlearn.vae.model import VAEConfig, build_vae
 
     torch.manual_seed(0)
     model = build_vae(VAEConfig(n_genes=30, hidden=[16], latent=4, dropout=0.0)).eval()
@@ -132,7 +132,7 @@ def test_latent_accuracy_of_a_diverged_model_is_nan_not_a_guess():
     import torch
 
     from scunlearn.audit import utility
-    from scunlearn.model import VAEConfig, build_vae
+    from scunlearn.vae.model import VAEConfig, build_vae
 
     model = build_vae(VAEConfig(n_genes=10, hidden=[8], latent=2)).eval()
     with torch.no_grad():

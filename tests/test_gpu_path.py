@@ -2,7 +2,7 @@
 
 import torch
 
-from scunlearn.model import resolve_device
+from scunlearn.runtime import resolve_device
 
 
 def test_auto_uses_cuda_when_present(monkeypatch):

@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from scunlearn import ScunlearnError
+from scunlearn.data.splits import Partition
 from scunlearn.methods import REGISTRY, get_method, resolve_params
 from scunlearn.methods import fisher as fisher_module
 from scunlearn.methods import frozen_critic as fc_module
 from scunlearn.methods.context import UnlearnContext
 from scunlearn.methods.fisher import diagonal_fisher, preconditioner, retain_fisher
-from scunlearn.model import VAEConfig, build_vae, seed_everything
-from scunlearn.optim import ExtraGradient, simultaneous_step
-from scunlearn.splits import Partition
+from scunlearn.runtime import seed_everything
+from scunlearn.vae.model import VAEConfig, build_vae
+from scunlearn.vae.optim import ExtraGradient, simultaneous_step
 
 from .conftest import fresh_python
 
@@ -283,7 +284,7 @@ def _trained_toy(epochs=15, n_rare=20):
     """The toy VAE after a few epochs on its training cells: a Fisher that varies, a fitted model.
 
     Trained once per test session; each call gets its own copy of the model."""
-    from scunlearn.train import fit
+    from scunlearn.vae.train import fit
 
     if (epochs, n_rare) not in _TRAINED:
         model, X, part = _toy(n_rare=n_rare)
@@ -404,11 +405,11 @@ def test_unlearning_without_attackers_does_not_import_sklearn_or_scipy_stats():
     matches cells or scores an attack (fine-tuning here) runs without importing them."""
     code = (
         "import sys, numpy as np, torch\n"
-        "import scunlearn.pipeline\n"
+        "import scunlearn.stages.unlearn\n"
         "from scunlearn.methods import get_method, resolve_params\n"
         "from scunlearn.methods.context import UnlearnContext\n"
-        "from scunlearn.model import VAE, VAEConfig, seed_everything\n"
-        "from scunlearn.splits import Partition\n"
+        "from scunlearn.vae.model import VAE, VAEConfig\nfrom scunlearn.runtime import seed_everything\n"
+        "from scunlearn.data.splits import Partition\n"
         "seed_everything(0, 1)\n"
         "X = torch.poisson(torch.rand(60, 30) * 5)\n"
         "part = Partition(train=np.arange(40), validation=np.arange(40, 50), forget=np.arange(5), "
@@ -425,7 +426,8 @@ def test_cell_loss_fisher_equals_the_per_sample_gradients_of_torch_func():
     for every parameter of a VAE with dropout (eval mode) and several hidden layers, over several chunks;
     a model it cannot split by rows (a shard ensemble) goes through diagonal_fisher itself."""
     from scunlearn.methods.fisher import _cell_loss, cell_loss_fisher
-    from scunlearn.model import ShardEnsemble, VAEConfig, build_vae
+    from scunlearn.vae.model import VAEConfig, build_vae
+    from scunlearn.vae.shards import ShardEnsemble
 
     torch.manual_seed(0)
     model = build_vae(VAEConfig(n_genes=30, hidden=[16, 8], latent=3, dropout=0.2)).eval()
@@ -454,7 +456,7 @@ def test_fisher_family_job_does_not_import_dynamo():
     code = (
         "import sys, torch\n"
         "from scunlearn.methods.fisher import cell_loss_fisher\n"
-        "from scunlearn.model import VAEConfig, build_vae\n"
+        "from scunlearn.vae.model import VAEConfig, build_vae\n"
         "m = build_vae(VAEConfig(n_genes=20, hidden=[8], latent=2)).eval()\n"
         "F = cell_loss_fisher(m, torch.poisson(torch.rand(10, 20) * 3))\n"
         "print(float(F['px.weight'].sum()) > 0, 'torch._dynamo' in sys.modules)\n")

@@ -13,7 +13,7 @@ from scunlearn.methods.context import UnlearnContext
 from scunlearn.methods.fisher import diagonal_fisher, preconditioner, retain_fisher
 from scunlearn.methods.latent_projection import fit_direction, project_mu_head
 from scunlearn.methods.relative_fisher import forget_fisher, relative_weights
-from scunlearn.model import cell_terms
+from scunlearn.vae.model import cell_terms
 from tests.test_methods import _toy, _trained_toy
 
 # ---- relative_fisher

@@ -16,7 +16,7 @@ from scunlearn.methods import scrub as scrub_module
 from scunlearn.methods import ssd as ssd_module
 from scunlearn.methods.common import per_gene_loss
 from scunlearn.methods.context import UnlearnContext
-from scunlearn.train import adam
+from scunlearn.vae.train import adam
 from tests.test_methods import _toy, _trained_toy
 
 

@@ -6,18 +6,12 @@ import torch
 from scipy import stats
 
 from scunlearn import ScunlearnError
-from scunlearn.matched import matched_negatives
-from scunlearn.model import (
-    CountCodes,
-    VAEConfig,
-    _CountIndex,
-    build_vae,
-    elbo,
-    kl_normal,
-    nb_log_likelihood,
-    seed_everything,
-)
-from scunlearn.train import fit, kl_weight, load_checkpoint, save_checkpoint
+from scunlearn.membership.matched import matched_negatives
+from scunlearn.runtime import seed_everything
+from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
+from scunlearn.vae.likelihood import CountCodes, _CountIndex, kl_normal, nb_log_likelihood
+from scunlearn.vae.model import VAEConfig, build_vae, elbo
+from scunlearn.vae.train import fit, kl_weight
 
 from .conftest import fresh_python
 
@@ -137,7 +131,7 @@ def test_nearest_rows_is_exact_knn():
     distances, in chunks or not; exact ties go to the lower index."""
     from sklearn.neighbors import NearestNeighbors
 
-    from scunlearn.matched import nearest_rows
+    from scunlearn.membership.matched import nearest_rows
 
     rng = np.random.default_rng(3)
     q, r = rng.normal(size=(25, 6)), rng.normal(size=(140, 6))
@@ -214,7 +208,7 @@ def test_count_codes_give_each_batch_the_index_built_from_it():
 def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():
     """The 16-bit-uniform dropout: keep rate 1 - p (to 2^-17), E[output] = input, gradient = the
     same mask, identity in eval mode, and the same masks for the same seed."""
-    from scunlearn.model import Dropout, dropout_keep
+    from scunlearn.vae.dropout import Dropout, dropout_keep
 
     for p in (0.1, 0.5, 0.9):
         torch.manual_seed(0)
@@ -238,7 +232,7 @@ def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():
     assert abs(float(factor.mean()) - 1.0) < 0.02          # unbiased
     torch.manual_seed(1)
     assert torch.equal(drop(x), y)                         # seeded
-    from scunlearn.model import dropout_mask
+    from scunlearn.vae.dropout import dropout_mask
     for dtype in (torch.float32, torch.float64):           # the float mask = keep · scale of the same draws
         torch.manual_seed(2)
         keep, scale = dropout_keep(torch.Size([50, 33]), 0.3)
@@ -255,7 +249,7 @@ def test_vae_draws_every_layers_dropout_mask_at_once_and_uses_each_once():
     """VAE.loss arms all six dropout layers from one random block (arm_dropout): each layer gets its own
     (rows x width) mask with keep rate 1 - p, uses it in that forward pass only, and the loss equals the
     one computed with those masks applied by hand; eval mode arms nothing."""
-    from scunlearn.model import Dropout, arm_dropout
+    from scunlearn.vae.dropout import Dropout, arm_dropout
 
     torch.manual_seed(0)
     m = build_vae(VAEConfig(n_genes=40, hidden=[64, 32, 16], latent=4, dropout=0.2))
@@ -297,7 +291,7 @@ def test_vae_draws_every_layers_dropout_mask_at_once_and_uses_each_once():
     m.loss(x)
     assert all(d.mask is None for d in drops)
 def test_log_factorial_cache_follows_tensor_changes():
-    from scunlearn.train import log_factorial_cached
+    from scunlearn.vae.likelihood import log_factorial_cached
 
     X = _data(n=20)
     first = log_factorial_cached(X)
@@ -311,7 +305,7 @@ def test_log_factorial_cache_follows_tensor_changes():
 def test_adam_is_torch_fused_adam_bit_for_bit(weight_decay):
     """scunlearn.optim.Adam (the fused kernel called directly) = torch.optim.Adam(fused=True): same
     parameters and state after steps where one parameter sometimes has no gradient."""
-    from scunlearn.optim import Adam
+    from scunlearn.vae.optim import Adam
 
     def run(make):
         torch.manual_seed(0)
@@ -341,8 +335,8 @@ def test_adam_steps_a_gradient_laid_out_otherwise_as_its_contiguous_copy():
     """The fused kernel reads parameter and gradient as flat memory: a transposed gradient (what
     torch.autograd.grad returns for a batched matmul's weight) must be re-laid out first, not read in
     the wrong order (torch.optim.Adam(fused=True) on CPU gets this wrong, silently)."""
-    from scunlearn.membership import BatchedAttackers
-    from scunlearn.optim import Adam
+    from scunlearn.membership.attackers import BatchedAttackers
+    from scunlearn.vae.optim import Adam
 
     torch.manual_seed(0)
     p0 = torch.randn(4, 6)
@@ -383,8 +377,8 @@ def test_training_does_not_import_dynamo():
     """A training job never imports torch._dynamo (1-1.7 s of CPU per process): fit, its Adam and seeding."""
     code = (
         "import sys, numpy as np, torch\n"
-        "from scunlearn.model import VAE, VAEConfig, seed_everything\n"
-        "from scunlearn.train import fit\n"
+        "from scunlearn.vae.model import VAE, VAEConfig\nfrom scunlearn.runtime import seed_everything\n"
+        "from scunlearn.vae.train import fit\n"
         "seed_everything(0, 1)\n"
         "X = torch.poisson(torch.rand(120, 30) * 5)\n"
         "m = VAE(VAEConfig(n_genes=30, hidden=[16, 8], latent=4))\n"
@@ -398,7 +392,7 @@ def test_adam_counts_all_steps_with_one_add_and_keeps_counting_after_a_restore()
     """The step counters Adam creates are 0-d views of one tensor, stepped with one add; an
     extragradient-style snapshot / restore (in-place copies) keeps them so, and the numbers stay
     torch.optim.Adam(fused=True)'s."""
-    from scunlearn.optim import Adam, _restore, _snapshot
+    from scunlearn.vae.optim import Adam, _restore, _snapshot
 
     def run(make, restore):
         torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from scunlearn.neighbors import exact_knn, smooth_knn_dist, umap_connectivities
+from scunlearn.data.neighbors import exact_knn, smooth_knn_dist, umap_connectivities
 
 
 def _points(n=200, d=5, seed=0):

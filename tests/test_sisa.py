@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from scunlearn import ScunlearnError
-from scunlearn.membership import feature_grad, feature_names, model_features
+from scunlearn.data.splits import Partition
+from scunlearn.membership.attackers import feature_grad, feature_names, model_features
 from scunlearn.methods import get_method, resolve_params
 from scunlearn.methods.context import UnlearnContext
 from scunlearn.methods.sisa import shard_seed, train_shard, train_shards
-from scunlearn.model import ShardEnsemble, VAEConfig, build_vae, cell_terms, seed_everything
-from scunlearn.splits import Partition
-from scunlearn.train import load_checkpoint, save_checkpoint
+from scunlearn.runtime import seed_everything
+from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
+from scunlearn.vae.model import VAEConfig, build_vae, cell_terms
+from scunlearn.vae.shards import ShardEnsemble
 from tests.conftest import tiny_audit_job
 from tests.test_methods import _toy as methods_toy
 
@@ -192,7 +194,7 @@ def test_registry_declares_the_extra_inputs_and_setup_cost_reaches_the_summary()
 def test_shard_and_unlearn_stages_hand_the_method_its_inputs(tmp_path):
     """stage_sisa_shards writes the ensemble and assignment; stage_unlearn gives them (and barcodes) to sisa."""
     from scunlearn.io import write_h5ad, write_json
-    from scunlearn.pipeline import stage_sisa_shards, stage_unlearn
+    from scunlearn.stages.unlearn import stage_sisa_shards, stage_unlearn
 
     X, part, names = _toy()
     adata = ad.AnnData(X.numpy(), obs=pd.DataFrame(index=names), var=pd.DataFrame(index=[f"g{i}" for i in range(40)]))
@@ -227,8 +229,8 @@ def test_shard_and_unlearn_stages_hand_the_method_its_inputs(tmp_path):
 
 def test_audit_stage_runs_on_an_ensemble(tmp_path):
     """The audit stage (per-cell, MLP and LOSS attacks, utility) loads and audits a shard ensemble."""
-    from scunlearn.cellstats import write_cell_stats
-    from scunlearn.pipeline import stage_audit
+    from scunlearn.stages.audit import stage_audit
+    from scunlearn.vae.cellstats import write_cell_stats
 
     d = tmp_path
     adata, part, X, inp, params = tiny_audit_job(d)

@@ -227,8 +227,8 @@ def test_deleted_checkpoint_and_audit_are_rebuilt_from_repo_root(tmp_path, run_n
 
 
 def test_truncated_checkpoint_says_to_delete_it(tmp_path):
-    from scunlearn.model import VAEConfig, build_vae
-    from scunlearn.train import load_checkpoint, save_checkpoint
+    from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
+    from scunlearn.vae.model import VAEConfig, build_vae
 
     p = tmp_path / "seed0.pt"
     save_checkpoint(build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2)), p, {"kind": "baseline"})
@@ -243,7 +243,7 @@ def test_truncated_checkpoint_says_to_delete_it(tmp_path):
 # ------------------------------------------------------------------ item 5: duplicate gene names
 
 def test_duplicate_gene_names_are_summed_and_logged(tmp_path, caplog):
-    from scunlearn.acquire import read_user_file
+    from scunlearn.data.acquire import read_user_file
 
     names = ["CD3D", "PF4", "CD3D", "G3", "PF4", "G5"]
     p = _counts_h5ad(tmp_path / "dups.h5ad", seed=0, n_genes=6, var_names=names)
@@ -259,7 +259,7 @@ def test_duplicate_gene_names_are_summed_and_logged(tmp_path, caplog):
 
 
 def test_duplicate_gene_names_refused_when_asked(tmp_path):
-    from scunlearn.acquire import read_user_file
+    from scunlearn.data.acquire import read_user_file
 
     p = _counts_h5ad(tmp_path / "dups.h5ad", seed=0, n_genes=3, var_names=["A", "B", "A"])
     with pytest.raises(ScunlearnError) as e:
@@ -268,7 +268,7 @@ def test_duplicate_gene_names_refused_when_asked(tmp_path):
 
 
 def test_duplicate_symbols_of_a_10x_folder_are_summed(tmp_path):
-    from scunlearn.acquire import read_user_file
+    from scunlearn.data.acquire import read_user_file
 
     d = tmp_path / "mtx"
     d.mkdir()
@@ -298,7 +298,7 @@ def _fake_archive(path: Path, n_cells=6, n_genes=4) -> Path:
 
 
 def _checksums(tmp_path, sha="", n_cells=6, n_genes=4) -> Path:
-    from scunlearn.acquire import PBMC33K_ARCHIVE
+    from scunlearn.data.acquire import PBMC33K_ARCHIVE
 
     p = tmp_path / "checksums.tsv"
     pd.DataFrame([{"file": PBMC33K_ARCHIVE, "url": "x", "sha256": sha, "n_cells": n_cells, "n_genes": n_genes}]) \
@@ -307,7 +307,7 @@ def _checksums(tmp_path, sha="", n_cells=6, n_genes=4) -> Path:
 
 
 def test_first_download_pins_the_archive_digest(tmp_path, caplog):
-    from scunlearn.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
+    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
     from scunlearn.io import sha256sum
 
     src = _fake_archive(tmp_path / "mirror.tar.gz")
@@ -320,7 +320,7 @@ def test_first_download_pins_the_archive_digest(tmp_path, caplog):
 
 
 def test_archive_with_wrong_digest_is_refused_and_deleted(tmp_path):
-    from scunlearn.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k
+    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k
 
     res = tmp_path / "res"
     res.mkdir()
@@ -335,7 +335,7 @@ def test_archive_with_wrong_digest_is_refused_and_deleted(tmp_path):
 
 
 def test_archive_of_the_wrong_shape_is_refused_deleted_and_not_pinned(tmp_path):
-    from scunlearn.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
+    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
 
     src = _fake_archive(tmp_path / "mirror.tar.gz")
     sums = _checksums(tmp_path, n_cells=33148, n_genes=32738)
@@ -347,9 +347,9 @@ def test_archive_of_the_wrong_shape_is_refused_deleted_and_not_pinned(tmp_path):
 
 def test_download_stage_then_acquire_pins_and_reads_the_archive(tmp_path):
     """The two rules' stages in order: pbmc33k_archive downloads, acquire verifies, pins and reads."""
-    from scunlearn.acquire import PBMC33K_ARCHIVE, load_checksums
+    from scunlearn.data.acquire import PBMC33K_ARCHIVE, load_checksums
     from scunlearn.io import sha256sum
-    from scunlearn.pipeline import stage_acquire, stage_download
+    from scunlearn.stages.data import stage_acquire, stage_download
 
     src = _fake_archive(tmp_path / "mirror.tar.gz")
     res = tmp_path / "res"
@@ -399,7 +399,7 @@ def test_plain_run_names_with_dots_are_accepted(tmp_path):
 
 
 def test_device_cuda_without_cuda_names_the_key(monkeypatch):
-    from scunlearn.model import resolve_device
+    from scunlearn.runtime import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
@@ -415,9 +415,9 @@ def test_device_cuda_without_cuda_names_the_key(monkeypatch):
 
 
 def test_unknown_cell_type_lists_types_and_says_they_are_data_derived(processed, tmp_path):
+    from scunlearn.data.splits import make_split
     from scunlearn.io import write_json
-    from scunlearn.pipeline import stage_forget
-    from scunlearn.splits import make_split
+    from scunlearn.stages.data import stage_forget
 
     adata = tmp_path / "adata.h5ad"
     write_h5ad(processed, adata)
@@ -459,7 +459,7 @@ def test_shipped_profile_shows_failed_logs():
 # ------------------------------------------------------------------ clusters with no convincing marker score
 
 def test_cluster_below_min_marker_score_is_unknown(markers, caplog):
-    from scunlearn.preprocess import annotate_clusters
+    from scunlearn.data.preprocess import annotate_clusters
 
     rng = np.random.default_rng(0)
     mk = markers.groupby("cell_type")["gene"].apply(list)
@@ -517,7 +517,7 @@ def test_unknown_nested_key_names_its_path(tmp_path):
 
 
 def _vae(seed: int):
-    from scunlearn.model import VAEConfig, build_vae
+    from scunlearn.vae.model import VAEConfig, build_vae
 
     torch.manual_seed(seed)
     return build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2))
@@ -526,7 +526,7 @@ def _vae(seed: int):
 @pytest.mark.parametrize("change", ["truncated", "replaced"])
 def test_changed_checkpoint_with_its_old_time_is_refused(tmp_path, change):
     """Silent case 4: a checkpoint changed behind Snakemake's back (time stamp kept) was used or misreported."""
-    from scunlearn.train import load_checkpoint, save_checkpoint
+    from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
 
     p = tmp_path / "seed0.pt"
     save_checkpoint(_vae(0), p, {"kind": "baseline"})
@@ -548,7 +548,7 @@ def test_changed_checkpoint_with_its_old_time_is_refused(tmp_path, change):
 
 def test_changed_h5ad_is_refused_by_every_reader(processed, tmp_path):
     from scunlearn.io import read_adata, read_cells, write_h5ad
-    from scunlearn.pipeline import stage_split
+    from scunlearn.stages.data import stage_split
 
     p = tmp_path / "adata.h5ad"
     write_h5ad(processed, p)

@@ -40,36 +40,8 @@ def process_age() -> float | None:
 
 _T_IMPORT = time.perf_counter()
 
-#: glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def tune_allocator() -> bool:
-    """Keep freed memory in the process (glibc malloc): a training step's temporaries are reused, not re-faulted.
-
-    A training batch allocates a few dozen cells × genes temporaries (4 MB each at batch
-    512 × 2,000 genes). glibc serves blocks that large with fresh mmaps and returns
-    them on free, so every batch page-faults its temporaries in again (the first write to a
-    fresh 4 MB block cost up to 30 ms). Serving them from the heap (mmap threshold
-    32 MB, the most glibc allows) and trimming the heap only above 512 MB is 5-10% more
-    cells/s on CPU (``bench/train_throughput.py``). The process's peak memory is unchanged;
-    it only keeps what it already used. Linux/glibc only; elsewhere a no-op returning False.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    ok = mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-    ok &= mallopt(_M_TRIM_THRESHOLD, 512 * 1024 * 1024)
-    ok &= mallopt(_M_TOP_PAD, 64 * 1024 * 1024)
-    return bool(ok)
 
 
 def log_ready(log: logging.Logger, what: str) -> None:

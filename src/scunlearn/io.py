@@ -57,7 +57,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Read JSON, raising a ScunlearnError that names the file when it is missing or malformed."""
-    from . import ScunlearnError
+    from scunlearn import ScunlearnError
 
     try:
         return json.loads(Path(path).read_text())
@@ -71,7 +71,7 @@ def read_tsv(path: str | os.PathLike, what: str = "TSV"):
     """Read a TSV into a DataFrame, raising a ScunlearnError that names the file and what it is."""
     import pandas as pd
 
-    from . import ScunlearnError
+    from scunlearn import ScunlearnError
 
     try:
         return pd.read_csv(path, sep="\t")
@@ -145,7 +145,7 @@ def write_with_digest(path: str | os.PathLike, writer: Callable[[Path], None]) -
 
 def verify_digest(path: str | os.PathLike) -> None:
     """Refuse a file whose SHA-256 differs from the one recorded when it was written (no record: nothing to check)."""
-    from . import ScunlearnError
+    from scunlearn import ScunlearnError
 
     rec = digest_path(path)
     try:
@@ -164,7 +164,7 @@ def read_markers(path):
     """The marker table (columns ``cell_type``, ``gene``), with errors naming the file."""
     import pandas as pd
 
-    from . import ScunlearnError
+    from scunlearn import ScunlearnError
 
     try:
         m = pd.read_csv(path, sep="\t")
@@ -183,8 +183,8 @@ def read_adata(path, verify: bool = True):
     logs the stage's start-up mark once it is read."""
     import anndata as ad
 
-    from . import ScunlearnError
-    from .costs import log_ready
+    from scunlearn import ScunlearnError
+    from scunlearn.costs import log_ready
 
     try:
         if verify:
@@ -273,8 +273,8 @@ def read_cells(path) -> CellData:
     logs the stage's start-up mark once it is read."""
     import h5py
 
-    from . import ScunlearnError
-    from .costs import log_ready
+    from scunlearn import ScunlearnError
+    from scunlearn.costs import log_ready
 
     try:
         verify_digest(path)

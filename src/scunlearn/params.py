@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ScunlearnError
+from scunlearn import ScunlearnError
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> dict:

@@ -12,23 +12,7 @@ rule audit:
         forget=rules.forget_set.output.forget,
         matched=rules.matched_negatives.output.matched,
         markers=MARKERS,
-        code=lib(
-            "audit/attack.py",
-            "folds.py",
-            "membership.py",
-            "audit/attacks/__init__.py",
-            *[f"audit/attacks/{ATTACK_REGISTRY[a].module}.py" for a in ATTACKS],
-            "audit/calibrated.py",
-            "audit/data.py",
-            "params.py",
-            "audit/metrics.py",
-            "cellstats.py",
-            "matched.py",
-            "audit/utility.py",
-            "model.py",
-            "train.py",
-            "splits.py",
-        ),
+        code=code("audit:stage_audit", *[f"scunlearn.audit.attacks.{ATTACK_REGISTRY[a].module}" for a in ATTACKS]),
     output:
         audits=[f"{OUT}/audit/{{forget}}/{{model}}/seed{s}.json" for s in SEEDS],
     params:
@@ -73,7 +57,7 @@ rule aggregate:
     input:
         audits=[a for f in FORGET for a in audited(f)],
         controls=[f"{OUT}/audit/{f}/controls.json" for f in FORGET],
-        code=lib("audit/verdict.py", "audit/calibrated.py", "audit/summary.py"),
+        code=code("audit:stage_aggregate"),
     output:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
         controls=f"{OUT}/report/controls.tsv",
@@ -103,15 +87,7 @@ rule controls:
         matched=rules.matched_negatives.output.matched,
         ref_retrain=[f"{OUT}/models/retrain/{{forget}}/seed{s}.cells.npz" for s in ALL_SEEDS],
         ref_baseline=[f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
-        code=lib(
-            "audit/controls.py",
-            "audit/calibrated.py",
-            "audit/metrics.py",
-            "audit/attacks/per_cell.py",
-            "cellstats.py",
-            "matched.py",
-            "splits.py",
-        ),
+        code=code("audit:stage_controls"),
     output:
         controls=f"{OUT}/audit/{{forget}}/controls.json",
     params:

@@ -8,9 +8,10 @@ sys.path.insert(0, str(BASE / "src"))
 
 from snakemake.exceptions import WorkflowError
 from scunlearn import ScunlearnError
-from scunlearn.sources import PBMC33K_URL
+from scunlearn.data.sources import PBMC33K_URL
 from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, mlp_fold_groups, resolve_attacks
-from scunlearn.methods import resolve_params
+from scunlearn.codedeps import stage_code
+from scunlearn.methods import get_method, resolve_params
 
 # Parameters are compared by their repr to decide reruns: sort every nested key so that
 # reordering keys in a config file (or schema defaults filled in) never reruns a job.
@@ -150,12 +151,13 @@ def _variants():
 VARIANTS = _variants()
 
 
-def lib(*modules):
-    """Library modules a rule depends on, declared as inputs so that editing them reruns the rule."""
-    return [from_base(f"src/scunlearn/{m}") for m in ("__init__.py", "io.py", "costs.py", "pipeline.py", *modules)]
-
-
-METHOD_MODULES = sorted(f"methods/{p.name}" for p in (BASE / "src/scunlearn/methods").glob("*.py"))
+def code(stage, *extra):
+    """A rule's code inputs: the library files its stage function imports (``module:function`` under
+    scunlearn.stages), followed transitively (scunlearn.codedeps), plus the scripts' shim. ``extra``:
+    modules a registry imports by name at run time (a method's, an attack's). Editing one of these
+    files reruns the rule; editing another does not."""
+    files = stage_code(f"scunlearn.stages.{stage}", extra)
+    return [in_repo(Path(f).relative_to(BASE.resolve())) for f in files] + [in_repo("workflow/scripts/_stage.py")]
 
 
 def res(kind, key, default):

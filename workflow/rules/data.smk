@@ -21,7 +21,7 @@ rule acquire:
     input:
         data=DATASET_FILES,
         markers=MARKERS,
-        code=lib("acquire.py", "simulate.py"),
+        code=code("data:stage_acquire"),
     output:
         raw=f"{OUT}/data/raw.h5ad",
     params:
@@ -48,7 +48,7 @@ rule preprocess:
     input:
         raw=rules.acquire.output.raw,
         markers=MARKERS,
-        code=lib("preprocess.py"),
+        code=code("data:stage_preprocess"),
     output:
         adata=f"{OUT}/data/adata.h5ad",
     params:
@@ -71,7 +71,7 @@ rule preprocess:
 rule split:
     input:
         adata=rules.preprocess.output.adata,
-        code=lib("splits.py"),
+        code=code("data:stage_split"),
     output:
         split=f"{OUT}/splits/split.json",
     params:
@@ -94,7 +94,7 @@ rule forget_set:
     input:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
-        code=lib("splits.py"),
+        code=code("data:stage_forget"),
     output:
         forget=f"{OUT}/splits/{{forget}}.json",
     params:

@@ -27,16 +27,7 @@ rule report:
         controls=rules.aggregate.output.controls,
         adata=rules.preprocess.output.adata,
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
-        code=lib(
-            "report/__init__.py",
-            "report/captions.py",
-            "report/tables.py",
-            "report/figures.py",
-            "report/html.py",
-            "audit/summary.py",
-            "audit/verdict.py",
-            "audit/calibrated.py",
-        ),
+        code=code("report:stage_report"),
     output:
         html=report(f"{OUT}/report/index.html", caption="../report/index.rst", category="Report"),
         tables=[

@@ -11,7 +11,7 @@ rule sisa_shards:
     input:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
-        code=lib("model.py", "train.py", "splits.py", "methods/sisa.py"),
+        code=code("unlearn:stage_sisa_shards"),
     output:
         model=f"{OUT}/sisa/{{variant}}/seed{{seed}}.pt",
         assignment=f"{OUT}/sisa/{{variant}}/seed{{seed}}.shards.json",

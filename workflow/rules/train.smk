@@ -1,14 +1,13 @@
 # baseline VAE per seed, retrained VAE per forget set and seed (train.seeds and audit.reference_seeds),
 # matched negatives (in the preprocessed PCA: no model chooses them).
 # With train.ensemble (the default) one job trains all seeds of the baseline (and one job all
-# seeds of each forget set's retrain) as one batched model (scunlearn.ensemble); each seed still
+# seeds of each forget set's retrain) as one batched model (scunlearn.vae.batched); each seed still
 # gets its own checkpoint, history and per-cell statistics, the files the per-seed jobs write.
 
 
 # the recipe without the seeds and the way they are batched or launched: none changes a seed's model
 # (beyond float rounding)
 TRAIN_PARAMS = {k: v for k, v in config["train"].items() if k not in ("seeds", "ensemble", "cuda_graphs")}
-TRAIN_CODE = ("model.py", "train.py", "splits.py", "cellstats.py")
 
 
 if ENSEMBLE:
@@ -17,7 +16,7 @@ if ENSEMBLE:
         input:
             adata=rules.preprocess.output.adata,
             split=rules.split.output.split,
-            code=lib(*TRAIN_CODE, "ensemble.py"),
+            code=code("train:stage_train_ensemble"),
         output:
             **seed_files("baseline"),
         params:
@@ -46,7 +45,7 @@ if ENSEMBLE:
             adata=rules.preprocess.output.adata,
             split=rules.split.output.split,
             forget=rules.forget_set.output.forget,
-            code=lib(*TRAIN_CODE, "ensemble.py"),
+            code=code("train:stage_train_ensemble"),
         output:
             **seed_files("retrain/{forget}"),
         params:
@@ -71,7 +70,7 @@ rule matched_negatives:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
-        code=lib("matched.py", "splits.py"),
+        code=code("train:stage_matched"),
     output:
         matched=f"{OUT}/splits/matched_{{forget}}.json",
     params:

@@ -5,7 +5,7 @@ rule baseline:
     input:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
-        code=lib(*TRAIN_CODE),
+        code=code("train:stage_train"),
     output:
         model=f"{OUT}/models/baseline/seed{{seed}}.pt",
         history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
@@ -36,7 +36,7 @@ use rule baseline as retrain with:
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
-        code=lib(*TRAIN_CODE),
+        code=code("train:stage_train"),
     output:
         model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
         history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",

@@ -1,5 +1,11 @@
 # one rule for every unlearning method variant: {variant} / {forget} / {seed}
 
+# each variant's code: the unlearn stage's imports plus its own method's module (the registry imports
+# it by name), so editing one method reruns that method's jobs only
+UNLEARN_CODE = {
+    v: code("unlearn:stage_unlearn", f"scunlearn.methods.{get_method(d['method']).module}") for v, d in VARIANTS.items()
+}
+
 
 rule unlearn:
     input:
@@ -9,19 +15,7 @@ rule unlearn:
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
         baseline=f"{OUT}/models/baseline/seed{{seed}}.pt",
-        code=lib(
-            "model.py",
-            "train.py",
-            "cellstats.py",
-            "optim.py",
-            "splits.py",
-            "matched.py",
-            "folds.py",
-            "membership.py",
-            "audit/metrics.py",
-            "params.py",
-            *METHOD_MODULES,
-        ),
+        code=lambda w: UNLEARN_CODE[w.variant],
     output:
         model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
         trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",

@@ -12,4 +12,4 @@ sys.path.insert(0, _SRC)
 for _name in [m for m in sys.modules if m == "scunlearn" or m.startswith("scunlearn.")]:
     del sys.modules[_name]  # imported from elsewhere by Snakemake's preamble: import again from _SRC
 
-from scunlearn.pipeline import run  # noqa: E402,F401
+from scunlearn.stages import run  # noqa: E402,F401

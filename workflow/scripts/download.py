@@ -1,6 +1,6 @@
-"""Snakemake script for the 'download' stage: all logic is in scunlearn.pipeline.stage_download."""
+"""Snakemake script for the 'download' stage: all logic is in scunlearn.stages.data.stage_download."""
 from _stage import run
 
-from scunlearn.pipeline import stage_download
+from scunlearn.stages.data import stage_download
 
 run(stage_download, snakemake)  # noqa: F821

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..membership import fold_splits, held_out_scores
-from .metrics import auc_score, tpr_at_fpr
+from scunlearn.membership.attackers import fold_splits, held_out_scores
+from scunlearn.membership.metrics import auc_score, tpr_at_fpr
 
 
 def _fold_bootstrap(y: np.ndarray, scores: list[np.ndarray], tests: list[np.ndarray], n_boot: int,

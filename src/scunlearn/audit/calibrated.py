@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special  # not scipy.stats: ~0.5 s more import in every audit job, same functions
 
-from .metrics import auc_score, tpr_at_fpr
+from scunlearn.membership.metrics import auc_score, tpr_at_fpr
 
 #: prior weight (in reference models) of the pooled variance in the per-cell variance
 SHRINK_N0 = 4.0

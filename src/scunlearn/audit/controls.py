@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from .calibrated import per_cell_audit
+from scunlearn.audit.calibrated import per_cell_audit
 
 
 def control_trials(retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray], pos: np.ndarray,

@@ -53,12 +53,12 @@ class AuditData:
     @cached_property
     def features(self) -> np.ndarray:
         """The MLP attack's per-cell features of forget + matched rows (computed once per job)."""
-        from ..membership import model_features
+        from scunlearn.membership.attackers import model_features
 
         return model_features(self.model, self.X, np.r_[self.forget, self.matched])
 
     @cached_property
     def feature_names(self) -> list[str]:
-        from ..membership import feature_names
+        from scunlearn.membership.attackers import feature_names
 
         return feature_names(self.model.cfg.latent)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .calibrated import per_cell_audit
+from scunlearn.audit.calibrated import per_cell_audit
 
 
 def simulate_cell_stats(rng: np.random.Generator, n_pos: int = 30, n_neg: int = 150, n_retrain: int = 4,

@@ -1,4 +1,12 @@
-"""The columns of ``report/summary.tsv``, defined once (the README's contract table lists them)."""
+"""``report/summary.tsv``: its columns, defined once (the README's contract table lists them), and the
+rows built from the audit records with their verdicts (:func:`aggregate`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from scunlearn import ScunlearnError
 
 #: the public columns of report/summary.tsv, in order (the README's contract table lists them)
 SUMMARY_COLUMNS = [
@@ -31,3 +39,33 @@ RENAME = {"delta_vs_retrain_ci_low": "delta_ci_low", "delta_vs_retrain_ci_high":
 
 #: verdicts a summary row can carry (see :mod:`scunlearn.audit.verdict`)
 VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE", "NOT-COMPARABLE")
+
+
+def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
+              controls: list[dict] | None = None) -> pd.DataFrame:
+    """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract).
+
+    ``controls``: the controls stage's records, one per forget set (counts over every seed);
+    without them the controls are counted over the audited rows' seeds.
+    """
+    from scunlearn.audit.attacks import ATTACKS
+    from scunlearn.audit.verdict import add_verdicts
+
+    df = pd.DataFrame(records).rename(columns=RENAME)
+    for c in controls or []:
+        rows = df["forget_set"] == c["forget_set"]
+        for col, key in (("controls_baseline_caught", "baseline_caught"), ("controls_n_baseline", "n_baseline"),
+                         ("controls_false_alarms", "retrain_false_alarms"), ("controls_n_retrain", "n_retrain")):
+            df.loc[rows, col] = c[key]
+    extra = [c for a in ATTACKS.values() for c in a.columns if c in df.columns]  # user attacks' columns
+    missing = {"baseline", "retrain"} - set(df["method"])
+    if missing:
+        raise ScunlearnError(f"aggregate: no {sorted(missing)} models among the audits")
+    for col in SUMMARY_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
+    df = add_verdicts(df, tolerance, alpha)
+    order = {"baseline": 0, "retrain": 1}
+    df["_o"] = df["method"].map(order).fillna(2)
+    df = df.sort_values(["forget_set", "_o", "variant", "seed"]).drop(columns="_o")
+    return df[SUMMARY_COLUMNS + extra].reset_index(drop=True)

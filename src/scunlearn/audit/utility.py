@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import torch
 
-from ..folds import stratified_test_folds
-from ..model import VAE, cell_terms, elbo
+from scunlearn.data.folds import stratified_test_folds
+from scunlearn.vae.model import VAE, cell_terms, elbo
 
 log = logging.getLogger(__name__)
 

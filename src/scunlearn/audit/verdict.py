@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .calibrated import verdict as stat_verdict
+from scunlearn.audit.calibrated import verdict as stat_verdict
 
 
 def floor_stats(retrain_aucs) -> dict:
@@ -84,7 +84,7 @@ def comparable(method: str) -> bool:
     A registered method says so (``MethodSpec.audit_comparable``: False for sisa's shard
     ensemble and dp_retrain's DP-trained VAE); baseline, retrain and unknown methods are.
     """
-    from ..methods import REGISTRY
+    from scunlearn.methods import REGISTRY
 
     spec = REGISTRY.get(method)
     return True if spec is None else spec.audit_comparable
@@ -134,7 +134,7 @@ def add_verdicts(df: pd.DataFrame, tolerance: float, alpha: float = 0.05) -> pd.
 
 def power_summary(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One row per forget set: the audit's power on this study (controls and the smallest detectable Δ)."""
-    from .calibrated import minimal_detectable_delta
+    from scunlearn.audit.calibrated import minimal_detectable_delta
 
     rows = []
     for fs, g in df.groupby("forget_set", sort=False):

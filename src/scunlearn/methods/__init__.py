@@ -19,8 +19,18 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import ScunlearnError
-from ..params import ATTACKER_SCHEMA, check_schema_covers, choice, int_list, integer, merge, number, obj, validate
+from scunlearn import ScunlearnError
+from scunlearn.params import (
+    ATTACKER_SCHEMA,
+    check_schema_covers,
+    choice,
+    int_list,
+    integer,
+    merge,
+    number,
+    obj,
+    validate,
+)
 
 
 @dataclass(frozen=True)

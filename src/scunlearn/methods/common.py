@@ -19,11 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..matched import matched_negatives
-from ..membership import _rng_devices, feature_grad, features_from_terms, shadow_auc
-from ..model import VAE, cell_terms, elbo
-from ..train import adam, rows_loss, run_epoch
-from .context import UnlearnContext
+from scunlearn.membership.attackers import _rng_devices, feature_grad, features_from_terms, shadow_auc
+from scunlearn.membership.matched import matched_negatives
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE, cell_terms, elbo
+from scunlearn.vae.train import adam, rows_loss, run_epoch
 
 
 def per_gene_loss(model: VAE, x: torch.Tensor, beta: float = 1.0, *, rows: torch.Tensor | None = None) -> torch.Tensor:

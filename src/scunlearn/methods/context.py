@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..model import VAE
-from ..splits import Partition
+from scunlearn.data.splits import Partition
+from scunlearn.vae.model import VAE
 
 log = logging.getLogger(__name__)
 

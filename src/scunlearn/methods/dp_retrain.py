@@ -64,35 +64,14 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from .. import ScunlearnError
-from ..model import VAE, arm_dropout, build_vae, elbo, kl_normal, log_factorial_rows, nb_backward, nb_forward
-from ..train import kl_weight
-from .common import MembershipSet, _rng_devices
-from .context import UnlearnContext
-
-
-class NBPerCellNLL(torch.autograd.Function):
-    """``_NBTrainingNLL`` (model.py) with θ given per cell: per-cell −Σ_g log NB(x | L·softmax(h), θ) − Σ_g lgamma(x+1).
-
-    ``log_theta_rows`` is the genes' log θ repeated for every cell (cells x genes, equal
-    rows, as :class:`GeneTheta` returns it). The forward is ``_NBTrainingNLL``'s; the
-    backward returns each cell's own gradient w.r.t. its row, whose sum over cells is
-    ``_NBTrainingNLL``'s per-gene gradient: what per-sample gradients need.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, log_theta_rows, x, library):
-        return nb_forward(ctx, logits, log_theta_rows[0], x, library)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
-        grad_rows = None if e is None else e.add_(const).mul_(g).mul_(theta)
-        return grad_logits, grad_rows, None, None
+from scunlearn import ScunlearnError
+from scunlearn.methods.common import MembershipSet, _rng_devices
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.dropout import arm_dropout
+from scunlearn.vae.likelihood import NBPerCellNLL, kl_normal, log_factorial_rows
+from scunlearn.vae.model import VAE, build_vae, elbo
+from scunlearn.vae.train import kl_weight
 
 
 class GeneTheta(nn.Module):

@@ -39,12 +39,12 @@ import copy
 import numpy as np
 import torch
 
-from ..membership import BatchedAttackers, bce_balanced, feature_grad
-from ..model import VAE, set_training
-from ..optim import ExtraGradient
-from ..train import adam
-from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
-from .context import UnlearnContext
+from scunlearn.membership.attackers import BatchedAttackers, bce_balanced, feature_grad
+from scunlearn.methods.common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE, set_training
+from scunlearn.vae.optim import ExtraGradient
+from scunlearn.vae.train import adam
 
 
 def extragradient(ctx: UnlearnContext) -> VAE:

@@ -33,10 +33,10 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn.functional import layer_norm
 
-from ..model import VAE
-from .common import MembershipSet, finetune
-from .context import UnlearnContext
-from .retain_finetune import log_finetune_epoch
+from scunlearn.methods.common import MembershipSet, finetune
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.methods.retain_finetune import log_finetune_epoch
+from scunlearn.vae.model import VAE
 
 log = logging.getLogger(__name__)
 

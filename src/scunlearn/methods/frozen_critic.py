@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..membership import feature_grad, fit_attacker
-from ..model import VAE, set_training
-from ..train import adam
-from .common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
-from .context import UnlearnContext
+from scunlearn.membership.attackers import feature_grad, fit_attacker
+from scunlearn.methods.common import MembershipSet, grad_norm, per_gene_loss, retain_batches, shares
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE, set_training
+from scunlearn.vae.train import adam
 
 
 def frozen_critic(ctx: UnlearnContext) -> VAE:

@@ -38,10 +38,10 @@ import logging
 import numpy as np
 import torch
 
-from ..model import VAE, cell_terms
-from .common import MembershipSet, finetune
-from .context import UnlearnContext
-from .retain_finetune import log_finetune_epoch
+from scunlearn.methods.common import MembershipSet, finetune
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.methods.retain_finetune import log_finetune_epoch
+from scunlearn.vae.model import VAE, cell_terms
 
 log = logging.getLogger(__name__)
 

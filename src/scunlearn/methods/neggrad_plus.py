@@ -35,9 +35,9 @@ import logging
 
 import torch
 
-from ..model import VAE
-from .common import MembershipSet, _rng_devices, finetune, per_gene_cell_loss
-from .context import UnlearnContext
+from scunlearn.methods.common import MembershipSet, _rng_devices, finetune, per_gene_cell_loss
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE
 
 log = logging.getLogger(__name__)
 

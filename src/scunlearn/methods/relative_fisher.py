@@ -41,9 +41,9 @@ import logging
 
 import torch
 
-from ..model import VAE
-from .context import UnlearnContext
-from .fisher import _start, cell_loss_fisher, scrub_and_finish
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.methods.fisher import _start, cell_loss_fisher, scrub_and_finish
+from scunlearn.vae.model import VAE
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ per-gene losses of forget cells and their matched validation cells (z = μ, eval
 
 from __future__ import annotations
 
-from ..model import VAE
-from .common import MembershipSet, finetune
-from .context import UnlearnContext
+from scunlearn.methods.common import MembershipSet, finetune
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE
 
 
 def log_finetune_epoch(ctx: UnlearnContext, members: MembershipSet, model: VAE, step: int = 0):

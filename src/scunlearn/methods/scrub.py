@@ -36,10 +36,10 @@ import copy
 import numpy as np
 import torch
 
-from ..model import VAE
-from ..train import adam
-from .common import MembershipSet, _rng_devices, per_gene_loss, retain_batches
-from .context import UnlearnContext
+from scunlearn.methods.common import MembershipSet, _rng_devices, per_gene_loss, retain_batches
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.model import VAE
+from scunlearn.vae.train import adam
 
 
 def gaussian_kl(mu_t: torch.Tensor, logvar_t: torch.Tensor, mu_s: torch.Tensor,

@@ -26,12 +26,14 @@ import time
 import numpy as np
 import torch
 
-from .. import ScunlearnError
-from ..io import read_json
-from ..model import ShardEnsemble, VAEConfig, build_vae
-from ..train import fit, load_checkpoint
-from .common import MembershipSet, _rng_devices
-from .context import UnlearnContext
+from scunlearn import ScunlearnError
+from scunlearn.io import read_json
+from scunlearn.methods.common import MembershipSet, _rng_devices
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.vae.checkpoints import load_checkpoint
+from scunlearn.vae.model import VAEConfig, build_vae
+from scunlearn.vae.shards import ShardEnsemble
+from scunlearn.vae.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def sisa(ctx: UnlearnContext) -> ShardEnsemble:
     retrained shard, the final ensemble. Reports ``sisa_shards``, ``sisa_shards_retrained``,
     ``setup_wall_s``.
     """
-    from ..costs import read_benchmark
+    from scunlearn.costs import read_benchmark
 
     p, inputs = ctx.params, ctx.inputs
     for key in ("shards", "shard_assignment", "barcodes"):

@@ -29,10 +29,10 @@ import logging
 
 import torch
 
-from ..model import VAE
-from .common import MembershipSet
-from .context import UnlearnContext
-from .fisher import cell_loss_fisher
+from scunlearn.methods.common import MembershipSet
+from scunlearn.methods.context import UnlearnContext
+from scunlearn.methods.fisher import cell_loss_fisher
+from scunlearn.vae.model import VAE
 
 log = logging.getLogger(__name__)
 

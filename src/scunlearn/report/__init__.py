@@ -6,10 +6,10 @@ figure builders are public for users who script against ``summary.tsv``. Titles 
 captions are written once, in :mod:`.captions`.
 """
 
-from .captions import FIGURES, TABLES
-from .figures import FIGURE_CAPTIONS, make_figures
-from .html import build_report
-from .tables import (
+from scunlearn.report.captions import FIGURES, TABLES
+from scunlearn.report.figures import FIGURE_CAPTIONS, make_figures
+from scunlearn.report.html import build_report
+from scunlearn.report.tables import (
                      build_tables,
                      read_summary,
                      status,

@@ -3,7 +3,7 @@
 
 import sys
 
-from .captions import write_rst
+from scunlearn.report.captions import write_rst
 
 for path in write_rst(sys.argv[1] if len(sys.argv) > 1 else "workflow/report"):
     print(path)

@@ -21,10 +21,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from .. import ScunlearnError
-from ..io import read_tsv, write_tsv, write_with
-from .captions import FIGURES
-from .tables import aggregate, check_forget_set, forget_set_order, main_forget_set, validate_summary, variant_order
+from scunlearn import ScunlearnError
+from scunlearn.io import read_tsv, write_tsv, write_with
+from scunlearn.report.captions import FIGURES
+from scunlearn.report.tables import (
+    aggregate,
+    check_forget_set,
+    forget_set_order,
+    main_forget_set,
+    validate_summary,
+    variant_order,
+)
 
 BAND_COLOR = "#2ca02c"
 RETRAIN_COLOR = "0.55"

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..io import write_tsv, write_with
-from .captions import TABLES
-from .figures import FIGURE_CAPTIONS, make_figures
-from .tables import (
+from scunlearn.io import write_tsv, write_with
+from scunlearn.report.captions import TABLES
+from scunlearn.report.figures import FIGURE_CAPTIONS, make_figures
+from scunlearn.report.tables import (
     BETTER,
     CONTROL_METHOD,
     PAPER_TABLES,
@@ -362,7 +362,7 @@ def render_comparison(comp: pd.DataFrame) -> str:
 
 def render_claims_note(summary: pd.DataFrame) -> str:
     """What each NOT-COMPARABLE variant's numbers can and cannot support (its method's registered claim)."""
-    from ..methods import REGISTRY
+    from scunlearn.methods import REGISTRY
 
     nc = summary.loc[summary["verdict"] == "NOT-COMPARABLE", ["variant", "method"]].drop_duplicates()
     items = [f"<li><b>{html.escape(str(v))}</b> ({html.escape(str(m))}): {html.escape(REGISTRY[m].audit_claim)}</li>"

@@ -22,11 +22,11 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .. import ScunlearnError
-from ..audit.summary import SUMMARY_COLUMNS, VERDICTS
-from ..audit.verdict import paper_verdict, power_summary
-from ..io import read_tsv
-from .captions import TABLES
+from scunlearn import ScunlearnError
+from scunlearn.audit.summary import SUMMARY_COLUMNS, VERDICTS
+from scunlearn.audit.verdict import paper_verdict, power_summary
+from scunlearn.io import read_tsv
+from scunlearn.report.captions import TABLES
 
 #: Values ``paper_verdict`` can take (NA: no MLP AUC).
 PAPER_VERDICTS = ("LEAK", "NO-LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "NA")

@@ -17,8 +17,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from ... import ScunlearnError
-from ...params import ATTACKER_SCHEMA, check_schema_covers, choice, integer, merge, number, obj, validate
+from scunlearn import ScunlearnError
+from scunlearn.params import ATTACKER_SCHEMA, check_schema_covers, choice, integer, merge, number, obj, validate
 
 #: the attack every study runs: the verdicts come from it
 PRIMARY = "per_cell"

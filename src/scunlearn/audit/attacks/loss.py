@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..data import AuditData
-from ..metrics import auc_score
+from scunlearn.audit.data import AuditData
+from scunlearn.membership.metrics import auc_score
 
 
 def run(data: AuditData, params: dict) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..attack import mia
-from ..data import AuditData
+from scunlearn.audit.attack import mia
+from scunlearn.audit.data import AuditData
 
 
 def run(data: AuditData, params: dict) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..calibrated import per_cell_audit
-from ..data import AuditData
+from scunlearn.audit.calibrated import per_cell_audit
+from scunlearn.audit.data import AuditData
 
 
 def cell_statistic(stats: dict, statistic: str):

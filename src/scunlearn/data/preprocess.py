@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import ScunlearnError
-from .neighbors import neighbors
+from scunlearn import ScunlearnError
+from scunlearn.data.neighbors import neighbors
 
 log = logging.getLogger(__name__)
 

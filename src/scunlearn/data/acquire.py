@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import ScunlearnError
-from .io import atomic_path, sha256sum
-from .sources import PBMC33K_ARCHIVE, PBMC33K_URL
+from scunlearn import ScunlearnError
+from scunlearn.data.sources import PBMC33K_ARCHIVE, PBMC33K_URL
+from scunlearn.io import atomic_path, sha256sum
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,7 @@ def acquire(dataset: dict, markers: pd.DataFrame, resources_dir: str | Path, che
     source = dataset["source"]
     dups, accept = dataset.get("duplicate_genes", "sum"), bool(dataset.get("accept_normalised_looking", False))
     if source == "simulate":
-        from .simulate import simulate_counts
+        from scunlearn.data.simulate import simulate_counts
 
         sim = dict(dataset.get("simulate", {}))
         if "marker_fold" in sim:

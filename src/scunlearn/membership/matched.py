@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from . import ScunlearnError
+from scunlearn import ScunlearnError
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def matched_fold_groups(rec: dict, path, adata, forget_idx: np.ndarray, n_groups
 
 def read_matched(path, adata, audit_idx) -> tuple[dict, np.ndarray, np.ndarray]:
     """The matched-negatives JSON, checked against the data: (record, negative rows, nearest forget barcodes)."""
-    from .io import read_json
-    from .splits import check_barcodes
+    from scunlearn.data.splits import check_barcodes
+    from scunlearn.io import read_json
 
     rec = read_json(path)
     check_barcodes(rec["barcodes"], adata.obs_names[audit_idx], path, "matched (audit)")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import ScunlearnError
-from .io import read_json, write_json
+from scunlearn import ScunlearnError
+from scunlearn.io import read_json, write_json
 
 if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
     from anndata import AnnData

@@ -47,8 +47,9 @@ def shared_device_epochs(n: int, inp: dict, model: dict, train: dict, device: st
                 "epochs": epochs, "threads": threads, "seed": seed + i, "ready": f["ready"], "go": str(go),
                 "out": f["out"], "timeout": timeout}
         with open(f["err"], "w") as err:
-            procs.append(subprocess.Popen([sys.executable, "-c", "import json, sys; from scunlearn.sharing import "
-                                           "epoch_worker; epoch_worker(json.loads(sys.argv[1]))", json.dumps(spec)],
+            worker = "import json, sys; from scunlearn.stages.sharing import epoch_worker; " \
+                     "epoch_worker(json.loads(sys.argv[1]))"
+            procs.append(subprocess.Popen([sys.executable, "-c", worker, json.dumps(spec)],
                                           stdout=subprocess.DEVNULL, stderr=err, env=env))
         files.append(f)
 
@@ -92,12 +93,12 @@ def epoch_worker(spec: dict) -> None:
     import json
     import statistics
 
-    from .model import VAEConfig, build_vae, resolve_device, seed_everything
-    from .pipeline import _load_experiment
-    from .train import fit
+    from scunlearn.runtime import resolve_device, seed_everything
+    from scunlearn.vae.model import VAEConfig, build_vae
+    from scunlearn.vae.train import fit, load_experiment
 
     seed_everything(int(spec["seed"]), int(spec["threads"]))
-    adata, X, part = _load_experiment({"adata": spec["adata"], "split": spec["split"]},
+    adata, X, part = load_experiment({"adata": spec["adata"], "split": spec["split"]},
                                       resolve_device(spec["device"]))
     vae = build_vae(VAEConfig(n_genes=adata.n_vars, **spec["model"])).to(X.device)
     parent = os.getppid()

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .audit.metrics import auc_score
-from .folds import repeated_stratified_test_folds, splits_from_folds
-from .model import VAE, Terms, cell_terms, dropout_keep, set_training
-from .train import adam
+from scunlearn.data.folds import repeated_stratified_test_folds, splits_from_folds
+from scunlearn.membership.metrics import auc_score
+from scunlearn.vae.dropout import dropout_keep
+from scunlearn.vae.model import VAE, Terms, cell_terms, set_training
+from scunlearn.vae.train import adam
 
 
 def feature_names(latent: int) -> list[str]:

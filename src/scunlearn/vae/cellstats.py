@@ -13,8 +13,8 @@ import hashlib
 import numpy as np
 import torch
 
-from . import ScunlearnError
-from .io import atomic_path
+from scunlearn import ScunlearnError
+from scunlearn.io import atomic_path
 
 STATS = ("elbo", "nll", "kl")
 
@@ -25,7 +25,7 @@ def _barcode_digest(barcodes) -> str:
 
 def cell_stats(model, X: torch.Tensor) -> dict[str, np.ndarray]:
     """ELBO, NLL and KL (float64) of every row of X under ``model`` (deterministic)."""
-    from .model import cell_terms
+    from scunlearn.vae.model import cell_terms
 
     t = cell_terms(model, X, np.arange(X.shape[0]))
     nll, kl = t.nll.double().cpu().numpy(), t.kl.double().cpu().numpy()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -20,9 +18,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from . import ScunlearnError
-from .io import verify_digest, write_with_digest
-from .model import VAE, CountCodes, ShardEnsemble, VAEConfig, build_vae, elbo, log_factorial_rows
+from scunlearn import ScunlearnError
+from scunlearn.vae.likelihood import count_codes_cached, log_factorial_cached
+from scunlearn.vae.model import VAE, elbo
 
 if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
     from anndata import AnnData
@@ -46,7 +44,7 @@ def adam(params, lr: float, weight_decay: float = 0.0):
     """Adam as training uses it: the fused single-kernel update (3-5x faster per step than the
     default), through :class:`scunlearn.optim.Adam` (no ``torch._dynamo`` import) where the
     parameters are on the CPU or CUDA, else ``torch.optim.Adam``."""
-    from .optim import Adam
+    from scunlearn.vae.optim import Adam
 
     params = list(params)
     if hasattr(torch, "_fused_adam_") and all(
@@ -55,40 +53,12 @@ def adam(params, lr: float, weight_decay: float = 0.0):
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-_CACHE: dict[tuple[str, int], tuple] = {}
 
 
-def _cached(kind: str, X: torch.Tensor, build: Callable[[torch.Tensor], object]):
-    """``build(X)`` once per count tensor and kind, checked against X's identity, storage, shape and
-    version (an in-place change rebuilds it) and dropped with the tensor."""
-    key = (kind, id(X))
-    stamp = (X.data_ptr(), tuple(X.shape), X.dtype, X._version)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    with torch.no_grad():
-        value = build(X)
-    if hit is None:
-        weakref.finalize(X, _CACHE.pop, key, None)
-    _CACHE[key] = (stamp, value)
-    return value
 
 
-def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
-    """:func:`~scunlearn.model.log_factorial_rows` of every row of X, computed once per count tensor.
-
-    It does not depend on the parameters, so training computes it once per data set
-    instead of once per batch (an ``lgamma`` over the batch).
-    """
-    def build(X):
-        chunks = [log_factorial_rows(X[s:s + 4096]) for s in range(0, len(X), 4096)]
-        return torch.cat(chunks) if chunks else X.new_zeros(0)
-    return _cached("log_factorial", X, build)
 
 
-def count_codes_cached(X: torch.Tensor) -> CountCodes:
-    """The :class:`~scunlearn.model.CountCodes` of X (the NB term's table rows), computed once per count tensor."""
-    return _cached("count_codes", X, CountCodes)
 
 
 def rows_loss(model: VAE, X: torch.Tensor, rows: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
@@ -166,58 +136,14 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
     return pd.DataFrame(rows)
 
 
-#: ``model_kind`` of a checkpoint's payload -> how its model is rebuilt (absent = a plain VAE: older checkpoints)
-MODEL_KINDS = ("vae", "shard_ensemble")
+def load_experiment(inp: dict, device):
+    """AnnData, count tensor and partition for one forget set (or just the split): what a model job reads."""
+    from scunlearn.costs import log_ready
+    from scunlearn.data.splits import load_partition
+    from scunlearn.io import read_cells
 
-
-def save_checkpoint(model: VAE | ShardEnsemble, path: str | Path, meta: dict) -> None:
-    """Atomically save state dict + model config + model kind + metadata (plain types only), recording the
-    file's SHA-256 beside it (``<path>.sha256``), which :func:`load_checkpoint` verifies.
-
-    ``model_kind`` is ``"vae"`` or ``"shard_ensemble"`` (:class:`~scunlearn.model.ShardEnsemble`);
-    :func:`load_checkpoint` rebuilds the model from it.
-    """
-    kind = "shard_ensemble" if isinstance(model, ShardEnsemble) else "vae"
-    payload = {"model_kind": kind, "state_dict": model.state_dict(), "model_config": model.cfg.to_dict(),
-               "meta": meta}
-    write_with_digest(path, lambda tmp: torch.save(payload, tmp))
-
-
-def _build(payload: dict, path) -> VAE | ShardEnsemble:
-    kind = payload.get("model_kind", "vae")
-    cfg = payload["model_config"]
-    if kind == "vae":
-        return build_vae(VAEConfig(**cfg))
-    if kind == "shard_ensemble":
-        shard = VAEConfig(**cfg["shard"])
-        return ShardEnsemble([build_vae(shard) for _ in range(int(cfg["n_shards"]))])
-    raise ScunlearnError(f"{path}: unknown model_kind '{kind}' (known: {', '.join(MODEL_KINDS)}); "
-                         "it was written by another version of scunlearn: delete it and rerun snakemake")
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[VAE | ShardEnsemble, dict]:
-    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``), its recorded digest verified
-    first (a changed file is refused, never used): a VAE or a shard ensemble."""
-    try:
-        verify_digest(path)
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except ScunlearnError:
-        raise
-    except FileNotFoundError as e:
-        raise ScunlearnError(f"{path}: checkpoint not found") from e
-    except Exception as e:  # noqa: BLE001
-        raise ScunlearnError(f"{path}: not a readable scunlearn checkpoint ({e}); it may be truncated or "
-                             "corrupt: delete it and rerun snakemake, which rebuilds it") from e
-    model = _build(payload, path).to(device)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    return model, payload.get("meta", {})
-
-
-def check_genes(model: VAE, adata: AnnData, path: str | Path, meta: dict | None = None) -> None:
-    """Fail clearly when a checkpoint was trained on another gene set."""
-    if model.cfg.n_genes != adata.n_vars:
-        raise ScunlearnError(f"{path}: model has {model.cfg.n_genes} genes, data has {adata.n_vars}")
-    genes = (meta or {}).get("genes")
-    if genes and list(genes) != list(map(str, adata.var_names)):
-        raise ScunlearnError(f"{path}: model was trained on another gene set than the data's HVGs; rerun training")
+    adata = read_cells(inp["adata"])
+    part = load_partition(adata, inp["split"], inp.get("forget"))
+    X = counts_tensor(adata, device)
+    log_ready(log, "counts on the device")
+    return adata, X, part

@@ -21,20 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import ScunlearnError
-from .model import (
+from scunlearn import ScunlearnError
+from scunlearn.vae.dropout import dropout_mask
+from scunlearn.vae.likelihood import (
+    _NBNLL,
     COUNT_TABLE,
-    EPS,
-    VAE,
-    VAEConfig,
-    build_vae,
-    count_shift,
-    dropout_mask,
+    _Counts,
+    _ExactCounts,
+    _nb_forward,
+    count_codes_cached,
     kl_normal,
+    log_factorial_cached,
     log_factorial_rows,
-    nb_backward,
 )
-from .train import adam, count_codes_cached, kl_weight, log_factorial_cached
+from scunlearn.vae.model import VAE, VAEConfig, build_vae
+from scunlearn.vae.train import adam, kl_weight
 
 log = logging.getLogger(__name__)
 
@@ -43,91 +44,12 @@ LN_EPS = 1e-5  # nn.LayerNorm's default, which the VAE's layers use
 
 # ---------------------------------------------------------------- the NB term, batched over members
 
-class _Counts:
-    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`scunlearn.model._CountIndex`
-    with a member axis (each member has its own θ, so its own tables)."""
-
-    def __init__(self, x: torch.Tensor, k: torch.Tensor, odd: tuple[torch.Tensor, ...] | None):
-        self.x, self.k, self.odd = x, k, odd  # odd: (member, row, gene) of entries not in the tables
-
-    @classmethod
-    def of(cls, x: torch.Tensor, index) -> _Counts:
-        """From a flat :class:`~scunlearn.model._CountIndex` of ``x.view(K * B, G)``."""
-        K, B, G = x.shape
-        odd = None
-        if index.odd is not None:
-            rows, cols = index.odd
-            odd = (torch.div(rows, B, rounding_mode="floor"), rows % B, cols)
-        return cls(x, index.k.view(K, B, G), odd)
-
-    def _shift(self, theta: torch.Tensor, term, exact) -> torch.Tensor:
-        # theta (K, 1, G): member m's table from its own θ; an odd entry (m, r, c) takes θ[m, 0, c]
-        theta_odd = None if self.odd is None else theta[self.odd[0], 0, self.odd[2]]
-        return count_shift(self.x, self.k, self.odd, theta, theta_odd, term, exact)
-
-    def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._shift(theta, torch.log, torch.lgamma)
-
-    def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._shift(theta, torch.reciprocal, torch.digamma)
 
 
-class _ExactCounts:
-    """Counts x (K, B, G) whose lgamma / digamma shifts are computed for every entry, without
-    :class:`_Counts`'s tables: the same values up to float rounding (table[j] = Σ_{i<j} log(θ + i) =
-    lgamma(θ + j) − lgamma(θ)), with no data-dependent shapes (the tables' list of counts beyond them
-    is a ``nonzero``), so a step that uses them can be captured in a CUDA graph. Element-wise
-    lgamma / digamma cost a CPU several times the table gather, a GPU next to nothing."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-
-    def lgamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return torch.lgamma(self.x + theta).sub_(torch.lgamma(theta))
-
-    def digamma_shift(self, theta: torch.Tensor) -> torch.Tensor:
-        return torch.digamma(self.x + theta).sub_(torch.digamma(theta))
 
 
-def _nb_forward(ctx, logits, log_theta, x, library, counts: _Counts) -> torch.Tensor:
-    """:func:`scunlearn.model.nb_forward` with a member axis: logits / x (K, B, G), log θ (K, G),
-    library (K, B, 1); returns −Σ_g log NB − Σ_g lgamma(x + 1) + ... per member and cell (K, B)."""
-    theta = log_theta.exp().unsqueeze(1)        # (K, 1, G)
-    theta_eps = theta + EPS
-    log_p = torch.log_softmax(logits, dim=-1)
-    p = log_p.exp()
-    mean = p * library
-    denom = mean + theta_eps
-    log_denom = denom.log()
-    xt = x + theta
-    ll = counts.lgamma_shift(theta)
-    ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
-    log_theta_eps = theta_eps.log()
-    if ctx is not None:
-        ctx.counts = counts
-        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
-    lib = library.squeeze(-1)
-    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum(-1))
 
 
-class _NBNLL(torch.autograd.Function):
-    """:class:`scunlearn.model._NBTrainingNLL` with a member axis (same formulas, batched)."""
-
-    @staticmethod
-    def forward(ctx, logits, log_theta, x, library, counts):
-        return _nb_forward(ctx, logits, log_theta, x, library, counts)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        # the single model's formulas, broadcast over the members' leading axis: g (K, B, 1), const (K, 1, G)
-        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        grad_log_theta = None
-        if e is not None:
-            # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
-            grad_log_theta = ((torch.bmm(g.transpose(1, 2), e) + g.sum(1, keepdim=True) * const)
-                              * theta).squeeze(1)
-        return grad_logits, grad_log_theta, None, None, None
 
 
 # ---------------------------------------------------------------- the stacked model

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import ScunlearnError
+from scunlearn import ScunlearnError
 
 log = logging.getLogger(__name__)
 

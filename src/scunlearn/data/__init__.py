@@ -1,0 +1,1 @@
+"""Data layer: sources, acquisition, simulation, preprocessing, splits and folds (no torch)."""
