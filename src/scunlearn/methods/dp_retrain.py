@@ -19,11 +19,11 @@ for every cell, instead of removal after a request.
 **Per-sample gradients.** Opacus computes them with hooks on the VAE's ``Linear`` and
 ``LayerNorm`` layers. Two parts of the VAE need help: ``log_theta`` (the genes' inverse
 dispersion) is a bare parameter of the VAE, which no Opacus layer owns, and the fused NB
-loss ``_NBTrainingNLL`` returns its gradient already summed over cells. Training here
+loss :class:`~scunlearn.vae.likelihood.NBNLL` returns its gradient already summed over cells. Training here
 goes through :class:`DPVAELoss`, which holds the VAE's own layers plus :class:`GeneTheta`
 (a module that owns ``log_theta`` and returns it once per cell, with a grad sampler
 registered for it: a cell's gradient w.r.t. ``log_theta`` is its row of the backprop),
-and :class:`NBPerCellNLL`, the fused NB loss with a per-cell θ input whose backward
+and ``NBNLL`` with ``per_cell=True``, the fused NB loss with a per-cell θ input whose backward
 returns each cell's own θ gradient (same forward, same per-gene tables). Every other
 op is row-wise (LayerNorm normalises within a cell, dropout and z ~ q(z|x) are drawn per
 cell), so no cell's loss depends on another's and the hooks' per-sample gradients are
@@ -69,7 +69,7 @@ from scunlearn import ScunlearnError
 from scunlearn.methods.common import MembershipSet, _rng_devices
 from scunlearn.methods.context import UnlearnContext
 from scunlearn.vae.dropout import arm_dropout
-from scunlearn.vae.likelihood import NBPerCellNLL, kl_normal, log_factorial_rows
+from scunlearn.vae.likelihood import NBNLL, kl_normal, log_factorial_rows
 from scunlearn.vae.model import VAE, build_vae, elbo
 from scunlearn.vae.train import kl_weight
 
@@ -114,7 +114,7 @@ class DPVAELoss(nn.Module):
         hid = self.encoder(torch.log1p(x))
         mu, logvar = self.mu(hid), self.logvar(hid).clamp(-15.0, 15.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        nll = NBPerCellNLL.apply(self.px(self.decoder(z)), self.theta(x), x, x.sum(-1, keepdim=True))
+        nll = NBNLL.apply(self.px(self.decoder(z)), self.theta(x), x, x.sum(-1, keepdim=True), None, True)
         if log_factorial is None:
             with torch.no_grad():
                 log_factorial = log_factorial_rows(x)

@@ -24,15 +24,15 @@ from torch.autograd.function import once_differentiable
 from scunlearn import ScunlearnError
 from scunlearn.vae.dropout import dropout_mask
 from scunlearn.vae.likelihood import (
-    _NBNLL,
     COUNT_TABLE,
+    NBNLL,
     _Counts,
     _ExactCounts,
-    _nb_forward,
     count_codes_cached,
     kl_normal,
     log_factorial_cached,
     log_factorial_rows,
+    nb_forward,
 )
 from scunlearn.vae.model import VAE, VAEConfig, build_vae
 from scunlearn.vae.train import adam, kl_weight
@@ -133,7 +133,7 @@ class StackedVAE:
         """Each member's :meth:`VAE.loss` of its own batch (K,): x (K, B, G), log_factorial (K, B)."""
         mu, logvar, logits = self.forward(x, masks, noise)
         library = x.sum(-1, keepdim=True)
-        nll = _NBNLL.apply(logits, self.P["log_theta"], x, library, counts)
+        nll = NBNLL.apply(logits, self.P["log_theta"], x, library, counts)
         return (nll + log_factorial + beta * kl_normal(mu, logvar)).mean(-1)
 
     @torch.no_grad()
@@ -155,7 +155,7 @@ class StackedVAE:
                 r, c = mask.nonzero(as_tuple=True)
                 odd = (torch.arange(K, device=x.device).repeat_interleave(len(r)), r.repeat(K), c.repeat(K))
             counts = _Counts(xk, k.expand(K, *k.shape), odd)
-            nll = _nb_forward(None, logits, self.P["log_theta"], xk, x.sum(-1, keepdim=True), counts)
+            nll = nb_forward(None, logits, self.P["log_theta"], xk, x.sum(-1, keepdim=True), counts)
             nll = nll + log_factorial_rows(x)
             parts.append(-(nll + kl_normal(mu, logvar)))
         if not parts:

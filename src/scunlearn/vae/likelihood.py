@@ -130,37 +130,19 @@ class CountCodes:
         return _CountIndex(x, k, (batch_row, self.cols[pos]))
 
 
-class _NBTrainingNLL(torch.autograd.Function):
-    """Per-cell −Σ_g log NB(x | L·softmax(h), θ) - Σ_g lgamma(x+1), with a hand-written backward.
-
-    Same value as ``-nb_log_likelihood(x, softmax(h) * L, θ, log_softmax(h) + log L).sum(-1)`` without its
-    parameter-free ``lgamma(x + 1)`` term (the caller adds that per-cell constant), but
-    with about a third of the passes over the cells × genes batch that autograd's graph
-    of the elementwise formula makes, and no lgamma / digamma per entry: these were the
-    training step's largest non-matmul costs.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, log_theta, x, library, counts=None):
-        return nb_forward(ctx, logits, log_theta, x, library, counts)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        grad_log_theta = None
-        if e is not None:
-            # summed over cells: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
-            grad_log_theta = (torch.mv(e.t(), g.squeeze(-1)) + g.sum() * const) * theta
-        return grad_logits, grad_log_theta, None, None, None
-
-
 def nb_forward(ctx, logits: torch.Tensor, log_theta: torch.Tensor, x: torch.Tensor,
-               library: torch.Tensor, counts: _CountIndex | None = None) -> torch.Tensor:
-    """The forward of :class:`_NBTrainingNLL` (shared with DP training's per-cell-θ form), saving what
-    :func:`nb_backward` needs on ``ctx``. ``log_theta``: the genes' log θ (a vector); ``counts``:
-    x's :class:`_CountIndex` if the caller has it from a :class:`CountCodes` (else built here)."""
+               library: torch.Tensor, counts=None) -> torch.Tensor:
+    """Per-cell −Σ_g log NB(x | L·softmax(logits), θ) − Σ_g lgamma(x + 1): :class:`NBNLL`'s forward, saving what
+    :func:`nb_backward` needs on ``ctx`` (None: value only).
+
+    One model: logits / x (B, G), log θ (G,), library (B, 1), returns (B,). Ensemble members:
+    logits / x (K, B, G), log θ (K, G), library (K, B, 1), returns (K, B). ``counts``: x's count
+    table rows (:class:`_CountIndex` from a :class:`CountCodes`, :class:`_Counts` /
+    :class:`_ExactCounts` for members; built here for one model when None).
+    """
     theta = log_theta.exp()
+    if theta.dim() == 2:  # members: (K, 1, G)
+        theta = theta.unsqueeze(1)
     theta_eps = theta + EPS
     counts = _CountIndex(x) if counts is None else counts
     log_p = torch.log_softmax(logits, dim=-1)
@@ -174,10 +156,11 @@ def nb_forward(ctx, logits: torch.Tensor, log_theta: torch.Tensor, x: torch.Tens
     ll = counts.lgamma_shift(theta)
     ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
     log_theta_eps = theta_eps.log()
-    ctx.counts = counts
-    ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
+    if ctx is not None:
+        ctx.counts = counts
+        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
     lib = library.squeeze(-1)
-    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum())
+    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum(-1))
 
 
 def nb_backward(ctx, grad: torch.Tensor):
@@ -231,7 +214,7 @@ def _cached(kind: str, X: torch.Tensor, build: Callable[[torch.Tensor], object])
 
 
 def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
-    """:func:`~scunlearn.model.log_factorial_rows` of every row of X, computed once per count tensor.
+    """:func:`log_factorial_rows` of every row of X, computed once per count tensor.
 
     It does not depend on the parameters, so training computes it once per data set
     instead of once per batch (an ``lgamma`` over the batch).
@@ -243,12 +226,12 @@ def log_factorial_cached(X: torch.Tensor) -> torch.Tensor:
 
 
 def count_codes_cached(X: torch.Tensor) -> CountCodes:
-    """The :class:`~scunlearn.model.CountCodes` of X (the NB term's table rows), computed once per count tensor."""
+    """The :class:`CountCodes` of X (the NB term's table rows), computed once per count tensor."""
     return _cached("count_codes", X, CountCodes)
 
 
 class _Counts:
-    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`scunlearn.model._CountIndex`
+    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`_CountIndex`
     with a member axis (each member has its own θ, so its own tables)."""
 
     def __init__(self, x: torch.Tensor, k: torch.Tensor, odd: tuple[torch.Tensor, ...] | None):
@@ -256,7 +239,7 @@ class _Counts:
 
     @classmethod
     def of(cls, x: torch.Tensor, index) -> _Counts:
-        """From a flat :class:`~scunlearn.model._CountIndex` of ``x.view(K * B, G)``."""
+        """From a flat :class:`_CountIndex` of ``x.view(K * B, G)``."""
         K, B, G = x.shape
         odd = None
         if index.odd is not None:
@@ -293,64 +276,35 @@ class _ExactCounts:
         return torch.digamma(self.x + theta).sub_(torch.digamma(theta))
 
 
-def _nb_forward(ctx, logits, log_theta, x, library, counts: _Counts) -> torch.Tensor:
-    """:func:`scunlearn.model.nb_forward` with a member axis: logits / x (K, B, G), log θ (K, G),
-    library (K, B, 1); returns −Σ_g log NB − Σ_g lgamma(x + 1) + ... per member and cell (K, B)."""
-    theta = log_theta.exp().unsqueeze(1)        # (K, 1, G)
-    theta_eps = theta + EPS
-    log_p = torch.log_softmax(logits, dim=-1)
-    p = log_p.exp()
-    mean = p * library
-    denom = mean + theta_eps
-    log_denom = denom.log()
-    xt = x + theta
-    ll = counts.lgamma_shift(theta)
-    ll.addcmul_(x, log_p).addcmul_(xt, log_denom, value=-1.0)
-    log_theta_eps = theta_eps.log()
-    if ctx is not None:
-        ctx.counts = counts
-        ctx.save_for_backward(p, mean, denom, log_denom, xt, theta, log_theta_eps)
-    lib = library.squeeze(-1)
-    return -(ll.sum(-1) + torch.special.xlogy(lib, lib) + (theta * log_theta_eps).sum(-1))
+class NBNLL(torch.autograd.Function):
+    """:func:`nb_forward` with a hand-written backward: the training loss's NB term, for one model, for
+    ensemble members (log θ (K, G)), or with θ per cell (``per_cell``: log θ given as (B, G) equal
+    rows, as DP training's grad sampler needs).
 
-
-class _NBNLL(torch.autograd.Function):
-    """:class:`scunlearn.model._NBTrainingNLL` with a member axis (same formulas, batched)."""
-
-    @staticmethod
-    def forward(ctx, logits, log_theta, x, library, counts):
-        return _nb_forward(ctx, logits, log_theta, x, library, counts)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        # the single model's formulas, broadcast over the members' leading axis: g (K, B, 1), const (K, 1, G)
-        grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        grad_log_theta = None
-        if e is not None:
-            # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
-            grad_log_theta = ((torch.bmm(g.transpose(1, 2), e) + g.sum(1, keepdim=True) * const)
-                              * theta).squeeze(1)
-        return grad_logits, grad_log_theta, None, None, None
-
-
-class NBPerCellNLL(torch.autograd.Function):
-    """``_NBTrainingNLL`` (model.py) with θ given per cell: per-cell −Σ_g log NB(x | L·softmax(h), θ) − Σ_g lgamma(x+1).
-
-    ``log_theta_rows`` is the genes' log θ repeated for every cell (cells x genes, equal
-    rows, as :class:`GeneTheta` returns it). The forward is ``_NBTrainingNLL``'s; the
-    backward returns each cell's own gradient w.r.t. its row, whose sum over cells is
-    ``_NBTrainingNLL``'s per-gene gradient: what per-sample gradients need.
+    Same value as ``-nb_log_likelihood(x, softmax(h) * L, θ, log_softmax(h) + log L).sum(-1)`` without its
+    parameter-free ``lgamma(x + 1)`` term (the caller adds that per-cell constant), but with about a
+    third of the passes over the cells × genes batch that autograd's graph of the elementwise formula
+    makes, and no lgamma / digamma per entry: these were the training step's largest non-matmul costs.
+    The θ gradient is summed over cells (one model, each member) or kept per cell (``per_cell``), whose
+    sum over cells is the former: what per-sample gradients need.
     """
 
     @staticmethod
-    def forward(ctx, logits, log_theta_rows, x, library):
-        return nb_forward(ctx, logits, log_theta_rows[0], x, library)
+    def forward(ctx, logits, log_theta, x, library, counts=None, per_cell=False):
+        ctx.per_cell = per_cell
+        return nb_forward(ctx, logits, log_theta[0] if per_cell else log_theta, x, library, counts)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
-        grad_rows = None if e is None else e.add_(const).mul_(g).mul_(theta)
-        return grad_logits, grad_rows, None, None
+        grad_log_theta = None
+        if e is None:
+            pass
+        elif ctx.per_cell:  # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
+            grad_log_theta = e.add_(const).mul_(g).mul_(theta)
+        elif theta.dim() == 3:  # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ; g (K, B, 1)
+            grad_log_theta = ((torch.bmm(g.transpose(1, 2), e) + g.sum(1, keepdim=True) * const) * theta).squeeze(1)
+        else:  # summed over cells: Σ_c g_c (e_c + const), times dθ/dlog θ = θ
+            grad_log_theta = (torch.mv(e.t(), g.squeeze(-1)) + g.sum() * const) * theta
+        return grad_logits, grad_log_theta, None, None, None, None

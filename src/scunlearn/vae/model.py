@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from scunlearn.vae.dropout import Dropout, arm_dropout
-from scunlearn.vae.likelihood import EPS, _CountIndex, _NBTrainingNLL, kl_normal, log_factorial_rows, nb_log_likelihood
+from scunlearn.vae.likelihood import EPS, NBNLL, _CountIndex, kl_normal, log_factorial_rows, nb_log_likelihood
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -103,7 +103,7 @@ class VAE(nn.Module):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         library = x.sum(-1, keepdim=True)
         if fused:
-            nll = _NBTrainingNLL.apply(self.px(self.decoder(z)), self.log_theta, x, library, None)
+            nll = NBNLL.apply(self.px(self.decoder(z)), self.log_theta, x, library, None)
             return Terms(mu, logvar, nll + log_factorial_rows(x), kl_normal(mu, logvar), None)
         mean, log_mean = self.decode_log(z, library)
         nll = -nb_log_likelihood(x, mean, self.log_theta.exp(), log_mean).sum(-1)
@@ -126,7 +126,7 @@ class VAE(nn.Module):
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         library = x.sum(-1, keepdim=True)
-        nll = _NBTrainingNLL.apply(self.px(self.decoder(z)), self.log_theta, x, library, counts)
+        nll = NBNLL.apply(self.px(self.decoder(z)), self.log_theta, x, library, counts)
         if log_factorial is None:
             with torch.no_grad():
                 log_factorial = log_factorial_rows(x)
