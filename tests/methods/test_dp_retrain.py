@@ -16,7 +16,7 @@ from scunlearn.methods import get_method, resolve_params  # noqa: E402
 from scunlearn.methods.common import per_gene_loss  # noqa: E402
 from scunlearn.methods.context import UnlearnContext  # noqa: E402
 from scunlearn.methods.dp_retrain import DPTraining, DPVAELoss, training_cells  # noqa: E402
-from tests.test_methods import _toy as methods_toy  # noqa: E402
+from tests.methods.test_methods import _toy as methods_toy  # noqa: E402
 
 FAST = {"epochs": 3, "batch_size": 32, "kl_warmup_epochs": 1, "patience": 2}
 
@@ -191,8 +191,7 @@ def test_exactly_one_of_epsilon_and_noise_multiplier():
 
 def test_report_shows_each_dp_variants_epsilon(tmp_path):
     from scunlearn.report import build_report
-
-    from .test_report import CONFIG, PROVENANCE, make_summary
+    from tests.report.test_report import CONFIG, PROVENANCE, make_summary
 
     summary = make_summary()
     dp = summary[summary["variant"] == "finetune"].copy()
@@ -210,11 +209,12 @@ def test_report_shows_each_dp_variants_epsilon(tmp_path):
 def test_the_unlearn_environments_hold_every_registered_methods_imports():
     """The unlearn rule imports a method's module by name (importlib), which the static closure of
     test_envs does not follow: opacus (dp_retrain) must be in both torch environments all the same."""
+    from scunlearn import codedeps
     from scunlearn.methods import REGISTRY
+    from tests.workflow.test_envs import CONDA_NAME, ROOT, _module_third_party, _names
 
-    from .test_envs import CONDA_NAME, ROOT, _closure, _names
-
-    needed = _closure({f"scunlearn.methods.{s.module}" for s in REGISTRY.values()})
+    modules, _ = codedeps.closure({f"scunlearn.methods.{s.module}" for s in REGISTRY.values()})
+    needed = set().union(*map(_module_third_party, modules))
     assert "opacus" in needed and "torch" in needed
     for env in ("torch.yaml", "torch-cuda.yaml"):
         missing = {CONDA_NAME.get(n, n) for n in needed} - _names(ROOT / "envs" / env)
@@ -224,8 +224,7 @@ def test_the_unlearn_environments_hold_every_registered_methods_imports():
 def test_the_audit_records_dp_facts_reach_the_summary():
     """stage_audit merges the checkpoint meta's ``report`` into the record; aggregate keeps ε and δ as columns."""
     from scunlearn.audit.summary import SUMMARY_COLUMNS, aggregate
-
-    from .test_report import make_summary
+    from tests.report.test_report import make_summary
 
     records = make_summary().drop(columns=["dp_epsilon", "dp_delta"]).to_dict("records")
     dp = dict(records[-1], method="dp_retrain", variant="dp", dp_epsilon=7.99, dp_delta=3.4e-5,

@@ -63,8 +63,31 @@ def run(stage_fn, smk) -> None:
         log.error("stage %s failed:\n%s", stage, traceback.format_exc())
         _tell_terminal(stage, smk, e)
         raise
+    if "code" in inp:
+        _check_code_inputs(list(inp["code"]))
     # the process's own CPU seconds: Snakemake's benchmark samples CPU time and misses the end of a job
     log.info("stage %s done, %.2fs CPU", stage, time.process_time())
+
+
+def undeclared_code(declared: list[str]) -> list[str]:
+    """Library files this process imported that are not among ``declared`` (a rule's code inputs)."""
+    import os
+
+    want = {os.path.realpath(p) for p in declared}
+    got = {os.path.realpath(m.__file__) for name, m in list(sys.modules.items())
+           if (name == "scunlearn" or name.startswith("scunlearn.")) and getattr(m, "__file__", None)}
+    return sorted(got - want)
+
+
+def _check_code_inputs(declared: list[str]) -> None:
+    """Log whether the stage ran only library code its rule declares (scunlearn.codedeps): an edit to a
+    file it ran but did not declare would not rerun the rule, leaving a stale result."""
+    missing = undeclared_code(declared)
+    if missing:
+        log.warning("code inputs: %d library files ran but are not among the rule's code inputs, so editing "
+                    "them would not rerun it: %s", len(missing), ", ".join(missing))
+    else:
+        log.info("code inputs: every library file the stage ran is among the rule's %d code inputs", len(declared))
 
 
 def _tell_terminal(stage: str, smk, err: Exception) -> None:
