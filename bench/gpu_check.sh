@@ -39,7 +39,7 @@ timeout 90 python3 bench/train_throughput.py --device cuda --batch-sizes 128 --e
 tail -4 "$OUT/throughput_eager.log"
 
 step "CUDA tests (graph step vs eager, members vs solo runs, attackers on CUDA, device selection)"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_ensemble.py tests/test_audit.py tests/test_gpu_path.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/vae/test_ensemble.py tests/audit/test_audit.py tests/vae/test_gpu_path.py \
     -k "cuda or gpu" > "$OUT/cuda_tests.log" 2>&1
 tail -3 "$OUT/cuda_tests.log"
 

@@ -5,17 +5,17 @@ What it does, in one run, on one device with one thread count:
 
 1. simulates a raw UMI count matrix (``simulate_counts``; default 28,000 cells x 2,000
    genes) and holds it as one dense float32 tensor on the device, as the workflow does
-   (``scunlearn.train.counts_tensor``);
+   (``scunlearn.vae.train.counts_tensor``);
 2. for each batch size, builds a fresh paper-architecture VAE (hidden 1024-512-128,
    latent 32, dropout 0.1) with Adam, runs a short warm-up of a few batches, then times
-   ``--epochs`` full epochs of the real training loop (``scunlearn.train.run_epoch``)
+   ``--epochs`` full epochs of the real training loop (``scunlearn.vae.train.run_epoch``)
    and reports cells/s;
 3. measures the dense float32 matmul throughput (``torch.matmul`` of two N x N matrices,
    best of several repetitions) on the same device and threads;
 4. converts cells/s to achieved training GFLOP/s with an analytic FLOP count per cell
    (see :func:`flops_per_cell`) and prints its ratio to the matmul GFLOP/s;
 5. with ``--ensemble K[,K2...]``: for each batch size also K seeds trained at once as one
-   batched model (``scunlearn.ensemble.Ensemble``, the workflow's ``train.ensemble``), its
+   batched model (``scunlearn.vae.batched.Ensemble``, the workflow's ``train.ensemble``), its
    cells/s summed over the K members, printed beside the single model's. K = 1 is one model
    through the ensemble trainer: on CUDA its step is a captured CUDA graph (``--step``,
    default ``auto``: a graph on CUDA, eager on CPU; the workflow's ``train.cuda_graphs``).
@@ -141,7 +141,7 @@ def time_training(X: torch.Tensor, batch_size: int, epochs: int, warmup_batches:
 def time_ensemble(X: torch.Tensor, k: int, batch_size: int, epochs: int, warmup_batches: int,
                   lr: float, seed: int, step: str = "auto") -> float:
     """Seconds for ``epochs`` timed epochs of K seeds (seed .. seed+K-1) trained as one batched model
-    (``step``: :class:`scunlearn.ensemble.Ensemble`'s; a CUDA graph is captured in the warm-up)."""
+    (``step``: :class:`scunlearn.vae.batched.Ensemble`'s; a CUDA graph is captured in the warm-up)."""
     from scunlearn.vae.batched import GRAPH_WARMUP_STEPS, Ensemble
 
     device = X.device

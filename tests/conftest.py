@@ -48,6 +48,22 @@ def processed(raw, markers):
     return preprocess(raw.copy(), dict(PRE_CFG), markers, seed=0)
 
 
+def write_counts_h5ad(path: Path, seed: int, n_cells=40, n_genes=12, var_names=None) -> Path:
+    """A user's h5ad file at ``path``: Poisson(2) counts, cells ``cell0..``, genes ``var_names`` (else ``G0..``)."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    from scunlearn.io import write_h5ad
+
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(X=sp.csr_matrix(rng.poisson(2.0, size=(n_cells, n_genes)).astype(np.float32)))
+    a.obs_names = [f"cell{i}" for i in range(n_cells)]
+    a.var_names = var_names or [f"G{j}" for j in range(n_genes)]
+    write_h5ad(a, path)
+    return path
+
+
 def write_audit_inputs(d: Path, adata):
     """An audit's data inputs in folder ``d``: adata.h5ad, split.json, forget.json (30 random train
     cells) and matched.json (k = 7, at least 30 negatives in ``obsm['X_pca']``, no fold groups);

@@ -277,7 +277,7 @@ def shared_gpu_hours(jobs: list[dict], n: int, slowdown: float, lone: tuple[str,
 
     A job whose rule starts with a name in ``lone`` trains one model alone (unlearning, SISA's shards):
     launch-bound on a GPU, so n of them overlap, each ``slowdown`` times slower than alone (measured
-    by :func:`scunlearn.sharing.shared_device_epochs`); they cost ``seconds · slowdown / n`` of the GPU
+    by :func:`scunlearn.stages.sharing.shared_device_epochs`); they cost ``seconds · slowdown / n`` of the GPU
     each. The other GPU jobs (batched ensembles, audits) are counted whole, as if they ran one at a time:
     an upper bound.
     """

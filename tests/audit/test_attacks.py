@@ -9,8 +9,7 @@ import pytest
 from scunlearn import ScunlearnError
 from scunlearn.audit.attacks import ATTACKS, resolve_attacks, spec
 from scunlearn.params import number, obj
-
-from .conftest import write_audit_inputs, write_reference_models
+from tests.conftest import write_audit_inputs, write_reference_models
 
 
 def test_resolve_attacks_fills_defaults_and_names_bad_keys():

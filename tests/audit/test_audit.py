@@ -9,8 +9,7 @@ from scunlearn.audit.attack import mia
 from scunlearn.audit.verdict import add_verdicts, floor_stats, paper_verdict
 from scunlearn.membership.attackers import fold_splits
 from scunlearn.membership.metrics import auc_score, bootstrap_auc_ci, tpr_at_fpr
-
-from .conftest import fresh_python
+from tests.conftest import fresh_python
 
 ATT = {"folds": 5, "repeats": 2, "bootstrap": 300,
        "attacker": {"hidden": [32, 32], "dropout": 0.3, "lr": 3e-3, "weight_decay": 1e-4, "epochs": 80}}
@@ -268,8 +267,7 @@ def test_audit_stage_imports_no_sklearn_and_reads_the_matched_stage_fold_groups(
     from scunlearn.vae.checkpoints import save_checkpoint
     from scunlearn.vae.model import VAEConfig, build_vae
     from scunlearn.vae.train import fit
-
-    from .conftest import tiny_audit_job
+    from tests.conftest import tiny_audit_job
 
     jobs = {}
     for name in ("precomputed", "clustered_here"):

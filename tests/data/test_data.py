@@ -1,6 +1,9 @@
-"""Data stages: simulator, acquisition errors, QC, HVGs, annotation, splits and forget sets."""
+"""Data stages: simulator, acquisition errors, QC, HVGs, annotation, splits and forget sets, and the
+checks on a user's counts and on data files changed after they were written."""
 
 import io
+import logging
+import os
 import tarfile
 
 import anndata as ad
@@ -17,8 +20,7 @@ from scunlearn.data.preprocess import quality_control, select_hvgs
 from scunlearn.data.simulate import MT_GENES, simulate_counts
 from scunlearn.data.splits import load_partition, make_forget_set, make_split, save_split
 from scunlearn.io import write_h5ad
-
-from .conftest import PRE_CFG
+from tests.conftest import PRE_CFG
 
 # ------------------------------------------------------------------ simulator
 
@@ -80,6 +82,30 @@ def test_preprocess_keeps_counts_and_annotates_rare_cluster(processed, raw):
     assert mk.sum() >= 10 and (truth[mk] == "Megakaryocyte").mean() > 0.9
 
 
+def test_cluster_below_min_marker_score_is_unknown(markers, caplog):
+    from scunlearn.data.preprocess import annotate_clusters
+
+    rng = np.random.default_rng(0)
+    mk = markers.groupby("cell_type")["gene"].apply(list)
+    genes = sorted(set(markers["gene"]))
+    # three clusters of 30 cells: B-cell markers high, Megakaryocyte markers high, neither
+    X = rng.normal(1.0, 0.1, size=(90, len(genes)))
+    col = {g: j for j, g in enumerate(genes)}
+    X[:30, [col[g] for g in mk["B cell"]]] += 3
+    X[30:60, [col[g] for g in mk["Megakaryocyte"]]] += 3
+    X[60:] -= 0.5  # every marker below average: no type fits (best score negative)
+    a = ad.AnnData(X=X.astype(np.float32))
+    a.var_names = genes
+    a.obs["leiden"] = pd.Categorical(np.repeat(["0", "1", "2"], 30))
+    with caplog.at_level(logging.WARNING):
+        labels = annotate_clusters(a, markers)  # default threshold 0: cluster 2 scores below it
+    assert labels.iloc[0] == "B cell" and labels.iloc[30] == "Megakaryocyte" and labels.iloc[60] == "unknown"
+    assert "cluster 2 (30 cells) -> unknown" in caplog.text and "preprocess.min_marker_score" in caplog.text
+    # a higher threshold turns a weakly-scoring cluster unknown too; a very low one labels everything
+    assert set(annotate_clusters(a, markers, min_score=100.0)) == {"unknown"}
+    assert "unknown" not in set(annotate_clusters(a, markers, min_score=-100.0))
+
+
 # ------------------------------------------------------------------ splits and forget sets
 
 def test_splits_are_disjoint_cover_and_deterministic(processed):
@@ -128,6 +154,48 @@ def test_partition_checks_barcodes(processed, tmp_path):
     save_split(bad, tmp_path / "bad.json")
     with pytest.raises(ScunlearnError, match="bad.json: 1 audit barcodes are not in the data"):
         load_partition(processed, tmp_path / "bad.json")
+
+
+def test_unknown_cell_type_lists_types_and_says_they_are_data_derived(processed, tmp_path):
+    from scunlearn.data.splits import make_split
+    from scunlearn.io import write_json
+    from scunlearn.stages.data import stage_forget
+
+    adata = tmp_path / "adata.h5ad"
+    write_h5ad(processed, adata)
+    write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
+    with pytest.raises(ScunlearnError) as e:
+        stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(tmp_path / "f.json")},
+                     {"name": "rare", "spec": {"kind": "cell_type", "cell_type": "Unicorn"}, "seed": 0}, 1)
+    msg = str(e.value)
+    assert "forget_sets.rare" in msg and "'Unicorn' does not exist" in msg
+    assert "'Megakaryocyte'" in msg and "'B cell'" in msg  # the available types
+    assert "data-derived" in msg and "only after preprocessing" in msg
+    assert not (tmp_path / "f.json").exists()
+
+
+def test_random_forget_sets_with_the_same_n_draw_different_cells(processed, tmp_path):
+    """Two random sets of the same n are different draws: the set's name seeds the draw, not only n and the seed."""
+    from scunlearn.data.splits import forget_set_rng
+    from scunlearn.io import read_json, write_json
+    from scunlearn.stages.data import stage_forget
+
+    adata = tmp_path / "adata.h5ad"
+    write_h5ad(processed, adata)
+    write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
+
+    def draw(name, seed=0):
+        out = tmp_path / f"{name}-{seed}.json"
+        stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(out)},
+                     {"name": name, "spec": {"kind": "random", "n": 30}, "seed": seed}, 1)
+        return read_json(out)["forget"]
+
+    a, b = draw("scattered"), draw("scattered2")
+    assert len(a) == len(b) == 30 and set(a) != set(b)
+    assert draw("scattered") == a  # deterministic
+    assert draw("scattered", seed=1) != a  # and still seeded
+    # a stable hash of the name (CRC-32), never Python's salted hash(): the same in every process
+    assert forget_set_rng(0, "scattered").integers(1 << 30) == np.random.default_rng([0, 3384509379]).integers(1 << 30)
 
 
 # ------------------------------------------------------------------ bad input
@@ -305,7 +373,7 @@ def test_nullable_strings_are_written_as_plain_strings(tmp_path):
     assert list(ad.read_h5ad(tmp_path / "v.h5ad").obs_names) == list(names[:2])
 
 
-# ------------------------------------------------------------------ issue 26: trust the input
+# ------------------------------------------------------------------ counts that look normalised, damaged files
 
 def _rounded(X, target_sum=1e4, log=True):
     """Counts normalised per cell (and log1p'd), then rounded to integers: normalised data that pass as counts."""
@@ -338,7 +406,7 @@ def _write_h5ad(path, X, raw=None, counts=None):
     (False, "per-cell totals are nearly constant"),  # normalised to 1e4, rounded: totals ~1e4 each
 ])
 def test_rounded_normalised_counts_are_refused_with_numbers(raw, tmp_path, log, seen):
-    """Silent case 1: normalised data rounded to integers were accepted as UMI counts."""
+    """Normalised data rounded to integers pass the integer check; the count statistics still refuse them."""
     p = _write_h5ad(tmp_path / "rounded.h5ad", _rounded(raw.X, log=log))
     with pytest.raises(ScunlearnError) as e:
         read_user_file(p, "h5ad")
@@ -359,7 +427,7 @@ def test_normalised_looking_counts_accepted_knowingly(raw, tmp_path, caplog):
     # the switch is in the schema (default false, described) and in both READMEs
     import yaml
 
-    from .conftest import ROOT
+    from tests.conftest import ROOT
 
     schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
     key = schema["properties"]["dataset"]["properties"]["accept_normalised_looking"]
@@ -433,30 +501,6 @@ def test_non_integer_counts_layer_is_named_as_the_matrix_read(tmp_path):
     assert "counts' layer)" not in msg and "or a 'counts' layer" not in msg  # no advice to add the layer it read
 
 
-def test_random_forget_sets_with_the_same_n_draw_different_cells(processed, tmp_path):
-    """Silent case 2: two random sets of the same n got the same cells (the draw ignored the set's name)."""
-    from scunlearn.data.splits import forget_set_rng
-    from scunlearn.io import read_json, write_json
-    from scunlearn.stages.data import stage_forget
-
-    adata = tmp_path / "adata.h5ad"
-    write_h5ad(processed, adata)
-    write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
-
-    def draw(name, seed=0):
-        out = tmp_path / f"{name}-{seed}.json"
-        stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(out)},
-                     {"name": name, "spec": {"kind": "random", "n": 30}, "seed": seed}, 1)
-        return read_json(out)["forget"]
-
-    a, b = draw("scattered"), draw("scattered2")
-    assert len(a) == len(b) == 30 and set(a) != set(b)
-    assert draw("scattered") == a  # deterministic
-    assert draw("scattered", seed=1) != a  # and still seeded
-    # a stable hash of the name (CRC-32), never Python's salted hash(): the same in every process
-    assert forget_set_rng(0, "scattered").integers(1 << 30) == np.random.default_rng([0, 3384509379]).integers(1 << 30)
-
-
 def test_truncated_h5ad_says_to_delete_it(processed, tmp_path):
     """A truncated data/adata.h5ad was reported unreadable without saying to delete it and rerun."""
     from scunlearn.io import read_adata, read_cells, write_h5ad
@@ -470,3 +514,23 @@ def test_truncated_h5ad_says_to_delete_it(processed, tmp_path):
             read(p)
         msg = str(e.value)
         assert msg.startswith(f"{p}: unreadable h5ad") and "delete it and rerun snakemake" in msg
+
+
+def test_changed_h5ad_is_refused_by_every_reader(processed, tmp_path):
+    from scunlearn.io import read_adata, read_cells, write_h5ad
+    from scunlearn.stages.data import stage_split
+
+    p = tmp_path / "adata.h5ad"
+    write_h5ad(processed, p)
+    read_cells(p)
+    st = p.stat()
+    write_h5ad(processed[:50].copy(), tmp_path / "other.h5ad")
+    p.write_bytes((tmp_path / "other.h5ad").read_bytes())  # edited in place, the old time stamp put back
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for read in (read_cells, read_adata,
+                 lambda f: stage_split({"adata": str(f)}, {"split": str(tmp_path / "s.json")},
+                                       {"splits": {"train_fraction": 0.8, "validation_fraction": 0.5}, "seed": 0}, 1)):
+        with pytest.raises(ScunlearnError, match="the file changed since it was written"):
+            read(p)
+    assert not (tmp_path / "s.json").exists()
+

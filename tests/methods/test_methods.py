@@ -16,8 +16,7 @@ from scunlearn.methods.fisher import diagonal_fisher, preconditioner, retain_fis
 from scunlearn.runtime import seed_everything
 from scunlearn.vae.model import VAEConfig, build_vae
 from scunlearn.vae.optim import ExtraGradient, simultaneous_step
-
-from .conftest import fresh_python
+from tests.conftest import fresh_python
 
 
 def _bilinear(step_fn, steps=1000, lr=0.1):

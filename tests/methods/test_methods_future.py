@@ -14,7 +14,7 @@ from scunlearn.methods.fisher import diagonal_fisher, preconditioner, retain_fis
 from scunlearn.methods.latent_projection import fit_direction, project_mu_head
 from scunlearn.methods.relative_fisher import forget_fisher, relative_weights
 from scunlearn.vae.model import cell_terms
-from tests.test_methods import _toy, _trained_toy
+from tests.methods.test_methods import _toy, _trained_toy
 
 # ---- relative_fisher
 

@@ -17,7 +17,7 @@ from scunlearn.methods import ssd as ssd_module
 from scunlearn.methods.common import per_gene_loss
 from scunlearn.methods.context import UnlearnContext
 from scunlearn.vae.train import adam
-from tests.test_methods import _toy, _trained_toy
+from tests.methods.test_methods import _toy, _trained_toy
 
 
 def _run(name, params, model, X, part, seed=0):

@@ -21,7 +21,7 @@ from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
 from scunlearn.vae.model import VAEConfig, build_vae, cell_terms
 from scunlearn.vae.shards import ShardEnsemble
 from tests.conftest import tiny_audit_job
-from tests.test_methods import _toy as methods_toy
+from tests.methods.test_methods import _toy as methods_toy
 
 RECIPE = {"lr": 3e-3, "batch_size": 16, "max_epochs": 2, "kl_warmup_epochs": 1, "patience": 2}
 CFG = VAEConfig(n_genes=40, hidden=[16], latent=3, dropout=0.1)
@@ -252,7 +252,7 @@ def test_audit_stage_runs_on_an_ensemble(tmp_path):
 
 
 def test_workflow_schedules_one_shard_job_per_seed_and_unlearn_jobs_on_it(tmp_path):
-    from tests.test_workflow import _config, _smk
+    from tests.workflow.test_workflow import _config, _smk
 
     # the tiny study has variant sisa (S = 2, scattered only); add sisa4 on both forget sets, and a second seed
     cfg = _config(tmp_path, **{"train.seeds": [0, 3],
@@ -283,7 +283,7 @@ def test_workflow_schedules_one_shard_job_per_seed_and_unlearn_jobs_on_it(tmp_pa
 def test_method_comparison_shows_the_setup_cost_only_when_a_method_has_one():
     from scunlearn.report.html import render_comparison
     from scunlearn.report.tables import table_comparison
-    from tests.test_report import make_summary
+    from tests.report.test_report import make_summary
 
     summary = make_summary()
     assert "setup cost vs retrain" not in render_comparison(table_comparison(summary))

@@ -22,7 +22,7 @@ from scunlearn.report import build_report, captions, status, table_adversarial, 
 from scunlearn.report.figures import FIGURE_CAPTIONS, read_trajectories
 from scunlearn.report.tables import BELOW_BOTH, BETTER, NO_BETTER
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOL = 0.03
 MARGIN = 0.05
 FLOORS = {"structured": 0.48, "scattered": 0.50}

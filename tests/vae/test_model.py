@@ -12,8 +12,7 @@ from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
 from scunlearn.vae.likelihood import CountCodes, _CountIndex, kl_normal, nb_log_likelihood
 from scunlearn.vae.model import VAEConfig, build_vae, elbo
 from scunlearn.vae.train import fit, kl_weight
-
-from .conftest import fresh_python
+from tests.conftest import fresh_python
 
 
 def test_nb_log_likelihood_matches_scipy():

@@ -155,7 +155,7 @@ def _study_cost():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "study_cost.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "study_cost.py"
     spec = importlib.util.spec_from_file_location("study_cost", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -183,7 +183,7 @@ def test_study_cost_costs_the_batched_ensemble_a_training_job_runs(tmp_path, cap
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = yaml.safe_load((root / "tests/data/tiny.yaml").read_text())
     cfg["train"]["ensemble"] = ensemble
     cfg["dataset"]["simulate"]["n_cells"] = 800
@@ -227,7 +227,7 @@ def test_shared_gpu_hours_divides_only_the_lone_model_jobs():
 def test_shared_device_epochs_runs_n_jobs_at_once(tmp_path, processed):
     """n fresh interpreters each train a lone model on the data; one epoch time per job; a worker's failure
     comes back with its error."""
-    from .conftest import write_audit_inputs
+    from tests.conftest import write_audit_inputs
 
     write_audit_inputs(tmp_path, processed)
     from scunlearn.stages.sharing import shared_device_epochs
@@ -264,7 +264,7 @@ def test_study_cost_measures_a_lone_epoch_with_n_jobs_at_once(tmp_path):
     from pathlib import Path
 
     sc = _study_cost()
-    cfg = sc.load_config(Path(__file__).resolve().parents[1] / "tests/data/tiny.yaml")
+    cfg = sc.load_config(Path(__file__).resolve().parents[2] / "tests/data/tiny.yaml")
     sc.measure(cfg, 600, int(cfg["preprocess"]["n_hvg"]), 1, "cpu", tmp_path)
     shared = sc.measure_sharing(cfg, "cpu", tmp_path, [2], timeout=240)
     assert set(shared) == {1, 2} and all(0 < s < 60 for s in shared.values())

@@ -19,7 +19,7 @@ from rattler import MatchSpec
 
 from scunlearn import codedeps
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
 

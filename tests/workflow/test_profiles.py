@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SLURM = ROOT / "profiles/slurm/config.yaml"
 GPU = ROOT / "profiles/slurm-gpu/config.yaml"
 GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards", "audit"}

@@ -1,19 +1,18 @@
-"""Issue 12 — trust the run: the config given is the config, bad values are refused by name,
-changed or missing data is noticed, and a stage's error reaches the terminal.
+"""Snakemake runs as a user starts them: the config given is the config, files the study reads are inputs
+(changed or deleted ones are rebuilt), bad config values are refused at parse time naming key and file,
+and a stage's error reaches the terminal. Stage-level checks of the same inputs live with their layer
+(tests/data/test_acquire.py, tests/data/test_data.py, tests/vae/test_checkpoints.py).
 
 Snakemake runs here start from the repository root, as a user types the README's commands.
 Each writes only to its own results/<unique run>/ and removes it afterwards, so parallel
 test sessions and a user's own results/ are never touched.
 """
 
-import io
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import uuid
 from pathlib import Path
 
@@ -21,15 +20,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.sparse as sp
-import torch
 import yaml
-from scipy.io import mmwrite
 
-from scunlearn import ScunlearnError
 from scunlearn.io import write_h5ad
+from tests.conftest import write_counts_h5ad
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -90,16 +86,7 @@ def _micro(run: str) -> dict:
     }
 
 
-def _counts_h5ad(path: Path, seed: int, n_cells=40, n_genes=12, var_names=None) -> Path:
-    rng = np.random.default_rng(seed)
-    a = ad.AnnData(X=sp.csr_matrix(rng.poisson(2.0, size=(n_cells, n_genes)).astype(np.float32)))
-    a.obs_names = [f"cell{i}" for i in range(n_cells)]
-    a.var_names = var_names or [f"G{j}" for j in range(n_genes)]
-    write_h5ad(a, path)
-    return path
-
-
-# ------------------------------------------------------------------ item 1: --configfile replaces
+# ------------------------------------------------------------------ --configfile replaces the default config
 
 @pytest.mark.workflow
 def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
@@ -130,11 +117,11 @@ def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
     assert not (ROOT / "results" / run_name).exists()  # a dry run writes nothing
 
 
-# ------------------------------------------------------------------ item 3: the data file is an input
+# ------------------------------------------------------------------ the data file is an input
 
 @pytest.mark.workflow
 def test_changed_data_file_reruns_acquire_from_repo_root(tmp_path, run_name):
-    data = _counts_h5ad(tmp_path / "mydata.h5ad", seed=1)
+    data = write_counts_h5ad(tmp_path / "mydata.h5ad", seed=1)
     cfg = _tiny(run_name, dataset={"source": "h5ad", "path": str(data)})
     path = _write(tmp_path / "cfg.yaml", cfg)
     raw = f"results/{run_name}/data/raw.h5ad"
@@ -147,7 +134,7 @@ def test_changed_data_file_reruns_acquire_from_repo_root(tmp_path, run_name):
     assert "Nothing to be done" in r.stdout + r.stderr
 
     # the user replaces the data file (same name): acquire must rerun, and preprocess after it
-    _counts_h5ad(data, seed=2)
+    write_counts_h5ad(data, seed=2)
     # mtimes can share a second with the first run's outputs: age those outputs rather than
     # dating the input into the future (Snakemake refuses outputs older than their inputs)
     for f in (ROOT / "results" / run_name).rglob("*"):
@@ -185,7 +172,7 @@ def test_pbmc_archive_is_an_input_made_by_its_own_rule(tmp_path):
     assert "input:" in acquire and "resources/pbmc33k/pbmc33k_filtered_gene_bc_matrices.tar.gz" in acquire
 
 
-# ------------------------------------------------------------------ item 4: deleted results are rebuilt
+# ------------------------------------------------------------------ deleted results are rebuilt
 
 @pytest.mark.workflow
 def test_deleted_checkpoint_and_audit_are_rebuilt_from_repo_root(tmp_path, run_name):
@@ -226,146 +213,7 @@ def test_deleted_checkpoint_and_audit_are_rebuilt_from_repo_root(tmp_path, run_n
     assert rec["model"].endswith("models/fisher/scattered/seed0.pt") and (ROOT / rec["model"]).exists()
 
 
-def test_truncated_checkpoint_says_to_delete_it(tmp_path):
-    from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
-    from scunlearn.vae.model import VAEConfig, build_vae
-
-    p = tmp_path / "seed0.pt"
-    save_checkpoint(build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2)), p, {"kind": "baseline"})
-    p.write_bytes(p.read_bytes()[:100])  # an interrupted copy
-    p.with_name("seed0.pt.sha256").unlink(missing_ok=True)  # no digest recorded: the loader notices
-    with pytest.raises(ScunlearnError) as e:
-        load_checkpoint(p)
-    msg = str(e.value)
-    assert str(p) in msg and "not a readable scunlearn checkpoint" in msg and "delete it" in msg
-
-
-# ------------------------------------------------------------------ item 5: duplicate gene names
-
-def test_duplicate_gene_names_are_summed_and_logged(tmp_path, caplog):
-    from scunlearn.data.acquire import read_user_file
-
-    names = ["CD3D", "PF4", "CD3D", "G3", "PF4", "G5"]
-    p = _counts_h5ad(tmp_path / "dups.h5ad", seed=0, n_genes=6, var_names=names)
-    X = ad.read_h5ad(p).X.toarray()
-    with caplog.at_level(logging.WARNING):
-        out = read_user_file(p, "h5ad")
-    assert list(out.var_names) == ["CD3D", "PF4", "G3", "G5"]  # never renamed to CD3D-1
-    got = out.X.toarray()
-    assert np.array_equal(got[:, 0], X[:, 0] + X[:, 2]) and np.array_equal(got[:, 1], X[:, 1] + X[:, 4])
-    assert np.array_equal(got[:, 2], X[:, 3])
-    assert "2 gene names occur more than once (CD3D, PF4)" in caplog.text and "summed" in caplog.text
-    assert str(p) in caplog.text
-
-
-def test_duplicate_gene_names_refused_when_asked(tmp_path):
-    from scunlearn.data.acquire import read_user_file
-
-    p = _counts_h5ad(tmp_path / "dups.h5ad", seed=0, n_genes=3, var_names=["A", "B", "A"])
-    with pytest.raises(ScunlearnError) as e:
-        read_user_file(p, "h5ad", duplicate_genes="error")
-    assert str(p) in str(e.value) and "dataset.duplicate_genes" in str(e.value) and "(A)" in str(e.value)
-
-
-def test_duplicate_symbols_of_a_10x_folder_are_summed(tmp_path):
-    from scunlearn.data.acquire import read_user_file
-
-    d = tmp_path / "mtx"
-    d.mkdir()
-    mmwrite(d / "matrix.mtx", sp.coo_matrix(np.array([[1, 2], [3, 4], [5, 6]])))  # genes x cells
-    (d / "genes.tsv").write_text("ENSG1\tCD3D\nENSG2\tCD3D\nENSG3\tPF4\n")
-    (d / "barcodes.tsv").write_text("AAAC-1\nAAAG-1\n")
-    out = read_user_file(d, "10x_mtx")
-    assert list(out.var_names) == ["CD3D", "PF4"]
-    assert out.X.toarray().tolist() == [[4, 5], [6, 6]]
-
-
-# ------------------------------------------------------------------ item 6: the PBMC-33k archive's digest
-
-def _fake_archive(path: Path, n_cells=6, n_genes=4) -> Path:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    mmwrite(buf, sp.coo_matrix(rng.integers(1, 5, size=(n_genes, n_cells))))
-    files = {"matrix.mtx": buf.getvalue(),
-             "genes.tsv": "".join(f"ENSG{i}\tGENE{i}\n" for i in range(n_genes)).encode(),
-             "barcodes.tsv": "".join(f"AAAC{i}-1\n" for i in range(n_cells)).encode()}
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"filtered_gene_bc_matrices/hg19/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def _checksums(tmp_path, sha="", n_cells=6, n_genes=4) -> Path:
-    from scunlearn.data.acquire import PBMC33K_ARCHIVE
-
-    p = tmp_path / "checksums.tsv"
-    pd.DataFrame([{"file": PBMC33K_ARCHIVE, "url": "x", "sha256": sha, "n_cells": n_cells, "n_genes": n_genes}]) \
-        .to_csv(p, sep="\t", index=False)
-    return p
-
-
-def test_first_download_pins_the_archive_digest(tmp_path, caplog):
-    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
-    from scunlearn.io import sha256sum
-
-    src = _fake_archive(tmp_path / "mirror.tar.gz")
-    sums = _checksums(tmp_path)
-    with caplog.at_level(logging.WARNING):
-        fetch_pbmc33k(tmp_path / "res", sums, url=src.as_uri())
-    assert load_checksums(sums).loc[PBMC33K_ARCHIVE, "sha256"] == sha256sum(src)
-    assert "pinned" in caplog.text and "Commit that file" in caplog.text and str(sums) in caplog.text
-    assert not list((tmp_path / "res").glob(".extract-*"))  # nothing extracted is left behind
-
-
-def test_archive_with_wrong_digest_is_refused_and_deleted(tmp_path):
-    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k
-
-    res = tmp_path / "res"
-    res.mkdir()
-    cached = _fake_archive(res / PBMC33K_ARCHIVE)  # e.g. a wrong archive cached by an earlier run
-    sums = _checksums(tmp_path, sha="0" * 64)
-    with pytest.raises(ScunlearnError) as e:
-        fetch_pbmc33k(res, sums, url="file:///nowhere")
-    msg = str(e.value)
-    assert not cached.exists()
-    assert "checksum mismatch" in msg and str(cached) in msg and str(sums) in msg
-    assert "has been deleted" in msg and "rerun snakemake" in msg and "file:///nowhere" in msg
-
-
-def test_archive_of_the_wrong_shape_is_refused_deleted_and_not_pinned(tmp_path):
-    from scunlearn.data.acquire import PBMC33K_ARCHIVE, fetch_pbmc33k, load_checksums
-
-    src = _fake_archive(tmp_path / "mirror.tar.gz")
-    sums = _checksums(tmp_path, n_cells=33148, n_genes=32738)
-    with pytest.raises(ScunlearnError, match="holds 6 cells x 4 genes, expected 33148 x 32738"):
-        fetch_pbmc33k(tmp_path / "res", sums, url=src.as_uri())
-    assert not (tmp_path / "res" / PBMC33K_ARCHIVE).exists()
-    assert load_checksums(sums).loc[PBMC33K_ARCHIVE, "sha256"] == ""
-
-
-def test_download_stage_then_acquire_pins_and_reads_the_archive(tmp_path):
-    """The two rules' stages in order: pbmc33k_archive downloads, acquire verifies, pins and reads."""
-    from scunlearn.data.acquire import PBMC33K_ARCHIVE, load_checksums
-    from scunlearn.io import sha256sum
-    from scunlearn.stages.data import stage_acquire, stage_download
-
-    src = _fake_archive(tmp_path / "mirror.tar.gz")
-    res = tmp_path / "res"
-    stage_download({}, {"archive": str(res / PBMC33K_ARCHIVE)}, {"url": src.as_uri()}, 1)
-    assert sha256sum(res / PBMC33K_ARCHIVE) == sha256sum(src)
-    sums = _checksums(tmp_path)
-    stage_acquire({"data": [str(res / PBMC33K_ARCHIVE)], "markers": str(ROOT / "resources/markers/pbmc.tsv")},
-                  {"raw": str(tmp_path / "raw.h5ad")},
-                  {"dataset": {"source": "pbmc33k", "url": src.as_uri()}, "resources_dir": str(res),
-                   "checksums": str(sums)}, 1)
-    raw = ad.read_h5ad(tmp_path / "raw.h5ad")
-    assert raw.shape == (6, 4) and raw.uns["source_sha256"] == sha256sum(src)
-    assert load_checksums(sums).loc[PBMC33K_ARCHIVE, "sha256"] == sha256sum(src)
-
-
-# ------------------------------------------------------------------ item 7 and the schema crashes: parse time
+# ------------------------------------------------------------------ bad values are refused at parse time
 
 @pytest.mark.parametrize("change, expected", [
     ({"run": ".."}, ["'..' does not match", "key:    run"]),
@@ -398,40 +246,6 @@ def test_plain_run_names_with_dots_are_accepted(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
 
 
-def test_device_cuda_without_cuda_names_the_key(monkeypatch):
-    from scunlearn.runtime import resolve_device
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert resolve_device("auto") == torch.device("cpu")  # auto falls back
-    for spec in ("cuda", "cuda:1"):
-        with pytest.raises(ScunlearnError) as e:
-            resolve_device(spec)
-        assert f"config device: '{spec}'" in str(e.value) and "no usable CUDA GPU" in str(e.value)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ScunlearnError, match=r"'cuda:1' asked for, but only 1 CUDA GPU\(s\) found"):
-        resolve_device("cuda:1")
-
-
-def test_unknown_cell_type_lists_types_and_says_they_are_data_derived(processed, tmp_path):
-    from scunlearn.data.splits import make_split
-    from scunlearn.io import write_json
-    from scunlearn.stages.data import stage_forget
-
-    adata = tmp_path / "adata.h5ad"
-    write_h5ad(processed, adata)
-    write_json(make_split(processed.obs_names, 0.85, 0.5, seed=0), tmp_path / "split.json")
-    with pytest.raises(ScunlearnError) as e:
-        stage_forget({"adata": str(adata), "split": str(tmp_path / "split.json")}, {"forget": str(tmp_path / "f.json")},
-                     {"name": "rare", "spec": {"kind": "cell_type", "cell_type": "Unicorn"}, "seed": 0}, 1)
-    msg = str(e.value)
-    assert "forget_sets.rare" in msg and "'Unicorn' does not exist" in msg
-    assert "'Megakaryocyte'" in msg and "'B cell'" in msg  # the available types
-    assert "data-derived" in msg and "only after preprocessing" in msg
-    assert not (tmp_path / "f.json").exists()
-
-
 # ------------------------------------------------------------------ errors reach the terminal
 
 @pytest.mark.workflow
@@ -456,36 +270,10 @@ def test_shipped_profile_shows_failed_logs():
     assert prof["show-failed-logs"] is True
 
 
-# ------------------------------------------------------------------ clusters with no convincing marker score
-
-def test_cluster_below_min_marker_score_is_unknown(markers, caplog):
-    from scunlearn.data.preprocess import annotate_clusters
-
-    rng = np.random.default_rng(0)
-    mk = markers.groupby("cell_type")["gene"].apply(list)
-    genes = sorted(set(markers["gene"]))
-    # three clusters of 30 cells: B-cell markers high, Megakaryocyte markers high, neither
-    X = rng.normal(1.0, 0.1, size=(90, len(genes)))
-    col = {g: j for j, g in enumerate(genes)}
-    X[:30, [col[g] for g in mk["B cell"]]] += 3
-    X[30:60, [col[g] for g in mk["Megakaryocyte"]]] += 3
-    X[60:] -= 0.5  # every marker below average: no type fits (best score negative)
-    a = ad.AnnData(X=X.astype(np.float32))
-    a.var_names = genes
-    a.obs["leiden"] = pd.Categorical(np.repeat(["0", "1", "2"], 30))
-    with caplog.at_level(logging.WARNING):
-        labels = annotate_clusters(a, markers)  # default threshold 0: cluster 2 scores below it
-    assert labels.iloc[0] == "B cell" and labels.iloc[30] == "Megakaryocyte" and labels.iloc[60] == "unknown"
-    assert "cluster 2 (30 cells) -> unknown" in caplog.text and "preprocess.min_marker_score" in caplog.text
-    # a higher threshold turns a weakly-scoring cluster unknown too; a very low one labels everything
-    assert set(annotate_clusters(a, markers, min_score=100.0)) == {"unknown"}
-    assert "unknown" not in set(annotate_clusters(a, markers, min_score=-100.0))
-
-
-# ------------------------------------------------------------------ issue 26: trust the input
+# ------------------------------------------------------------------ config mistakes in a few lines; what reruns
 
 def test_variant_with_no_forget_sets_is_refused_naming_it(tmp_path):
-    """Silent case 3: `forget_sets: []` dropped the variant from the study without a word."""
+    """`forget_sets: []` is refused naming the variant: it would otherwise drop out of the study unannounced."""
     cfg = _tiny("pytest-never-runs")
     cfg["methods"]["fisher"]["forget_sets"] = []
     path = _write(tmp_path / "empty.yaml", cfg)
@@ -497,7 +285,7 @@ def test_variant_with_no_forget_sets_is_refused_naming_it(tmp_path):
 
 
 def test_unknown_top_level_key_is_told_in_a_few_lines(tmp_path):
-    """An unknown key printed the whole JSON schema (~470 lines); now the file, key, value and reason."""
+    """An unknown key is told as its file, key, value and reason in a few lines, not as the whole JSON schema."""
     path = _write(tmp_path / "typo.yaml", _tiny("pytest-never-runs", sede=3))
     r = _smk(["-n", "--configfile", str(path)], timeout=120)
     text = r.stdout + r.stderr
@@ -514,55 +302,6 @@ def test_unknown_nested_key_names_its_path(tmp_path):
     r = _smk(["-n", "--configfile", str(_write(tmp_path / "typo.yaml", cfg))], timeout=120)
     text = r.stdout + r.stderr
     assert "key:    dataset.acept_normalised_looking" in text and "accept_normalised_looking" in text
-
-
-def _vae(seed: int):
-    from scunlearn.vae.model import VAEConfig, build_vae
-
-    torch.manual_seed(seed)
-    return build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2))
-
-
-@pytest.mark.parametrize("change", ["truncated", "replaced"])
-def test_changed_checkpoint_with_its_old_time_is_refused(tmp_path, change):
-    """Silent case 4: a checkpoint changed behind Snakemake's back (time stamp kept) was used or misreported."""
-    from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
-
-    p = tmp_path / "seed0.pt"
-    save_checkpoint(_vae(0), p, {"kind": "baseline"})
-    assert (tmp_path / "seed0.pt.sha256").read_text().endswith("  seed0.pt\n")  # `sha256sum -c` format
-    load_checkpoint(p)  # unchanged: loads
-    st = p.stat()
-    if change == "truncated":
-        p.write_bytes(p.read_bytes()[:-200])
-    else:  # another run's checkpoint, a valid file copied over this one
-        save_checkpoint(_vae(1), tmp_path / "other.pt", {"kind": "baseline"})
-        shutil.copyfile(tmp_path / "other.pt", p)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with pytest.raises(ScunlearnError) as e:
-        load_checkpoint(p)
-    msg = str(e.value)
-    assert msg.startswith(f"{p}: the file changed since it was written") and f"{p}.sha256 records" in msg
-    assert "delete it and rerun snakemake" in msg
-
-
-def test_changed_h5ad_is_refused_by_every_reader(processed, tmp_path):
-    from scunlearn.io import read_adata, read_cells, write_h5ad
-    from scunlearn.stages.data import stage_split
-
-    p = tmp_path / "adata.h5ad"
-    write_h5ad(processed, p)
-    read_cells(p)
-    st = p.stat()
-    write_h5ad(processed[:50].copy(), tmp_path / "other.h5ad")
-    p.write_bytes((tmp_path / "other.h5ad").read_bytes())  # edited in place, the old time stamp put back
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    for read in (read_cells, read_adata,
-                 lambda f: stage_split({"adata": str(f)}, {"split": str(tmp_path / "s.json")},
-                                       {"splits": {"train_fraction": 0.8, "validation_fraction": 0.5}, "seed": 0}, 1)):
-        with pytest.raises(ScunlearnError, match="the file changed since it was written"):
-            read(p)
-    assert not (tmp_path / "s.json").exists()
 
 
 def _audit_inputs(text: str, wanted: str) -> str:
@@ -591,7 +330,8 @@ def test_fine_tuning_control_reruns_every_audit_on_its_set_as_the_docs_say(tmp_p
             "sets, so changing its params also reruns every audit on those forget sets") in docs
 
 
-def test_troubleshooting_table_lists_the_new_messages():
+def test_troubleshooting_table_lists_the_input_error_messages():
+    """The README's troubleshooting table quotes the messages of the input and checkpoint checks."""
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Troubleshooting"):readme.index("## Development")]
     for message in ("the file changed since it was written", "that look normalised", "an empty list, so variant",

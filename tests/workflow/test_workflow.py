@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
 
 
@@ -130,6 +130,15 @@ def test_tiny_study_end_to_end(tmp_path):
         trial = next(t for t in ctl["trials"] if t["model"] == "retrain/seed0")
         assert own["pc_auc"] == pytest.approx(trial["pc_auc"]) and own["p_vs_retrain"] == pytest.approx(trial["p"])
     assert set(pd.read_csv(out / "report/controls.tsv", sep="\t")["forget_set"]) == set(summary["forget_set"])
+
+    # every stage ran only library code its rule declares as code inputs (derived from the imports by
+    # scunlearn.codedeps; stages.run compares them with the modules the process really imported)
+    logs = sorted((out / "logs").rglob("*.log"))
+    assert len(logs) >= 30
+    for lg in logs:
+        text = lg.read_text()
+        assert "are not among the rule's code inputs" not in text, text[-2000:]
+        assert "code inputs: every library file the stage ran is among the rule's" in text, lg
 
     # logs show progress; trajectories exist
     assert "seed 0 epoch   2" in (out / "logs/baseline/ensemble.log").read_text()  # train.ensemble: one job

@@ -1,5 +1,5 @@
 # the HTML report: audit power, the per-cell method comparison, the paper's tables and the figures
-# These lists must equal scunlearn.report.captions.TABLES / FIGURES (tests/test_report.py checks);
+# These lists must equal scunlearn.report.captions.TABLES / FIGURES (tests/report/test_report.py checks);
 # the caption files ../report/<stem>.rst are generated: python -m scunlearn.report workflow/report
 
 

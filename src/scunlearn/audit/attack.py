@@ -1,7 +1,7 @@
 """The paper's MLP attack in the audit: fresh attackers per model, trained batched, scored per fold.
 
 The features and the attackers (one, or many trained as one batched model) are in
-:mod:`scunlearn.membership` (shared with the adversarial methods); this module trains the
+:mod:`scunlearn.membership.attackers` (shared with the adversarial methods); this module trains the
 k × repeats fold attackers of one audit as one batched model and scores them without bias
 (:func:`mia`).
 """

@@ -141,7 +141,7 @@ def latent_accuracy(model: VAE, X: torch.Tensor, idx, labels, folds: int = 5, se
     """Mean k-fold accuracy of a logistic regression predicting cell type from μ.
 
     Standardised on each training fold, then :func:`fit_logistic`; folds stratified and
-    seeded as scikit-learn's ``StratifiedKFold(shuffle=True)`` (:mod:`scunlearn.folds`).
+    seeded as scikit-learn's ``StratifiedKFold(shuffle=True)`` (:mod:`scunlearn.data.folds`).
     """
     mu = cell_terms(model, X, idx).mu.double().cpu().numpy()
     if not np.isfinite(mu).all():  # a diverged model: no accuracy (a fit on NaN would predict one class)

@@ -102,7 +102,7 @@ def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -
     # annotate on all genes (markers need not be HVGs), model on HVGs
     n_pcs = min(cfg["n_pcs"], adata.n_obs - 1, int(hvg.sum()) - 1)
     sc.pp.pca(adata, n_comps=n_pcs, mask_var="highly_variable", random_state=seed)
-    # exact kNN + UMAP weights without umap/pynndescent's per-process numba compile (scunlearn.neighbors)
+    # exact kNN + UMAP weights without umap/pynndescent's per-process numba compile (scunlearn.data.neighbors)
     neighbors(adata, n_neighbors=cfg["n_neighbors"], n_pcs=min(cfg["neighbors_pcs"], n_pcs))
     sc.tl.leiden(adata, resolution=cfg["leiden_resolution"], flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)

@@ -142,7 +142,7 @@ def _relu_dropout(h: torch.Tensor, p: float) -> torch.Tensor:
     """``dropout(relu(h), p)`` as one multiplicative mask: keep (probability 1 - p) and h > 0, scaled by 1 / (1 - p).
 
     The same values and gradients as the two ops. The keep draw is the VAE's
-    (:func:`~scunlearn.model.dropout_keep`: 16-bit uniforms, four per random word, p rounded
+    (:func:`~scunlearn.vae.dropout.dropout_keep`: 16-bit uniforms, four per random word, p rounded
     to a multiple of 2⁻¹⁶): a float uniform per entry (``torch.rand``) was a tenth of an
     attack step, ``bernoulli_`` before it a quarter.
     """

@@ -5,7 +5,7 @@ Up front (rule ``sisa_shards``, once per variant and seed) the training cells (t
 retain ∪ forget of every forget set) are split into S random, seeded, disjoint shards and one
 VAE is trained on each from scratch, with the baseline's recipe (``config["train"]``: Adam
 lr / batch_size / max_epochs / KL warm-up, early stopping on the validation ELBO with
-patience, :func:`scunlearn.train.fit`). The model is the :class:`~scunlearn.model.ShardEnsemble`
+patience, :func:`scunlearn.vae.train.fit`). The model is the :class:`~scunlearn.vae.shards.ShardEnsemble`
 of the S VAEs (its per-cell ELBO = the mean of the shards' ELBOs, see there). No slicing
 (the paper's checkpoints within a shard): a shard is retrained from its start.
 

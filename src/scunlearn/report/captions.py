@@ -5,7 +5,7 @@ The HTML page reads them from here, and the Snakemake report's caption files
 
     python -m scunlearn.report workflow/report
 
-(``tests/test_report.py`` fails when a committed ``.rst`` differs from what this writes.)
+(``tests/report/test_report.py`` fails when a committed ``.rst`` differs from what this writes.)
 The order of :data:`FIGURES` and :data:`TABLES` is the order of the page and of the
 report rule's outputs. Captions are plain text: no RST markup beyond the bold title.
 """

@@ -32,7 +32,7 @@ def setup_job(inp: dict, params: dict, threads: int):
 
 
 def write_cells(model, X, adata, out) -> None:
-    """The model's per-cell statistics on every cell, for the per-cell audit (see :mod:`scunlearn.cellstats`)."""
+    """The model's per-cell statistics on every cell, for the per-cell audit (see :mod:`scunlearn.vae.cellstats`)."""
     from scunlearn.vae.cellstats import write_cell_stats
 
     if "cells" in out:

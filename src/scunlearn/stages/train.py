@@ -50,7 +50,7 @@ def stage_train(inp, out, params, threads):
 
 def stage_train_ensemble(inp, out, params, threads):
     """All seeds of one training recipe (the baseline, or one forget set's retrain) in one job, trained at
-    once as one batched model (:func:`scunlearn.ensemble.fit_ensemble`): per seed, the checkpoint, history
+    once as one batched model (:func:`scunlearn.vae.batched.fit_ensemble`): per seed, the checkpoint, history
     and per-cell statistics that :func:`stage_train` writes for that seed alone (``out``'s lists, in
     the order of ``params["seeds"]``)."""
     from scunlearn.costs import log_units

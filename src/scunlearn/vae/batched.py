@@ -1,7 +1,7 @@
 """K seeds of one training recipe trained at once as one batched model (:func:`fit_ensemble`).
 
 Member k is the VAE that seed k gives alone (``seed_everything(seed)``, ``build_vae``,
-:func:`scunlearn.train.fit`): the same initial weights, data order, dropout masks and
+:func:`scunlearn.vae.train.fit`): the same initial weights, data order, dropout masks and
 reparameterisation noise (drawn from its own generators, seeded as the solo run's global ones),
 Adam and early stopping on its own validation ELBO. Its weights are stacked with the other
 members' (K, out, in) and every layer runs as one batched matmul, so the K small matmuls of a
@@ -139,7 +139,7 @@ class StackedVAE:
     @torch.no_grad()
     def elbo(self, X: torch.Tensor, idx: np.ndarray, batch_size: int = 4096) -> torch.Tensor:
         """Each member's mean deterministic ELBO (z = μ, β = 1) over rows ``idx`` (K,): as
-        :func:`scunlearn.model.elbo`, whose chunks of 4096 rows are split K ways here (memory)."""
+        :func:`scunlearn.vae.model.elbo`, whose chunks of 4096 rows are split K ways here (memory)."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=X.device)
         K = len(self)
         step = max(1, batch_size // K)
@@ -199,7 +199,7 @@ def init_member(cfg: VAEConfig, seed: int, device) -> tuple[dict, torch.Generato
 def draw_masks(widths: list[int], p: float, n_rows: int, gens: list, device,
                buf: torch.Tensor | None = None) -> list[torch.Tensor] | None:
     """Every dropout layer's (K, n_rows, width) mask, member k's from ``gens[k]`` exactly as
-    :func:`scunlearn.model.arm_dropout` draws a solo model's (one block per member per step).
+    :func:`scunlearn.vae.dropout.arm_dropout` draws a solo model's (one block per member per step).
     ``buf``: a (K, n_rows · Σ widths) tensor to draw them into (the masks are views of it)."""
     if p <= 0.0:
         return None
@@ -351,7 +351,7 @@ class Ensemble:
         self._static: StaticStep | None = None  # built at the first full batch; rebuilt when members leave
 
     def run_epoch(self, X: torch.Tensor, train_idx: torch.Tensor, batch_size: int, beta: float) -> list[float]:
-        """:func:`scunlearn.train.run_epoch` for every active member at once; their mean batch losses."""
+        """:func:`scunlearn.vae.train.run_epoch` for every active member at once; their mean batch losses."""
         dev, model, act = X.device, self.model, self.active
         lf, codes = log_factorial_cached(X), count_codes_cached(X)
         widths, p, K = model.widths(), float(self.cfg.dropout), len(act)

@@ -26,7 +26,7 @@ def save_checkpoint(model: VAE | ShardEnsemble, path: str | Path, meta: dict) ->
     """Atomically save state dict + model config + model kind + metadata (plain types only), recording the
     file's SHA-256 beside it (``<path>.sha256``), which :func:`load_checkpoint` verifies.
 
-    ``model_kind`` is ``"vae"`` or ``"shard_ensemble"`` (:class:`~scunlearn.model.ShardEnsemble`);
+    ``model_kind`` is ``"vae"`` or ``"shard_ensemble"`` (:class:`~scunlearn.vae.shards.ShardEnsemble`);
     :func:`load_checkpoint` rebuilds the model from it.
     """
     kind = "shard_ensemble" if isinstance(model, ShardEnsemble) else "vae"

@@ -94,7 +94,7 @@ class Adam:
     them bit for bit), without ``torch.optim.Optimizer``'s step wrappers: their first call
     imports ``torch._dynamo``, 1-1.7 s of CPU in every training and unlearning job of the
     workflow. It has what this project's code uses of an optimizer: ``param_groups``,
-    ``state``, ``step()`` and ``zero_grad()``. Use :func:`scunlearn.train.adam` to get one.
+    ``state``, ``step()`` and ``zero_grad()``. Use :func:`scunlearn.vae.train.adam` to get one.
     """
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -102,7 +102,7 @@ class Adam:
         params = list(params)
         if not all(torch.is_tensor(p) and p.dtype.is_floating_point and p.device.type in ("cpu", "cuda")
                    for p in params):
-            raise ValueError("scunlearn.optim.Adam takes floating-point CPU or CUDA tensors only")
+            raise ValueError("scunlearn.vae.optim.Adam takes floating-point CPU or CUDA tensors only")
         self.param_groups = [{"params": params, "lr": float(lr), "betas": tuple(betas), "eps": float(eps),
                               "weight_decay": float(weight_decay)}]
         self.state: dict[torch.Tensor, dict] = {}
