@@ -76,7 +76,7 @@ if [ "$(left)" -gt 120 ]; then
     timeout 10 python3 bench/stage_costs.py results/demo-cpu16 > "$OUT/stage_costs_cpu.txt" 2>&1
     head -22 "$OUT/stage_costs_cpu.txt"
 fi
-step "summary: issue 25's GPU targets"
+step "summary: the GPU targets (throughput, PBMC GPU-hours, the demo's wall time)"
 python3 - "$OUT" <<'PYEOF' | tee "$OUT/summary.txt"
 import csv, re, sys
 from pathlib import Path
