@@ -24,12 +24,17 @@ if not workflow.overwrite_configfiles:
     configfile: DEFAULT_CONFIG
 
 
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from scunlearn import ScunlearnError
+from scunlearn.params import check_config_size, config_error
+
+try:  # a config of nested YAML aliases is refused before validation walks (and prints) it whole
+    check_config_size(config, workflow.configfiles)
+except ScunlearnError as e:
+    raise WorkflowError(str(e)) from None
 try:
     validate(config, "config/schema.yaml", set_default=True)
 except WorkflowError as e:  # the file, key, value and reason in a few lines, never the whole schema
-    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-    from scunlearn.params import config_error
-
     raise WorkflowError(config_error(e, workflow.configfiles)) from None
 
 

@@ -102,6 +102,34 @@ def _short(value: Any, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+#: most values (mappings, lists and scalars, counted as YAML aliases expand) a config may hold: a study's
+#: config has a few hundred; a YAML file whose aliases nest ("billion laughs") expands exponentially and
+#: would hang validation and its error message
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_config_size(config: Any, files, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a config of more than ``limit`` values before anything walks it whole (validation, hashing).
+
+    Counts as a walk would visit them, so a value reached through several aliases counts each time;
+    stops at the limit, so a nested-alias file is refused in milliseconds.
+    """
+    count, todo = 0, [config]
+    while todo:
+        value = todo.pop()
+        count += 1
+        if count > limit:
+            where = ", ".join(map(str, files)) or "the config"
+            raise ScunlearnError(
+                f"in config {where}: more than {limit:,} values once its YAML aliases (&name / *name) are "
+                "expanded; a study's config has a few hundred. Aliases nested in aliases expand exponentially: "
+                "write the values out, or use fewer levels of aliases")
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+
+
 def config_error(err: BaseException, files) -> str:
     """A config file's schema error in a few lines (file, key, value, reason), never the whole schema that
     jsonschema's own message prints; ``err`` is the ValidationError or an error raised while handling one."""

@@ -215,3 +215,35 @@ def test_stage_scripts_import_this_checkouts_library_first(tmp_path):
                         str(ROOT / "workflow/scripts")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(ROOT / "src/scunlearn/__init__.py")
+
+
+def test_a_config_of_nested_yaml_aliases_is_refused_in_seconds(tmp_path):
+    """350 bytes of aliases nested nine deep ("billion laughs") expand to 9^9 values: refused before the
+    schema validation walks them (which used to run on, its memory growing, with no message)."""
+    import time
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines + ["run: *i"]) + "\n")
+    t0 = time.monotonic()
+    r = _smk(["-n", "--configfile", str(bomb), "--directory", str(tmp_path)], tmp_path, timeout=60)
+    assert r.returncode != 0 and time.monotonic() - t0 < 30
+    text = r.stdout + r.stderr
+    assert f"in config {bomb}: more than 100,000 values once its YAML aliases" in text
+    assert len(text.strip().splitlines()) < 20, text[-3000:]
+
+
+def test_config_size_check_counts_aliases_and_passes_the_studies():
+    import yaml
+
+    from scunlearn import ScunlearnError
+    from scunlearn.params import check_config_size
+
+    for name in ("config/config.yaml", "config/demo.yaml", "tests/data/tiny.yaml"):
+        check_config_size(yaml.safe_load((ROOT / name).read_text()), [name])
+    shared = list(range(10))
+    check_config_size({"a": [shared] * 9}, ["x"], limit=101)  # 1 + 1 + 9 * (1 + 10) = 101 values
+    with pytest.raises(ScunlearnError, match="more than 100 values"):
+        check_config_size({"a": [shared] * 9}, ["x"], limit=100)
