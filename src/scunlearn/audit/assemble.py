@@ -10,10 +10,7 @@ import time
 
 import numpy as np
 
-from scunlearn.io import (
-    read_cells,
-    read_markers,
-)
+from scunlearn.io import read_cells, read_markers
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""Stages of the audit rules: the audit of every seed of a model, the judge's controls, the summary.
-"""
+"""Stages of the audit rules: the audit of every seed of a model, the judge's controls, the summary."""
 
 from __future__ import annotations
 
@@ -9,11 +8,7 @@ import time
 import pandas as pd
 
 from scunlearn import ScunlearnError
-from scunlearn.io import (
-    read_json,
-    write_json,
-    write_tsv,
-)
+from scunlearn.io import read_json, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""What the model stages share: the device, seeds and data of a training-like job, and per-cell statistics.
-"""
+"""What the model stages share: the device, seeds and data of a training-like job, and per-cell statistics."""
 
 from __future__ import annotations
 

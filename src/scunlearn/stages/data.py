@@ -1,5 +1,4 @@
-"""Stages of the data rules: download, acquire, preprocess, split, forget sets (no torch).
-"""
+"""Stages of the data rules: download, acquire, preprocess, split, forget sets (no torch)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scunlearn import ScunlearnError
-from scunlearn.io import (
-    read_adata,
-    read_json,
-    read_markers,
-    write_h5ad,
-    write_json,
-)
+from scunlearn.io import read_adata, read_json, read_markers, write_h5ad, write_json
 
 if TYPE_CHECKING:  # torch is imported by the stages that need it: data and report stages run without it
     import anndata as ad

@@ -1,5 +1,4 @@
-"""Stage of the report rule: the HTML report, its tables and figures.
-"""
+"""Stage of the report rule: the HTML report, its tables and figures."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Stages of the training rules: baseline and retrain (solo or seed-batched) and the matched negatives.
-"""
+"""Stages of the training rules: baseline and retrain (solo or seed-batched) and the matched negatives."""
 
 from __future__ import annotations
 
@@ -10,11 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from scunlearn import ScunlearnError
-from scunlearn.io import (
-    read_cells,
-    write_json,
-    write_tsv,
-)
+from scunlearn.io import read_cells, write_json, write_tsv
 from scunlearn.stages import param_hash
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,4 @@
-"""Stages of the unlearning rules: one method variant on one forget set and seed, and SISA's shards.
-"""
+"""Stages of the unlearning rules: one method variant on one forget set and seed, and SISA's shards."""
 
 from __future__ import annotations
 
@@ -10,10 +9,7 @@ import time
 import pandas as pd
 
 from scunlearn import ScunlearnError
-from scunlearn.io import (
-    write_json,
-    write_tsv,
-)
+from scunlearn.io import write_json, write_tsv
 from scunlearn.stages import param_hash
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,4 @@
-"""Dropout for the VAE: 16-bit uniform masks (a third of ``bernoulli_``'s cost) drawn for all layers at once.
-"""
+"""Dropout for the VAE: 16-bit uniform masks (a third of ``bernoulli_``'s cost) drawn for all layers at once."""
 
 from __future__ import annotations
 

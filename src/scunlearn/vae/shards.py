@@ -1,5 +1,4 @@
-"""SISA's shard ensemble: S VAEs whose outputs are averaged; a model kind of its own in checkpoints.
-"""
+"""SISA's shard ensemble: S VAEs whose outputs are averaged; a model kind of its own in checkpoints."""
 
 from __future__ import annotations
 
