@@ -93,10 +93,17 @@ def closure(modules: Iterable[str], src: Path = SRC) -> tuple[set[str], set[str]
         seen.add(mod)
         if "." in mod:  # a package's __init__ runs before any of its modules
             todo.append(mod.rpartition(".")[0])
-        t, own = imports(parsed(path), mod, path.name == "__init__.py", src)
+        t, own = _module_imports(mod, path, src)
         third |= t
         todo += own
     return seen, third
+
+
+@functools.lru_cache(maxsize=None)
+def _module_imports(module: str, path: Path, src: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """:func:`imports` of a whole module file, once per module (the Snakefile asks for many closures)."""
+    third, own = imports(parsed(path), module, path.name == "__init__.py", src)
+    return frozenset(third), frozenset(own)
 
 
 def stage_function_imports(stage: str, src: Path = SRC) -> tuple[set[str], set[str]]:

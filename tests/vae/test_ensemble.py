@@ -13,7 +13,7 @@ from scunlearn.vae.batched import Ensemble, StackedVAE, draw_masks, draw_noise, 
 from scunlearn.vae.cellstats import read_cell_stats
 from scunlearn.vae.checkpoints import load_checkpoint
 from scunlearn.vae.dropout import arm_dropout
-from scunlearn.vae.likelihood import _Counts, _ExactCounts, count_codes_cached, log_factorial_cached
+from scunlearn.vae.likelihood import ExactCounts, MemberCounts, count_codes_cached, log_factorial_cached
 from scunlearn.vae.model import VAEConfig, build_vae
 from scunlearn.vae.train import fit
 
@@ -65,7 +65,7 @@ def test_batched_loss_and_gradients_equal_each_members_own():
     rows = torch.tensor([[1, 3, 5, 11, 40, 60], [2, 3, 4, 7, 8, 9], [40, 41, 42, 43, 11, 0]])
     flat = rows.reshape(-1)
     x = X.index_select(0, flat)
-    counts = _Counts.of(x.view(3, 6, -1), count_codes_cached(X).index(flat, x))
+    counts = MemberCounts.of(x.view(3, 6, -1), count_codes_cached(X).index(flat, x))
     lf = log_factorial_cached(X).index_select(0, flat).view(3, 6)
     loss = stack.loss(x.view(3, 6, -1), 0.5, lf, counts, None, torch.zeros(3, 6, CFG.latent))
     loss.sum().backward()
@@ -180,9 +180,9 @@ def test_exact_count_terms_equal_the_lookup_tables():
     rows = torch.tensor([[1, 3, 5, 11], [40, 41, 2, 0]])
     flat = rows.reshape(-1)
     x = X.index_select(0, flat)
-    tables = _Counts.of(x.view(2, 4, -1), count_codes_cached(X).index(flat, x))
+    tables = MemberCounts.of(x.view(2, 4, -1), count_codes_cached(X).index(flat, x))
     assert tables.odd is not None  # the entries beyond the tables are in this batch
-    exact = _ExactCounts(x.view(2, 4, -1))
+    exact = ExactCounts(x.view(2, 4, -1))
     theta = torch.rand(2, 1, X.shape[1]) * 20 + 0.05
     torch.testing.assert_close(exact.lgamma_shift(theta), tables.lgamma_shift(theta), rtol=1e-5, atol=2e-4)
     torch.testing.assert_close(exact.digamma_shift(theta), tables.digamma_shift(theta), rtol=1e-5, atol=2e-5)

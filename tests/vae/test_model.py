@@ -9,7 +9,7 @@ from scunlearn import ScunlearnError
 from scunlearn.membership.matched import matched_negatives
 from scunlearn.runtime import seed_everything
 from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
-from scunlearn.vae.likelihood import CountCodes, _CountIndex, kl_normal, nb_log_likelihood
+from scunlearn.vae.likelihood import CountCodes, CountIndex, kl_normal, nb_log_likelihood
 from scunlearn.vae.model import VAEConfig, build_vae, elbo
 from scunlearn.vae.train import fit, kl_weight
 from tests.conftest import fresh_python
@@ -181,7 +181,7 @@ def test_fused_training_loss_matches_terms():
 
 
 def test_count_codes_give_each_batch_the_index_built_from_it():
-    """CountCodes.index(rows) = _CountIndex(X[rows]): the same table rows and the same odd entries,
+    """CountCodes.index(rows) = CountIndex(X[rows]): the same table rows and the same odd entries,
     for batches with and without odd entries, in any row order."""
     g = torch.Generator().manual_seed(0)
     X = torch.poisson(torch.rand(50, 30, generator=g) * 12, generator=g)
@@ -190,7 +190,7 @@ def test_count_codes_give_each_batch_the_index_built_from_it():
     assert codes.codes.dtype == torch.uint8 and codes.n_odd == int((X != X.clamp(0, 31).round()).sum())
     for rows in (torch.tensor([11, 3, 0, 40, 10, 3]), torch.tensor([0, 1, 2]), torch.randperm(50, generator=g)):
         x = X[rows]
-        got, ref = codes.index(rows, x), _CountIndex(x)
+        got, ref = codes.index(rows, x), CountIndex(x)
         odd_ref = set() if ref.odd is None else set(zip(*(t.tolist() for t in ref.odd)))
         odd_got = set() if got.odd is None else set(zip(*(t.tolist() for t in got.odd)))
         assert odd_got == odd_ref
@@ -201,7 +201,7 @@ def test_count_codes_give_each_batch_the_index_built_from_it():
         theta = torch.rand(30, dtype=torch.float64, generator=g) + 0.1
         torch.testing.assert_close(got.lgamma_shift(theta), ref.lgamma_shift(theta))
         torch.testing.assert_close(got.digamma_shift(theta), ref.digamma_shift(theta))
-    assert {(3, 9), (10, 0), (11, 29), (40, 2)} <= set(zip(*(t.tolist() for t in _CountIndex(X).odd)))
+    assert {(3, 9), (10, 0), (11, 29), (40, 2)} <= set(zip(*(t.tolist() for t in CountIndex(X).odd)))
 
 
 def test_dropout_keeps_each_entry_with_one_minus_p_and_is_unbiased():

@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def job_device(spec: str) -> torch.device:
+    """The device config names (`auto`: CUDA if present), checked and logged."""
     from scunlearn.runtime import resolve_device
 
     dev = resolve_device(spec)

@@ -26,8 +26,8 @@ from scunlearn.vae.dropout import dropout_mask
 from scunlearn.vae.likelihood import (
     COUNT_TABLE,
     NBNLL,
-    _Counts,
-    _ExactCounts,
+    ExactCounts,
+    MemberCounts,
     count_codes_cached,
     kl_normal,
     log_factorial_cached,
@@ -129,7 +129,7 @@ class StackedVAE:
         z = mu if noise is None else mu + noise * (0.5 * logvar).exp()
         return mu, logvar, _linear(self.P, "px", self._mlp("decoder", z, masks))
 
-    def loss(self, x, beta: float, log_factorial, counts: _Counts, masks, noise) -> torch.Tensor:
+    def loss(self, x, beta: float, log_factorial, counts: MemberCounts, masks, noise) -> torch.Tensor:
         """Each member's :meth:`VAE.loss` of its own batch (K,): x (K, B, G), log_factorial (K, B)."""
         mu, logvar, logits = self.forward(x, masks, noise)
         library = x.sum(-1, keepdim=True)
@@ -154,7 +154,7 @@ class StackedVAE:
             if bool(mask.any()):
                 r, c = mask.nonzero(as_tuple=True)
                 odd = (torch.arange(K, device=x.device).repeat_interleave(len(r)), r.repeat(K), c.repeat(K))
-            counts = _Counts(xk, k.expand(K, *k.shape), odd)
+            counts = MemberCounts(xk, k.expand(K, *k.shape), odd)
             nll = nb_forward(None, logits, self.P["log_theta"], xk, x.sum(-1, keepdim=True), counts)
             nll = nll + log_factorial_rows(x)
             parts.append(-(nll + kl_normal(mu, logvar)))
@@ -250,7 +250,7 @@ class StaticStep:
     replayed: one launch instead of ~300 operations (torch.profiler counts 337 in an eager
     step), each a launch, which bound a batch-128 step on a GPU.
     Without it the same ops run eagerly (the CPU test of this logic). The count terms are
-    :class:`_ExactCounts` (static shapes), so a member's numbers differ from the eager step's by
+    :class:`ExactCounts` (static shapes), so a member's numbers differ from the eager step's by
     float rounding only. A capture that fails falls back to eager steps, with a warning.
     """
 
@@ -280,7 +280,7 @@ class StaticStep:
         self.beta.fill_(float(beta))
 
     def _forward_backward_step(self) -> torch.Tensor:
-        loss = self.ens.model.loss(self.x, self.beta, self.lf, _ExactCounts(self.x),
+        loss = self.ens.model.loss(self.x, self.beta, self.lf, ExactCounts(self.x),
                                    None if self.masks is None else list(self.masks),  # the loss pops them
                                    self.noise)
         loss.sum().backward()
@@ -379,7 +379,7 @@ class Ensemble:
             x = x.view(K, B, -1)
             masks = draw_masks(widths, p, B, gens, dev)
             noise = draw_noise(B, self.cfg.latent, gens, dev)
-            loss = model.loss(x, beta, lf.index_select(0, flat).view(K, B), _Counts.of(x, index), masks, noise)
+            loss = model.loss(x, beta, lf.index_select(0, flat).view(K, B), MemberCounts.of(x, index), masks, noise)
             self.opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             self.opt.step()

@@ -36,7 +36,7 @@ def nb_log_likelihood(x: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor,
 COUNT_TABLE = 32  # integer counts below this read lgamma / digamma differences from per-gene tables
 
 
-class _CountIndex:
+class CountIndex:
     """Counts x (cells x genes) as row indices into per-gene tables over k = 0..COUNT_TABLE-1.
 
     ``lgamma(x + θ) - lgamma(θ) = Σ_{j<x} log(θ + j)`` and ``ψ(x + θ) - ψ(θ) = Σ_{j<x} 1/(θ + j)``
@@ -69,7 +69,7 @@ class _CountIndex:
 
 def count_shift(x: torch.Tensor, k: torch.Tensor, odd: tuple | None, theta: torch.Tensor,
                 theta_odd: torch.Tensor | None, term, exact) -> torch.Tensor:
-    """Σ_{j<x} term(θ + j) for every entry of x, by table: :class:`_CountIndex`'s (θ (1, G), k (B, G))
+    """Σ_{j<x} term(θ + j) for every entry of x, by table: :class:`CountIndex`'s (θ (1, G), k (B, G))
     and the ensemble's member-wise one (θ (K, 1, G), k (K, B, G)) in one definition.
 
     ``table[..., j, g] = Σ_{i<j} term(θ_g + i)`` along the second-last axis, gathered at k. The
@@ -85,7 +85,7 @@ def count_shift(x: torch.Tensor, k: torch.Tensor, odd: tuple | None, theta: torc
 
 
 class CountCodes:
-    """The table rows of a whole count matrix, computed once: what :class:`_CountIndex` needs per batch.
+    """The table rows of a whole count matrix, computed once: what :class:`CountIndex` needs per batch.
 
     ``codes`` (uint8, cells x genes) holds each integer count below ``COUNT_TABLE``, and 0 for
     the other ("odd") entries, whose columns are kept per row in CSR form (``ptr``, ``cols``).
@@ -97,7 +97,7 @@ class CountCodes:
         codes, counts, cols = [], [], []
         with torch.no_grad():
             for s in range(0, len(X), chunk):
-                ci = _CountIndex(X[s:s + chunk])     # the one definition of table rows and odd entries
+                ci = CountIndex(X[s:s + chunk])     # the one definition of table rows and odd entries
                 k = ci.k
                 if ci.odd is None:
                     counts.append(k.new_zeros(len(k)))
@@ -114,20 +114,20 @@ class CountCodes:
         self.cols = torch.cat(cols) if cols else torch.zeros(0, dtype=torch.int64, device=dev)
         self.n_odd = int(self.ptr[-1])
 
-    def index(self, rows: torch.Tensor, x: torch.Tensor) -> _CountIndex:
-        """The :class:`_CountIndex` of ``x`` = the matrix's rows ``rows`` (the caller's batch)."""
+    def index(self, rows: torch.Tensor, x: torch.Tensor) -> CountIndex:
+        """The :class:`CountIndex` of ``x`` = the matrix's rows ``rows`` (the caller's batch)."""
         k = self.codes.index_select(0, rows).long()  # on CPU ~10x faster than codes[rows] for uint8
         if self.n_odd == 0:
-            return _CountIndex(x, k, None)
+            return CountIndex(x, k, None)
         start = self.ptr[rows]
         per_row = self.ptr[rows + 1] - start
         total = int(per_row.sum())
         if total == 0:
-            return _CountIndex(x, k, None)
+            return CountIndex(x, k, None)
         batch_row = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), per_row)
         first = per_row.cumsum(0) - per_row              # where each row's run starts in the output
         pos = start[batch_row] + torch.arange(total, device=rows.device) - first[batch_row]
-        return _CountIndex(x, k, (batch_row, self.cols[pos]))
+        return CountIndex(x, k, (batch_row, self.cols[pos]))
 
 
 def nb_forward(ctx, logits: torch.Tensor, log_theta: torch.Tensor, x: torch.Tensor,
@@ -137,14 +137,14 @@ def nb_forward(ctx, logits: torch.Tensor, log_theta: torch.Tensor, x: torch.Tens
 
     One model: logits / x (B, G), log θ (G,), library (B, 1), returns (B,). Ensemble members:
     logits / x (K, B, G), log θ (K, G), library (K, B, 1), returns (K, B). ``counts``: x's count
-    table rows (:class:`_CountIndex` from a :class:`CountCodes`, :class:`_Counts` /
-    :class:`_ExactCounts` for members; built here for one model when None).
+    table rows (:class:`CountIndex` from a :class:`CountCodes`, :class:`MemberCounts` /
+    :class:`ExactCounts` for members; built here for one model when None).
     """
     theta = log_theta.exp()
     if theta.dim() == 2:  # members: (K, 1, G)
         theta = theta.unsqueeze(1)
     theta_eps = theta + EPS
-    counts = _CountIndex(x) if counts is None else counts
+    counts = CountIndex(x) if counts is None else counts
     log_p = torch.log_softmax(logits, dim=-1)
     p = log_p.exp()
     mean = p * library
@@ -230,16 +230,16 @@ def count_codes_cached(X: torch.Tensor) -> CountCodes:
     return _cached("count_codes", X, CountCodes)
 
 
-class _Counts:
-    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`_CountIndex`
+class MemberCounts:
+    """Counts x (K, B, G) as rows of per-member, per-gene tables: :class:`CountIndex`
     with a member axis (each member has its own θ, so its own tables)."""
 
     def __init__(self, x: torch.Tensor, k: torch.Tensor, odd: tuple[torch.Tensor, ...] | None):
         self.x, self.k, self.odd = x, k, odd  # odd: (member, row, gene) of entries not in the tables
 
     @classmethod
-    def of(cls, x: torch.Tensor, index) -> _Counts:
-        """From a flat :class:`_CountIndex` of ``x.view(K * B, G)``."""
+    def of(cls, x: torch.Tensor, index) -> MemberCounts:
+        """From a flat :class:`CountIndex` of ``x.view(K * B, G)``."""
         K, B, G = x.shape
         odd = None
         if index.odd is not None:
@@ -259,9 +259,9 @@ class _Counts:
         return self._shift(theta, torch.reciprocal, torch.digamma)
 
 
-class _ExactCounts:
+class ExactCounts:
     """Counts x (K, B, G) whose lgamma / digamma shifts are computed for every entry, without
-    :class:`_Counts`'s tables: the same values up to float rounding (table[j] = Σ_{i<j} log(θ + i) =
+    :class:`MemberCounts`'s tables: the same values up to float rounding (table[j] = Σ_{i<j} log(θ + i) =
     lgamma(θ + j) − lgamma(θ)), with no data-dependent shapes (the tables' list of counts beyond them
     is a ``nonzero``), so a step that uses them can be captured in a CUDA graph. Element-wise
     lgamma / digamma cost a CPU several times the table gather, a GPU next to nothing."""
@@ -298,9 +298,8 @@ class NBNLL(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         grad_logits, e, g, const, theta = nb_backward(ctx, grad)
-        grad_log_theta = None
         if e is None:
-            pass
+            grad_log_theta = None
         elif ctx.per_cell:  # per cell: g · (ψ(x+θ) − ψ(θ) − log(θ+μ+EPS) − r + log(θ+EPS) + θ/(θ+EPS)) · θ
             grad_log_theta = e.add_(const).mul_(g).mul_(theta)
         elif theta.dim() == 3:  # per member: Σ_c g_c (e_c + const), times dθ/dlog θ = θ; g (K, B, 1)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from scunlearn.vae.dropout import Dropout, arm_dropout
-from scunlearn.vae.likelihood import EPS, NBNLL, _CountIndex, kl_normal, log_factorial_rows, nb_log_likelihood
+from scunlearn.vae.likelihood import EPS, NBNLL, CountIndex, kl_normal, log_factorial_rows, nb_log_likelihood
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -114,12 +114,12 @@ class VAE(nn.Module):
         return self.terms(x, sample=sample)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0, log_factorial: torch.Tensor | None = None,
-             counts: _CountIndex | None = None) -> torch.Tensor:
+             counts: CountIndex | None = None) -> torch.Tensor:
         """Mean negative ELBO over the batch with KL weight ``beta`` (sampled z).
 
         The same value and gradients as ``(terms(x).nll + beta * terms(x).kl).mean()``
         (same random draws), through the fused NB term. ``log_factorial`` = the cells'
-        :func:`log_factorial_rows` and ``counts`` = x's :class:`_CountIndex`
+        :func:`log_factorial_rows` and ``counts`` = x's :class:`CountIndex`
         (:meth:`CountCodes.index`), if the caller has them cached.
         """
         self._arm_dropout(x)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from scunlearn import ScunlearnError
-from scunlearn.vae.likelihood import _CountIndex
+from scunlearn.vae.likelihood import CountIndex
 from scunlearn.vae.model import VAE, Terms, VAEConfig
 
 
@@ -89,6 +89,6 @@ class ShardEnsemble(nn.Module):
         return self.terms(x, sample=sample)
 
     def loss(self, x: torch.Tensor, beta: float = 1.0, log_factorial: torch.Tensor | None = None,
-             counts: _CountIndex | None = None) -> torch.Tensor:
+             counts: CountIndex | None = None) -> torch.Tensor:
         """Mean over shards of each shard's :meth:`VAE.loss` (sampled z)."""
         return torch.stack([s.loss(x, beta, log_factorial, counts) for s in self.shards]).mean()

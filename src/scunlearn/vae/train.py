@@ -1,9 +1,8 @@
-"""Training of the VAE (baseline and retrain share this recipe) and checkpoints.
+"""Training of the VAE (baseline and retrain share this recipe) and the data a model job reads.
 
 Adam, mini-batches by index over one dense count tensor on the device, KL warm-up,
 early stopping on validation ELBO with the best epoch restored, one log line per epoch.
-Checkpoints hold the state dict, the model config, the model kind (a VAE or a SISA
-shard ensemble) and training metadata, and load with ``weights_only=True``.
+Checkpoints are :mod:`scunlearn.vae.checkpoints`'.
 """
 
 from __future__ import annotations
