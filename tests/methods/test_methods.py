@@ -241,6 +241,22 @@ def test_extragradient_and_fisher_run_and_log():
     ("extragradient", {"attacker": {"hidden": "wide"}},
      "methods.v.params.attacker.hidden: 'wide' is not of type 'array'"),
     ("retain_finetune", {"lr": -1e-3}, "methods.v.params.lr: -0.001 is less than or equal to the minimum of 0"),
+    ("relative_fisher", {"weighting": "ratio"}, "methods.v.params.weighting: 'ratio' is not one of"),
+    ("relative_fisher", {"alpha": 0}, "methods.v.params.alpha: 0 is less than or equal to the minimum of 0"),
+    ("relative_fisher", {"damping": -1}, "methods.v.params.damping: -1 is less than or equal to the minimum of 0"),
+    ("latent_projection", {"direction": "pca"}, "methods.v.params.direction: 'pca' is not one of"),
+    ("latent_projection", {"shrinkage": 1.5}, "methods.v.params.shrinkage: 1.5 is greater than the maximum of 1"),
+    ("latent_projection", {"epochs": -1}, "methods.v.params.epochs: -1 is less than the minimum of 0"),
+    ("latent_projection", {"finetune_epochs": 3}, "methods.v.params: unknown parameter 'finetune_epochs'"),
+    ("neggrad_plus", {"beta": 1.5}, "methods.v.params.beta: 1.5 is greater than the maximum of 1"),
+    ("neggrad_plus", {"max_rise": 0}, "methods.v.params.max_rise: 0 is less than or equal to the minimum of 0"),
+    ("neggrad_plus", {"bta": 0.5}, "methods.v.params: unknown parameter 'bta'"),
+    ("scrub", {"msteps": -1}, "methods.v.params.msteps: -1 is less than the minimum of 0"),
+    ("scrub", {"alpha": "big"}, "methods.v.params.alpha: 'big' is not of type 'number'"),
+    ("scrub", {"forget_batch_size": 0}, "methods.v.params.forget_batch_size: 0 is less than the minimum of 1"),
+    ("ssd", {"lambda": 0}, "methods.v.params.lambda: 0 is less than or equal to the minimum of 0"),
+    ("ssd", {"alpha": -10}, "methods.v.params.alpha: -10 is less than or equal to the minimum of 0"),
+    ("ssd", {"data_cells": 2.5}, "methods.v.params.data_cells: 2.5 is not of type 'integer'"),
 ])
 def test_parameter_schema_errors_name_variant_and_key(method, params, message):
     with pytest.raises(ScunlearnError) as e:
