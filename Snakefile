@@ -5,7 +5,7 @@ import os
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -26,16 +26,15 @@ if not workflow.overwrite_configfiles:
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from scunlearn import ScunlearnError
-from scunlearn.params import check_config_size, config_error
+from scunlearn.params import check_config_size, validate_config
 
-try:  # a config of nested YAML aliases is refused before validation walks (and prints) it whole
+# a config of nested YAML aliases is refused before validation walks it; a schema error is told in a
+# few lines (file, key, bounded value, reason), never as jsonschema prints it (the whole instance and schema)
+try:
     check_config_size(config, workflow.configfiles)
+    validate_config(config, os.path.join(workflow.basedir, "config/schema.yaml"), workflow.configfiles)
 except ScunlearnError as e:
     raise WorkflowError(str(e)) from None
-try:
-    validate(config, "config/schema.yaml", set_default=True)
-except WorkflowError as e:  # the file, key, value and reason in a few lines, never the whole schema
-    raise WorkflowError(config_error(e, workflow.configfiles)) from None
 
 
 report: "workflow/report/workflow.rst"

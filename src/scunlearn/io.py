@@ -49,17 +49,25 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_default, allow_nan=True) + "\n")
+def write_json(obj: Any, path: str | os.PathLike, digest: bool = True) -> None:
+    """Write ``obj`` as indented JSON, atomically, its digest recorded beside it (:func:`write_with_digest`):
+    the split, forget-set, matched-negative and audit records are what later stages compute verdicts from."""
+    text = json.dumps(obj, indent=2, default=_default, allow_nan=True) + "\n"
+    if digest:
+        write_with_digest(path, lambda tmp: tmp.write_text(text))
+    else:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read JSON, raising a ScunlearnError that names the file when it is missing or malformed."""
+def read_json(path: str | os.PathLike, verify: bool = True) -> Any:
+    """Read JSON a stage wrote, its digest verified first (:func:`verify_digest`), raising a ScunlearnError
+    that names the file when it is missing, changed or malformed."""
     from scunlearn import ScunlearnError
 
     try:
+        if verify:
+            verify_digest(path)
         return json.loads(Path(path).read_text())
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: file not found") from e
@@ -143,21 +151,32 @@ def write_with_digest(path: str | os.PathLike, writer: Callable[[Path], None]) -
             rec.write_text(f"{digest}  {path.name}\n")
 
 
+def rebuild_hint(path: str | os.PathLike) -> str:
+    """How a user rebuilds one file of the workflow (and everything computed from it)."""
+    return f"rebuild it: add `--forcerun {path}` to your snakemake command (or delete it and rerun snakemake)"
+
+
 def verify_digest(path: str | os.PathLike) -> None:
-    """Refuse a file whose SHA-256 differs from the one recorded when it was written (no record: nothing to check)."""
+    """Refuse a file whose SHA-256 differs from the one recorded when it was written, or that has no record:
+    a verdict must never be computed from a file that cannot be shown to be the one its stage wrote
+    (Snakemake judges files by their time, which an edit, copy or restore can keep)."""
     from scunlearn import ScunlearnError
 
+    path = Path(path)
     rec = digest_path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
     try:
         expected = rec.read_text().split()[0]
     except (FileNotFoundError, IndexError):
-        return
+        raise ScunlearnError(
+            f"{path}: no digest record ({rec} is missing or empty), so the file cannot be shown to be the one "
+            f"the workflow wrote; {rebuild_hint(path)}") from None
     actual = sha256sum(path)
     if actual != expected:
         raise ScunlearnError(
             f"{path}: the file changed since it was written (sha256 {actual[:16]}…, but {rec} records "
-            f"{expected[:16]}…): it may be truncated, corrupt or copied from elsewhere; delete it and rerun "
-            "snakemake, which rebuilds it")
+            f"{expected[:16]}…): it may be edited, truncated, corrupt or copied from elsewhere; {rebuild_hint(path)}")
 
 
 def read_markers(path):

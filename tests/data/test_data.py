@@ -336,7 +336,9 @@ def test_read_cells_reads_what_anndata_reads(processed, tmp_path):
     assert isinstance(back, ad.AnnData) and back.obs["n_nullable"].dtype == "Int64"
     with pytest.raises(ScunlearnError, match="nope.h5ad: file not found"):
         read_cells(tmp_path / "nope.h5ad")
-    (tmp_path / "bad.h5ad").write_bytes(b"not hdf5")
+    from scunlearn.io import write_with_digest
+
+    write_with_digest(tmp_path / "bad.h5ad", lambda p: p.write_bytes(b"not hdf5"))  # recorded, yet no h5ad
     with pytest.raises(ScunlearnError, match="bad.h5ad: unreadable h5ad"):
         read_cells(tmp_path / "bad.h5ad")
 
@@ -503,12 +505,13 @@ def test_non_integer_counts_layer_is_named_as_the_matrix_read(tmp_path):
 
 def test_truncated_h5ad_says_to_delete_it(processed, tmp_path):
     """A truncated data/adata.h5ad was reported unreadable without saying to delete it and rerun."""
-    from scunlearn.io import read_adata, read_cells, write_h5ad
+    from scunlearn.io import read_adata, read_cells, sha256sum, write_h5ad
 
     p = tmp_path / "adata.h5ad"
     write_h5ad(processed, p)
     p.write_bytes(p.read_bytes()[:4096])
-    (tmp_path / "adata.h5ad.sha256").unlink(missing_ok=True)  # no digest to check: the reader itself notices
+    # its digest recorded as truncated (an interrupted copy of file and record): the reader itself notices
+    (tmp_path / "adata.h5ad.sha256").write_text(f"{sha256sum(p)}  adata.h5ad\n")
     for read in (read_cells, read_adata):
         with pytest.raises(ScunlearnError) as e:
             read(p)

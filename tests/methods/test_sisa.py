@@ -12,6 +12,7 @@ import torch
 
 from scunlearn import ScunlearnError
 from scunlearn.data.splits import Partition
+from scunlearn.io import write_json, write_with_digest
 from scunlearn.membership.attackers import feature_grad, feature_names, model_features
 from scunlearn.methods import get_method, resolve_params
 from scunlearn.methods.context import UnlearnContext
@@ -40,7 +41,7 @@ def _ensemble(S=3, seed=0):
 def _save_shards(tmp_path, X, names, train_rows, val_rows, S, seed=0):
     ens, shards, _ = train_shards(X, names, train_rows, val_rows, S, CFG, RECIPE, seed)
     save_checkpoint(ens, tmp_path / "shards.pt", {"seed": seed, "train": RECIPE})
-    (tmp_path / "shards.json").write_text(json.dumps({"shards": shards}))
+    write_json({"shards": shards}, tmp_path / "shards.json")
     (tmp_path / "bench.tsv").write_text("s\tmax_rss\n12.5\t100\n")
     return ens, shards
 
@@ -101,10 +102,10 @@ def test_checkpoints_round_trip_both_model_kinds(tmp_path):
     # a checkpoint written before model_kind existed is a VAE; an unknown kind is refused by name
     old = torch.load(tmp_path / "v.pt", weights_only=True)
     del old["model_kind"]
-    torch.save(old, tmp_path / "old.pt")
+    write_with_digest(tmp_path / "old.pt", lambda p: torch.save(old, p))
     assert _same(load_checkpoint(tmp_path / "old.pt")[0], vae)
     old["model_kind"] = "mixture"
-    torch.save(old, tmp_path / "bad.pt")
+    write_with_digest(tmp_path / "bad.pt", lambda p: torch.save(old, p))
     with pytest.raises(ScunlearnError, match="unknown model_kind 'mixture'"):
         load_checkpoint(tmp_path / "bad.pt")
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scunlearn import ScunlearnError
+from scunlearn.io import sha256sum
 from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
 from scunlearn.vae.model import VAEConfig, build_vae
 
@@ -16,7 +17,7 @@ def test_truncated_checkpoint_says_to_delete_it(tmp_path):
     p = tmp_path / "seed0.pt"
     save_checkpoint(build_vae(VAEConfig(n_genes=10, hidden=[4], latent=2)), p, {"kind": "baseline"})
     p.write_bytes(p.read_bytes()[:100])  # an interrupted copy
-    p.with_name("seed0.pt.sha256").unlink(missing_ok=True)  # no digest recorded: the loader notices
+    p.with_name("seed0.pt.sha256").write_text(f"{sha256sum(p)}  seed0.pt\n")  # recorded so: the loader notices
     with pytest.raises(ScunlearnError) as e:
         load_checkpoint(p)
     msg = str(e.value)

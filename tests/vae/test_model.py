@@ -6,6 +6,7 @@ import torch
 from scipy import stats
 
 from scunlearn import ScunlearnError
+from scunlearn.io import write_with_digest
 from scunlearn.membership.matched import matched_negatives
 from scunlearn.runtime import seed_everything
 from scunlearn.vae.checkpoints import load_checkpoint, save_checkpoint
@@ -104,7 +105,7 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
     assert meta["seed"] == 1
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k])
-    (tmp_path / "bad.pt").write_bytes(b"nope")
+    write_with_digest(tmp_path / "bad.pt", lambda p: p.write_bytes(b"nope"))  # recorded, yet no checkpoint
     with pytest.raises(ScunlearnError, match="bad.pt: not a readable"):
         load_checkpoint(tmp_path / "bad.pt")
 

@@ -53,6 +53,9 @@ def study(tmp_path_factory):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     outputs = [line.split("\t")[0] for line in r.stdout.splitlines()[1:] if line.strip()]
     assert len(outputs) > 50
+    # and the benchmarks (the audit reads the training jobs'), which the summary does not list
+    r = _snakemake([*args, "-n", "--forceall"], work)
+    outputs += [line.split(":", 1)[1].strip() for line in r.stdout.splitlines() if line.startswith("    benchmark:")]
     for f in outputs:
         (work / f).parent.mkdir(parents=True, exist_ok=True)
         (work / f).touch()
@@ -94,6 +97,33 @@ def test_editing_the_optimiser_reruns_all_training_and_below(study):
 def test_editing_preprocessing_reruns_preprocess_but_not_acquire(study):
     jobs = _after_editing(study, "data/preprocess.py")
     assert jobs.get("preprocess") == 1 and "acquire" not in jobs
+
+
+def _after_deleting(study, relpath: str) -> dict[str, int]:
+    """The plan after deleting one output of the up-to-date study (put back and re-dated after)."""
+    repo, work, args = study
+    f = work / relpath
+    assert f.exists(), relpath
+    f.unlink()
+    try:
+        r = _snakemake([*args, "-n"], work)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        return _jobs(r.stdout + r.stderr)
+    finally:
+        f.touch()
+        _snakemake([*args, "--touch"], work)
+
+
+@pytest.mark.parametrize(("record", "rule", "count"), [
+    ("results/tiny/models/retrain/scattered/seed0.cells.npz.sha256", "retrain", 1),
+    ("results/tiny/splits/scattered.json.sha256", "forget_set", 1),
+    ("results/tiny/audit/scattered/baseline/seed0.json.sha256", "audit", 1),
+])
+def test_deleting_a_digest_record_reruns_the_job_that_writes_it(study, record, rule, count):
+    """The records the readers verify are declared outputs (and targets): deleting one is never a silent
+    'Nothing to be done', nor a later stage reading an unverifiable file."""
+    jobs = _after_deleting(study, record)
+    assert jobs.get(rule) == count and jobs.get("aggregate") == 1, jobs
 
 
 def test_unlearn_code_inputs_are_per_method():

@@ -247,3 +247,39 @@ def test_config_size_check_counts_aliases_and_passes_the_studies():
     check_config_size({"a": [shared] * 9}, ["x"], limit=101)  # 1 + 1 + 9 * (1 + 10) = 101 values
     with pytest.raises(ScunlearnError, match="more than 100 values"):
         check_config_size({"a": [shared] * 9}, ["x"], limit=100)
+
+
+def test_a_schema_error_is_told_in_bounded_lines_with_a_bounded_value(tmp_path):
+    """A 20,000-item value under an unknown key: the message names the file and key and shows a few items,
+    never jsonschema's own message (which prints the instance and schema whole)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
+    cfg["forget_sets"]["structured"]["extra"] = list(range(20_000))
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = _smk(["-n", "--configfile", str(path), "--directory", str(tmp_path)], tmp_path, timeout=120)
+    text = r.stdout + r.stderr
+    assert r.returncode != 0 and f"in config {path}" in text and "forget_sets.structured.extra" in text
+    assert "unknown key 'extra'" in text and "19999" not in text
+    assert len(text.strip().splitlines()) < 20 and len(text) < 3000, text[-3000:]
+
+
+def test_a_config_that_is_not_yaml_is_told_with_its_file_and_line(tmp_path):
+    """Snakemake reads --configfile before the Snakefile runs and says only 'Config file is not valid JSON or
+    YAML'; `python -m scunlearn.params FILE` (named in the README's troubleshooting) says where."""
+    from scunlearn import ScunlearnError
+    from scunlearn.params import read_config_file
+
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("run: mine\nforget_sets:\n  a: {kind: random, n: 5\n  b: 3\n")
+    with pytest.raises(ScunlearnError) as e:
+        read_config_file(bad)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"{bad}:4:4: not valid YAML") and "b: 3" in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "scunlearn.params", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and f"{bad}:4:4: not valid YAML" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "scunlearn.params", str(ROOT / "config/demo.yaml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr

@@ -14,7 +14,9 @@ rule audit:
         markers=MARKERS,
         code=code("audit:stage_audit", *[f"scunlearn.audit.attacks.{ATTACK_REGISTRY[a].module}" for a in ATTACKS]),
     output:
-        audits=[f"{OUT}/audit/{{forget}}/{{model}}/seed{s}.json" for s in SEEDS],
+        **sealed(
+            audits=[f"{OUT}/audit/{{forget}}/{{model}}/seed{s}.json" for s in SEEDS],
+        ),
     params:
         run=RUN,
         dataset=config["dataset"]["source"],
@@ -89,7 +91,9 @@ rule controls:
         ref_baseline=[f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
         code=code("audit:stage_controls"),
     output:
-        controls=f"{OUT}/audit/{{forget}}/controls.json",
+        **sealed(
+            controls=f"{OUT}/audit/{{forget}}/controls.json",
+        ),
     params:
         forget=lambda w: w.forget,
         forget_kind=lambda w: config["forget_sets"][w.forget]["kind"],

@@ -181,13 +181,39 @@ def _stem(model, forget, seed):
     return f"baseline/seed{seed}" if model == "baseline" else f"{model}/{forget}/seed{seed}"
 
 
+# files a later stage reads and verifies against their recorded SHA-256 (scunlearn.io.verify_digest)
+SEALED = (".pt", ".npz", ".json", ".h5ad")
+
+
+def digest_of(path):
+    """The digest record a stage writes beside ``path`` (``<path>.sha256``), for files it verifies on reading."""
+    return f"{path}.sha256" if str(path).endswith(SEALED) else None
+
+
+def sealed(**outputs):
+    """A rule's named outputs plus the digest record of each file a later stage verifies, as ``<name>_sha256``:
+    declared outputs, so that deleting a record reruns the job that writes it."""
+    out = dict(outputs)
+    for name, paths in outputs.items():
+        records = [digest_of(p) for p in (paths if isinstance(paths, list) else [paths])]
+        if any(records):
+            out[f"{name}_sha256"] = [r for r in records if r] if isinstance(paths, list) else records[0]
+    return out
+
+
+def with_digests(files):
+    """``files`` and the digest records beside those that have one."""
+    return [x for f in files for x in (f, digest_of(f)) if x]
+
+
 def seed_files(stem):
-    """Each seed's checkpoint, history and per-cell statistics under models/{stem}/, in ALL_SEEDS order."""
-    return {
-        "model": [f"{OUT}/models/{stem}/seed{s}.pt" for s in ALL_SEEDS],
-        "history": [f"{OUT}/models/{stem}/seed{s}.history.tsv" for s in ALL_SEEDS],
-        "cells": [f"{OUT}/models/{stem}/seed{s}.cells.npz" for s in ALL_SEEDS],
-    }
+    """Each seed's checkpoint, history and per-cell statistics under models/{stem}/, in ALL_SEEDS order,
+    with the digest records of the checkpoints and statistics."""
+    return sealed(
+        model=[f"{OUT}/models/{stem}/seed{s}.pt" for s in ALL_SEEDS],
+        history=[f"{OUT}/models/{stem}/seed{s}.history.tsv" for s in ALL_SEEDS],
+        cells=[f"{OUT}/models/{stem}/seed{s}.cells.npz" for s in ALL_SEEDS],
+    )
 
 
 def _trained_together(model):
@@ -262,7 +288,8 @@ def every_result():
     They are targets of rule all because Snakemake rebuilds a missing file only when a job
     that consumes it has to run: with summary.tsv and the report up to date, a deleted
     checkpoint or audit record would otherwise stay deleted ("Nothing to be done") while
-    summary.tsv kept its row. data/raw.h5ad is left out on purpose: it may be deleted to save
+    summary.tsv kept its row. The digest records beside them are targets for the same reason (a deleted
+    record reruns the job that writes it). data/raw.h5ad is left out on purpose: it may be deleted to save
     space once preprocessed (it is rebuilt only when preprocessing has to rerun).
     """
     files = [f"{OUT}/data/adata.h5ad", f"{OUT}/splits/split.json"]
@@ -275,4 +302,4 @@ def every_result():
         stem = f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}"
         files += [f"{stem}.pt", f"{stem}.tsv"]
     files += [a for f in FORGET for a in audited(f)]
-    return files
+    return with_digests(files)

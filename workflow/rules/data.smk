@@ -23,7 +23,9 @@ rule acquire:
         markers=MARKERS,
         code=code("data:stage_acquire"),
     output:
-        raw=f"{OUT}/data/raw.h5ad",
+        **sealed(
+            raw=f"{OUT}/data/raw.h5ad",
+        ),
     params:
         dataset=config["dataset"],
         resources_dir=lambda w, input: (
@@ -50,7 +52,9 @@ rule preprocess:
         markers=MARKERS,
         code=code("data:stage_preprocess"),
     output:
-        adata=f"{OUT}/data/adata.h5ad",
+        **sealed(
+            adata=f"{OUT}/data/adata.h5ad",
+        ),
     params:
         preprocess=config["preprocess"],
         seed=config["seed"],
@@ -73,7 +77,9 @@ rule split:
         adata=rules.preprocess.output.adata,
         code=code("data:stage_split"),
     output:
-        split=f"{OUT}/splits/split.json",
+        **sealed(
+            split=f"{OUT}/splits/split.json",
+        ),
     params:
         splits=config["splits"],
         seed=config["seed"],
@@ -96,7 +102,9 @@ rule forget_set:
         split=rules.split.output.split,
         code=code("data:stage_forget"),
     output:
-        forget=f"{OUT}/splits/{{forget}}.json",
+        **sealed(
+            forget=f"{OUT}/splits/{{forget}}.json",
+        ),
     params:
         name=lambda w: w.forget,
         spec=lambda w: config["forget_sets"][w.forget],

@@ -13,9 +13,11 @@ rule sisa_shards:
         split=rules.split.output.split,
         code=code("unlearn:stage_sisa_shards"),
     output:
-        model=f"{OUT}/sisa/{{variant}}/seed{{seed}}.pt",
-        assignment=f"{OUT}/sisa/{{variant}}/seed{{seed}}.shards.json",
-        history=f"{OUT}/sisa/{{variant}}/seed{{seed}}.history.tsv",
+        **sealed(
+            model=f"{OUT}/sisa/{{variant}}/seed{{seed}}.pt",
+            assignment=f"{OUT}/sisa/{{variant}}/seed{{seed}}.shards.json",
+            history=f"{OUT}/sisa/{{variant}}/seed{{seed}}.history.tsv",
+        ),
     params:
         variant=lambda w: w.variant,
         shards=lambda w: VARIANTS[w.variant]["params"]["shards"],

@@ -72,7 +72,9 @@ rule matched_negatives:
         forget=rules.forget_set.output.forget,
         code=code("train:stage_matched"),
     output:
-        matched=f"{OUT}/splits/matched_{{forget}}.json",
+        **sealed(
+            matched=f"{OUT}/splits/matched_{{forget}}.json",
+        ),
     params:
         k=config["matched"]["k"],
         min_matched=config["matched"]["min_matched"],

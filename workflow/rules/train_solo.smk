@@ -7,9 +7,11 @@ rule baseline:
         split=rules.split.output.split,
         code=code("train:stage_train"),
     output:
-        model=f"{OUT}/models/baseline/seed{{seed}}.pt",
-        history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
-        cells=f"{OUT}/models/baseline/seed{{seed}}.cells.npz",
+        **sealed(
+            model=f"{OUT}/models/baseline/seed{{seed}}.pt",
+            history=f"{OUT}/models/baseline/seed{{seed}}.history.tsv",
+            cells=f"{OUT}/models/baseline/seed{{seed}}.cells.npz",
+        ),
     params:
         kind="baseline",
         seed=lambda w: int(w.seed),
@@ -38,9 +40,11 @@ use rule baseline as retrain with:
         forget=rules.forget_set.output.forget,
         code=code("train:stage_train"),
     output:
-        model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
-        history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",
-        cells=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.cells.npz",
+        **sealed(
+            model=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.pt",
+            history=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.history.tsv",
+            cells=f"{OUT}/models/retrain/{{forget}}/seed{{seed}}.cells.npz",
+        ),
     params:
         kind="retrain",
         seed=lambda w: int(w.seed),

@@ -17,9 +17,11 @@ rule unlearn:
         baseline=f"{OUT}/models/baseline/seed{{seed}}.pt",
         code=lambda w: UNLEARN_CODE[w.variant],
     output:
-        model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
-        trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",
-        cells=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.cells.npz",
+        **sealed(
+            model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
+            trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",
+            cells=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.cells.npz",
+        ),
     params:
         variant=lambda w: w.variant,
         method=lambda w: VARIANTS[w.variant]["method"],

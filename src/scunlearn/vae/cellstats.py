@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scunlearn import ScunlearnError
-from scunlearn.io import atomic_path
+from scunlearn.io import rebuild_hint, verify_digest, write_with_digest
 
 STATS = ("elbo", "nll", "kl")
 
@@ -33,25 +33,33 @@ def cell_stats(model, X: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def write_cell_stats(model, X: torch.Tensor, barcodes, path) -> None:
-    """Write :func:`cell_stats` with a digest of the cell barcodes (checked on reading)."""
+    """Write :func:`cell_stats` with a digest of the cell barcodes inside and the file's SHA-256 beside it
+    (both checked on reading: the audit's verdicts are computed from these numbers)."""
     st = cell_stats(model, X)
-    with atomic_path(path, suffix=".npz") as tmp:
+
+    def write(tmp):
         with open(tmp, "wb") as fh:
             np.savez(fh, barcodes_sha1=np.array(_barcode_digest(barcodes)), **st)
 
+    write_with_digest(path, write)
+
 
 def read_cell_stats(path, barcodes) -> dict[str, np.ndarray]:
-    """Per-cell statistics from ``path``, refused unless they were computed on these cells in this order."""
+    """Per-cell statistics from ``path``, refused unless the file is the one its stage wrote (its recorded
+    SHA-256) and they were computed on these cells in this order."""
     try:
+        verify_digest(path)
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in STATS}
             digest = str(z["barcodes_sha1"])
     except FileNotFoundError as e:
         raise ScunlearnError(f"{path}: per-cell statistics not found") from e
+    except ScunlearnError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise ScunlearnError(f"{path}: unreadable per-cell statistics ({type(e).__name__}: {e}); "
-                             "delete it so that its model is rebuilt") from e
+                             f"{rebuild_hint(path)}") from e
     if digest != _barcode_digest(barcodes) or len(out["elbo"]) != len(barcodes):
         raise ScunlearnError(f"{path}: per-cell statistics were computed on other cells than the "
-                             "current data; delete it so that its model is rebuilt")
+                             f"current data; {rebuild_hint(path)}")
     return out
