@@ -98,7 +98,7 @@ def test_cluster_below_min_marker_score_is_unknown(markers, caplog):
     a.var_names = genes
     a.obs["leiden"] = pd.Categorical(np.repeat(["0", "1", "2"], 30))
     with caplog.at_level(logging.WARNING):
-        labels = annotate_clusters(a, markers)  # default threshold 0: cluster 2 scores below it
+        labels = annotate_clusters(a, markers)  # the default threshold: cluster 2 scores below it
     assert labels.iloc[0] == "B cell" and labels.iloc[30] == "Megakaryocyte" and labels.iloc[60] == "unknown"
     assert "cluster 2 (30 cells) -> unknown" in caplog.text and "preprocess.min_marker_score" in caplog.text
     # a higher threshold turns a weakly-scoring cluster unknown too; a very low one labels everything

@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scunlearn import ScunlearnError
+from scunlearn.data.labels import MIN_MARKER_SCORE, SCORE_COLUMNS, SCORES_KEY, UNKNOWN, WEAK_MARGIN, scores_record
 from scunlearn.data.neighbors import neighbors
 
 log = logging.getLogger(__name__)
@@ -49,18 +50,9 @@ def select_hvgs(adata: ad.AnnData, n_top: int) -> np.ndarray:
     return df["highly_variable"].to_numpy()
 
 
-UNKNOWN = "unknown"
-
-
-def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden",
-                      min_score: float = 0.0) -> pd.Series:
-    """Label each cluster with the marker-table cell type whose markers score highest there.
-
-    Score = mean over the type's markers of per-gene z-scored log expression, averaged
-    over the cluster's cells. Types with no marker in the data are skipped. A cluster whose
-    best score is below ``min_score`` (``preprocess.min_marker_score``) expresses no type's
-    markers convincingly and is labelled ``unknown`` (logged), never given a type.
-    """
+def marker_scores(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden") -> pd.DataFrame:
+    """Clusters x cell types: the mean over the type's markers of per-gene z-scored log expression, averaged
+    over the cluster's cells. Types with no marker in the data are skipped."""
     present = markers[markers["gene"].isin(adata.var_names)]
     if present.empty:
         raise ScunlearnError("none of the marker genes is in the data; check preprocess.markers")
@@ -70,26 +62,63 @@ def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str
     Z = (X - X.mean(0)) / (X.std(0) + 1e-8)
     zdf = pd.DataFrame(Z, columns=genes, index=adata.obs_names)
     type_scores = pd.DataFrame({t: zdf[g["gene"].tolist()].mean(axis=1) for t, g in present.groupby("cell_type")})
-    by_cluster = type_scores.groupby(adata.obs[cluster_key].values, observed=True).mean()
-    best = by_cluster.idxmax(axis=1)
-    labels = {}
-    for c, t in best.items():
-        n, score = int((adata.obs[cluster_key] == c).sum()), float(by_cluster.loc[c, t])
-        if score < min_score:
-            labels[c] = UNKNOWN
+    return type_scores.groupby(adata.obs[cluster_key].values, observed=True).mean()
+
+
+def score_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden",
+                   min_score: float = MIN_MARKER_SCORE) -> pd.DataFrame:
+    """One row per cluster (:data:`SCORE_COLUMNS`): its best and runner-up types and scores and the label given.
+
+    A cluster whose best score is below ``min_score`` (``preprocess.min_marker_score``) expresses no type's
+    markers convincingly and is labelled ``unknown``, never given a type; one whose best type leads the
+    runner-up by less than :data:`WEAK_MARGIN` keeps its label but is flagged ``weak``. Both are logged.
+    """
+    by_cluster = marker_scores(adata, markers, cluster_key)
+    sizes = adata.obs[cluster_key].value_counts()
+    rows = []
+    for c, s in by_cluster.iterrows():
+        best = s.idxmax()
+        rest = s.drop(best)
+        runner = rest.idxmax() if len(rest) else ""
+        score, r_score = float(s[best]), float(rest[runner]) if len(rest) else float("nan")
+        best = str(best)
+        n = int(sizes.get(c, 0))
+        label = UNKNOWN if score < min_score else best
+        weak = label != UNKNOWN and score - r_score < WEAK_MARGIN  # NaN runner-up: never weak
+        if label == UNKNOWN:
             log.warning("cluster %s (%d cells) -> %s: best marker score %.2f (%s) is below "
-                        "preprocess.min_marker_score = %.2f", c, n, UNKNOWN, score, t, min_score)
+                        "preprocess.min_marker_score = %.2f", c, n, UNKNOWN, score, best, min_score)
+        elif weak:
+            log.warning("cluster %s (%d cells) -> %s, weakly: score %.2f leads the runner-up %s (%.2f) by less "
+                        "than %.2f; its cells may be either type", c, n, best, score, runner, r_score, WEAK_MARGIN)
         else:
-            labels[c] = t
-            log.info("cluster %s (%d cells) -> %s (score %.2f)", c, n, t, score)
-    return adata.obs[cluster_key].map(labels).astype("category")
+            log.info("cluster %s (%d cells) -> %s (score %.2f; runner-up %s %.2f)", c, n, best, score, runner, r_score)
+        rows.append((str(c), n, best, score, str(runner), r_score, label, bool(weak)))
+    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+
+
+def annotate_clusters(adata: ad.AnnData, markers: pd.DataFrame, cluster_key: str = "leiden",
+                      min_score: float = MIN_MARKER_SCORE) -> pd.Series:
+    """Label each cluster with the marker-table cell type whose markers score highest there, or ``unknown``
+    below ``min_score`` (:func:`score_clusters`); a categorical per cell."""
+    table = score_clusters(adata, markers, cluster_key, min_score)
+    return _labels(adata, table, cluster_key)
+
+
+def _labels(adata: ad.AnnData, table: pd.DataFrame, cluster_key: str) -> pd.Series:
+    """Each cell's cluster label from a :func:`score_clusters` table, as a categorical (mapped on the cluster
+    column itself, so the categories come in the order they always did)."""
+    clusters = adata.obs[cluster_key]
+    label = dict(zip(table["cluster"], table["label"]))
+    return clusters.map({c: label[str(c)] for c in pd.unique(clusters)}).astype("category")
 
 
 def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -> ad.AnnData:
     """Run the whole preprocessing (README, "The PBMC-33k study") and return the HVG-subset AnnData.
 
     Returns ``X`` = log1p(normalised), ``layers['counts']`` = raw counts, obs with QC
-    metrics, ``leiden`` and ``cell_type``, ``obsm['X_pca']``.
+    metrics, ``leiden`` and ``cell_type``, ``obsm['X_pca']``, and each cluster's label confidence in
+    ``uns['cell_type_scores']`` (:mod:`scunlearn.data.labels`).
     """
     import scanpy as sc
 
@@ -106,7 +135,9 @@ def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -
     neighbors(adata, n_neighbors=cfg["n_neighbors"], n_pcs=min(cfg["neighbors_pcs"], n_pcs))
     sc.tl.leiden(adata, resolution=cfg["leiden_resolution"], flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
-    adata.obs["cell_type"] = annotate_clusters(adata, markers, min_score=cfg.get("min_marker_score", 0.0))
+    min_score = float(cfg.get("min_marker_score", MIN_MARKER_SCORE))
+    table = score_clusters(adata, markers, min_score=min_score)
+    adata.obs["cell_type"] = _labels(adata, table, "leiden")
     log.info("cell types: %s", adata.obs["cell_type"].value_counts().to_dict())
     out = adata[:, hvg].copy()
     out.layers["counts"] = sp.csr_matrix(out.layers["counts"])
@@ -114,4 +145,5 @@ def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -
         del out.obsp[key]
     out.uns.pop("neighbors", None)
     out.uns["preprocess"] = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
+    out.uns[SCORES_KEY] = scores_record(table, min_score)
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from scunlearn import ScunlearnError
+from scunlearn.data.labels import SCORES_KEY, scores_table
 from scunlearn.io import read_json, write_json
 
 if TYPE_CHECKING:  # anndata is imported only where a stage reads or writes an AnnData
@@ -60,13 +61,52 @@ def forget_set_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(str(name).encode())])
 
 
+def checked_cell_type(adata: AnnData, cell_type: str, is_member: np.ndarray, spec: dict, name: str) -> np.ndarray:
+    """The cells of forget set ``name``'s ``cell_type``, refused when the type's labels are no better than noise.
+
+    Refused (:class:`ScunlearnError` naming each cluster whose best type is ``cell_type``, its score and the
+    threshold) when no cell carries the label or any such cluster scores below ``preprocess.min_marker_score``
+    (so was labelled ``unknown``): its cells need not be of that type. ``accept_weak_labels: true`` in the
+    spec takes every such cluster instead, logged. Data without recorded scores is taken by label, logged.
+    """
+    table = scores_table(adata.uns)
+    if table is None:
+        log.warning("the data records no per-cluster marker scores (preprocessed by an older scunlearn): cell "
+                    "type '%s' is taken by its label, unchecked; rerun the preprocess rule to check it", cell_type)
+        return is_member
+    threshold = float(adata.uns[SCORES_KEY]["min_marker_score"])
+    own = table[table["best_type"] == cell_type]
+    low = own[own["best_score"] < threshold]
+    for r in own[own["weak"]].itertuples():
+        log.warning("cell type '%s': cluster %s (%d cells) is labelled weakly: score %.3f, runner-up %s %.3f",
+                    cell_type, r.cluster, r.n_cells, r.best_score, r.runner_up_type, r.runner_up_score)
+    if own.empty or (is_member.any() and low.empty):
+        return is_member  # a type no cluster scores best on is refused as absent; else every cluster passes
+    where = "; ".join(f"cluster {r.cluster} ({r.n_cells} cells, labelled '{r.label}'): score {r.best_score:.3f}"
+                      for r in own.itertuples())
+    key = f"forget_sets.{name or '<name>'}.accept_weak_labels"
+    if not spec.get("accept_weak_labels", False):
+        held = "no cell is labelled so" if not is_member.any() else f"{len(low)} of its clusters score below it"
+        raise ScunlearnError(
+            f"forget set: cell_type '{cell_type}' is too weakly marked to forget by its label ({held}): {where}; "
+            f"threshold preprocess.min_marker_score = {threshold:g}. A cluster below it expresses the type's "
+            "markers no more than noise does (clusters of a one-type data set score up to 0.15), so its cells "
+            "need not be of that type: check that the data holds several cell types, or extend preprocess.markers. "
+            f"To forget these clusters anyway, knowing the labels are weak, set {key}: true")
+    log.warning("forget set %s: cell type '%s' taken with weak labels (%s: true): %s; threshold "
+                "preprocess.min_marker_score = %g", name, cell_type, key, where, threshold)
+    clusters = adata.obs["leiden"].astype(str).to_numpy()
+    return is_member | np.isin(clusters, own["cluster"].to_numpy())
+
+
 def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int, name: str = "") -> dict:
     """Choose forget set ``name`` from the train cells by ``spec``.
 
     ``kind: cell_type`` (``cell_type``: label from the marker annotation), ``kind: cluster``
     (``cluster``: a Leiden label) — both intersected with train, optionally ``n`` of them —
     or ``kind: random`` (``n`` random train cells). Random draws depend on the seed and the
-    name (:func:`forget_set_rng`).
+    name (:func:`forget_set_rng`). A cell type is checked against its clusters' marker scores
+    (:func:`checked_cell_type`).
     """
     train = np.asarray(split["train"])
     rng = forget_set_rng(seed, name)
@@ -75,7 +115,10 @@ def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int, name: st
         key = "cell_type" if kind == "cell_type" else "leiden"
         label = str(spec[kind])
         labels = adata.obs[key].astype(str)
-        if label not in set(labels):
+        is_member = (labels == label).to_numpy()
+        if kind == "cell_type":
+            is_member = checked_cell_type(adata, label, is_member, spec, name)
+        if not is_member.any():
             origin = ("cell types come from annotating the data's clusters with preprocess.markers"
                       if kind == "cell_type" else "cluster labels come from Leiden clustering of the data")
             raise ScunlearnError(
@@ -83,7 +126,7 @@ def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int, name: st
                 f"{sorted(set(labels))}. These are data-derived ({origin}), so they are known only after "
                 f"preprocessing: pick one of them for forget_sets.<name>.{kind} (the preprocess log lists "
                 "each cluster's label and score)")
-        members = adata.obs_names[(labels == label).values]
+        members = adata.obs_names[is_member]
         pool = np.sort(np.intersect1d(train, members))
         n = spec.get("n")
         if n is not None:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from scunlearn.data.labels import SCORES_KEY, scores_table, unsure_clusters
 from scunlearn.io import write_tsv, write_with
 from scunlearn.report.captions import TABLES
 from scunlearn.report.figures import FIGURE_CAPTIONS, make_figures
@@ -154,6 +155,36 @@ def render_provenance(provenance: Mapping) -> str:
         if isinstance(v, Mapping):
             parts.append(f"<h3>{html.escape(str(k))}</h3>{_kv_table(_flatten(v))}")
     return "".join(parts) or '<p class="empty">No provenance recorded.</p>'
+
+
+def render_cell_type_labels(record: Mapping | None, config: Mapping) -> str:
+    """A warning listing the clusters whose cell-type label is unsure (best marker score below
+    ``preprocess.min_marker_score``, so ``unknown``; or a runner-up type close behind) and the ``cell_type``
+    forget sets on their types, from the preprocessed data's ``uns['cell_type_scores']``; empty when all are sure."""
+    table = scores_table({SCORES_KEY: record}) if record is not None else None
+    if table is None:
+        return ""
+    threshold, margin = float(record["min_marker_score"]), float(record["weak_margin"])
+    unsure = unsure_clusters(table, threshold)
+    if unsure.empty:
+        return ""
+    rows = "".join(
+        f'<tr><td class="txt">{html.escape(r.cluster)}</td><td>{r.n_cells}</td><td class="txt">{html.escape(r.label)}'
+        f'</td><td class="txt">{html.escape(r.best_type)} {_fixed(r.best_score)}</td><td class="txt">'
+        f"{html.escape(r.runner_up_type)} {_fixed(r.runner_up_score)}</td><td class=\"txt\">"
+        f"{'below the threshold' if r.best_score < threshold else f'runner-up within {margin:g}'}</td></tr>"
+        for r in unsure.itertuples())
+    types = set(unsure["best_type"])
+    sets = [f"{name} ({spec['cell_type']}{', accept_weak_labels' if spec.get('accept_weak_labels') else ''})"
+            for name, spec in (config.get("forget_sets") or {}).items()
+            if isinstance(spec, Mapping) and spec.get("kind") == "cell_type" and spec.get("cell_type") in types]
+    on = (f" Forget sets on these types: {html.escape(', '.join(sets))}: their cells may not all be of the type."
+          if sets else "")
+    return (f'<div class="alert"><p><strong>Cell-type labels:</strong> {len(unsure)} of {len(table)} clusters are '
+            f"labelled unsurely (preprocess.min_marker_score = {threshold:g}; data/adata.h5ad "
+            f"<code>uns['cell_type_scores']</code> holds every cluster's scores).{on}</p>"
+            "<table><thead><tr><th>cluster</th><th>cells</th><th>label</th><th>best type, score</th>"
+            f"<th>runner-up, score</th><th>why</th></tr></thead><tbody>{rows}</tbody></table></div>")
 
 
 def render_config(config: Mapping) -> str:
@@ -474,12 +505,14 @@ def _margin(config: Mapping) -> float | None:
 
 def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: Iterable[Mapping],
                  out_dir: str | os.PathLike, config: Mapping, provenance: Mapping,
-                 forget_set: str | None = None, controls: pd.DataFrame | None = None) -> Path:
+                 forget_set: str | None = None, controls: pd.DataFrame | None = None,
+                 cell_type_scores: Mapping | None = None) -> Path:
     """Write tables/*.tsv, figures/*.png + *.tsv and one self-contained index.html to ``out_dir``.
 
     ``trajectories``: dicts {variant, method, forget_set, seed, path} of the methods' logs;
     ``forget_set``: the set of Table II and the MLP comparison figure (default structured,
-    else the first); ``controls``: the controls stage's per-model trials (``report/controls.tsv``).
+    else the first); ``controls``: the controls stage's per-model trials (``report/controls.tsv``);
+    ``cell_type_scores``: the preprocessed data's ``uns['cell_type_scores']`` (unsure labels are shown).
     Returns the path of index.html.
     """
     if isinstance(summary_tsv, pd.DataFrame):
@@ -511,6 +544,7 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
 <p class="sub">dataset: {html.escape(datasets)} · {len(summary)} audited models ·
 forget sets: {html.escape(', '.join(forget_set_order(summary)))} ·
 seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
+{render_cell_type_labels(cell_type_scores, config)}
 <nav><a href="#power">Audit power</a><a href="#comparison">Method comparison</a>
 <a href="#guide">How to read this</a><a href="#paper">The paper's tables</a>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>

@@ -19,7 +19,9 @@ def stage_report(inp, out, params, threads):
     verify_digest(inp["adata"])
     adata = ad.read_h5ad(inp["adata"], backed="r")
     provenance["data_sha256 (raw count matrix)"] = str(adata.uns.get("data_sha256", ""))
+    cell_type_scores = adata.uns.get("cell_type_scores")  # in memory: backed mode reads uns whole
     adata.file.close()
     trajs = [dict(t, path=str(p)) for t, p in zip(params["trajectories"], inp["trajectories"])]
     controls = pd.read_csv(inp["controls"], sep="\t") if inp.get("controls") else None
-    build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance, controls=controls)
+    build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance, controls=controls,
+                 cell_type_scores=cell_type_scores)
