@@ -26,7 +26,8 @@ if not workflow.overwrite_configfiles:
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from scunlearn import ScunlearnError
-from scunlearn.params import check_config_size, validate_config
+from scunlearn.configfile import validate_config
+from scunlearn.params import check_config_size
 
 # a config of nested YAML aliases is refused before validation walks it; a schema error is told in a
 # few lines (file, key, bounded value, reason), never as jsonschema prints it (the whole instance and schema)

@@ -267,9 +267,9 @@ def test_a_schema_error_is_told_in_bounded_lines_with_a_bounded_value(tmp_path):
 
 def test_a_config_that_is_not_yaml_is_told_with_its_file_and_line(tmp_path):
     """Snakemake reads --configfile before the Snakefile runs and says only 'Config file is not valid JSON or
-    YAML'; `python -m scunlearn.params FILE` (named in the README's troubleshooting) says where."""
+    YAML'; `python -m scunlearn.configfile FILE` (named in the README's troubleshooting) says where."""
     from scunlearn import ScunlearnError
-    from scunlearn.params import read_config_file
+    from scunlearn.configfile import read_config_file
 
     bad = tmp_path / "mine.yaml"
     bad.write_text("run: mine\nforget_sets:\n  a: {kind: random, n: 5\n  b: 3\n")
@@ -277,9 +277,9 @@ def test_a_config_that_is_not_yaml_is_told_with_its_file_and_line(tmp_path):
         read_config_file(bad)
     first = str(e.value).splitlines()[0]
     assert first.startswith(f"{bad}:4:4: not valid YAML") and "b: 3" in str(e.value)
-    r = subprocess.run([sys.executable, "-m", "scunlearn.params", str(bad)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "scunlearn.configfile", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and f"{bad}:4:4: not valid YAML" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "scunlearn.params", str(ROOT / "config/demo.yaml")],
+    r = subprocess.run([sys.executable, "-m", "scunlearn.configfile", str(ROOT / "config/demo.yaml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("ok:"), r.stdout + r.stderr
