@@ -52,6 +52,17 @@ except ImportError:  # not pip-installed: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
 
+def _npz_bytes(arrays: dict) -> bytes:
+    """``arrays`` as the bytes of an .npz file."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
 def machine() -> str:
     """CPU model from /proc/cpuinfo, else ``platform``."""
     from scunlearn.costs import cpu_model
@@ -200,6 +211,7 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     import numpy as np
 
     from scunlearn.audit.attacks import resolve_attacks
+    from scunlearn.io import write_with_digest
     from scunlearn.vae.cellstats import write_cell_stats
 
     write_cell_stats(model, X.cpu(), adata_r.obs_names, workdir / "target.cells.npz")
@@ -207,9 +219,9 @@ def measure(cfg: dict, cells: int, genes: int, train_threads: int, device: str, 
     with np.load(workdir / "target.cells.npz") as z:
         base = dict(z)
     rng = np.random.default_rng(0)
-    for r in refs:
-        with open(r, "wb") as fh:
-            np.savez(fh, **{k: (v + rng.normal(0, 1, v.shape) if v.dtype.kind == "f" else v) for k, v in base.items()})
+    for r in refs:  # written with their digest records, as the audit verifies them
+        noisy = {k: (v + rng.normal(0, 1, v.shape) if v.dtype.kind == "f" else v) for k, v in base.items()}
+        write_with_digest(r, lambda p, noisy=noisy: p.write_bytes(_npz_bytes(noisy)))
     a = cfg["audit"]
     audit_device = a.get("device") or device  # audit.device, else the study's (as the workflow's audit rule)
     out["audit_device"] = str(job_device(audit_device))
@@ -302,17 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(Path(a.configfile))
     variants = cfg["methods"]
     seeds, forget = len(cfg["train"]["seeds"]), list(cfg["forget_sets"])
-    n_var_jobs = {v: len(d.get("forget_sets", forget)) * seeds for v, d in variants.items()}
+    refs = len(cfg.get("audit", {}).get("reference_seeds") or [])
+    ms = cfg.get("audit", {}).get("method_seeds", "train")
+    method_seeds = seeds if ms == "train" else (seeds + refs if ms == "all" else len(ms))
+    n_var_jobs = {v: len(d.get("forget_sets", forget)) * method_seeds for v, d in variants.items()}
     if a.jobs_from_config:
         n_models = 1 if cfg["train"].get("ensemble", True) else seeds + len(cfg["audit"].get("reference_seeds") or [])
         counts = {"acquire": 1, "preprocess": 1, "split": 1, "forget_set": len(forget), "baseline": n_models,
                   "matched_negatives": len(forget), "retrain": len(forget) * n_models,
                   "unlearn": sum(n_var_jobs.values()),
                   # one audit job per (forget set, model), auditing the model's seeds
-                  "audit": 2 * len(forget) + sum(n_var_jobs.values()) // seeds, "aggregate": 1, "report": 1}
+                  "audit": 2 * len(forget) + sum(n_var_jobs.values()) // method_seeds, "aggregate": 1,
+                  "report": 1}
         source = "from the config"
     else:
         counts = dag_job_counts(a.configfile, ROOT)
+        counts["audit"] = counts.get("audit", 0) + counts.pop("audit_method", 0)  # methods' audits: their own rule
         source = "snakemake -n --forceall"
     sim = cfg["dataset"].get("simulate") or {}
     cells = a.cells or (sim.get("n_cells") if cfg["dataset"]["source"] == "simulate" else 33000)

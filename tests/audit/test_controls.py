@@ -12,11 +12,12 @@ from scunlearn.audit.verdict import add_verdicts, power_summary
 
 
 def test_spread_test_is_the_t_prediction_interval_of_the_null_aucs():
-    """Δ against the group's mean, SE = SD(null) · √(1 + 1/m), Student t with n − 1 df, as scipy computes it."""
+    """Δ against the group's mean, SE = SD(null) · (n − 1)/n · √(1 + 1/m) (the leave-one-out values' spread
+    corrected), Student t with n − 1 df, as scipy computes it."""
     null = np.array([0.46, 0.52, 0.49, 0.55, 0.43, 0.50, 0.47])
     c = compare_spread(0.62, null, null, margin=0.1)
     n = len(null)
-    se = null.std(ddof=1) * np.sqrt(1 + 1 / n)
+    se = null.std(ddof=1) * (n - 1) / n * np.sqrt(1 + 1 / n)
     t = (0.62 - null.mean()) / se
     assert c.delta == pytest.approx(0.62 - null.mean())
     assert c.se == pytest.approx(se) and c.df == n - 1
@@ -27,7 +28,7 @@ def test_spread_test_is_the_t_prediction_interval_of_the_null_aucs():
     assert c.tost_p == pytest.approx(tost)
     # against a control group of 2 models: its own mean, the null's spread, 1 + 1/2
     g = compare_spread(0.62, np.array([0.60, 0.64]), null, margin=0.1)
-    assert g.delta == pytest.approx(0.0) and g.se == pytest.approx(null.std(ddof=1) * np.sqrt(1.5))
+    assert g.delta == pytest.approx(0.0) and g.se == pytest.approx(null.std(ddof=1) * (n - 1) / n * np.sqrt(1.5))
     assert np.isnan(compare_spread(0.6, null[:1], null[:1], 0.1).p)  # one null value: no spread, no test
 
 

@@ -83,12 +83,13 @@ def _after_editing(study, relpath: str) -> dict[str, int]:
 def test_editing_one_method_reruns_only_that_method(study):
     jobs = _after_editing(study, "methods/scrub.py")
     # scrub runs on the scattered set only, at train seed 0: one unlearn job, its audit, then the summary
-    assert jobs == {"unlearn": 1, "audit": 1, "aggregate": 1, "report": 1, "all": 1}
+    assert jobs == {"unlearn": 1, "audit_method": 1, "aggregate": 1, "report": 1, "all": 1}
 
 
 def test_editing_the_optimiser_reruns_all_training_and_below(study):
     jobs = _after_editing(study, "vae/optim.py")
-    for rule in ("baseline", "retrain", "sisa_shards", "unlearn", "audit", "controls", "aggregate", "report"):
+    for rule in ("baseline", "retrain", "sisa_shards", "unlearn", "audit", "audit_method", "controls", "aggregate",
+                 "report"):
         assert jobs.get(rule, 0) > 0, (rule, jobs)
     assert jobs["retrain"] == 2 and jobs["unlearn"] == 8  # both forget sets; every variant (scrub included)
     assert not {"acquire", "preprocess", "split", "forget_set", "matched_negatives"} & set(jobs)

@@ -14,7 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SLURM = ROOT / "profiles/slurm/config.yaml"
 GPU = ROOT / "profiles/slurm-gpu/config.yaml"
-GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards", "audit"}
+GPU_RULES = {"baseline", "retrain", "unlearn", "sisa_shards", "audit", "audit_method"}
 
 
 def _load(path):
@@ -100,4 +100,4 @@ def test_audit_device_cpu_keeps_the_audits_off_the_gpu(tmp_path):
     jobs = _dry_run(tmp_path, extra=["--cores", "16", "--resources", "gpu=1", "--config", "device=cuda",
                                      "audit={'device': 'cpu'}"])
     assert jobs["audit"]["gpu"] == "0"
-    assert {r for r, res in jobs.items() if int(res.get("gpu", 0)) > 0} == GPU_RULES - {"audit"}
+    assert {r for r, res in jobs.items() if int(res.get("gpu", 0)) > 0} == GPU_RULES - {"audit", "audit_method"}

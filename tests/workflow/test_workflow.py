@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -130,6 +131,29 @@ def test_tiny_study_end_to_end(tmp_path):
         trial = next(t for t in ctl["trials"] if t["model"] == "retrain/seed0")
         assert own["pc_auc"] == pytest.approx(trial["pc_auc"]) and own["p_vs_retrain"] == pytest.approx(trial["p"])
     assert set(pd.read_csv(out / "report/controls.tsv", sep="\t")["forget_set"]) == set(summary["forget_set"])
+
+    # one verdict per variant and forget set (the per-model rows' values, two-sample against the null),
+    # every file a stage reads has its digest record, and the report opens with the verdicts
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD, VERDICT_COLUMNS, record_value
+
+    verdicts = pd.read_csv(out / "report/verdicts.tsv", sep="\t")
+    assert list(verdicts.columns) == VERDICT_COLUMNS
+    methods = summary[~summary["method"].isin(["baseline", "retrain"])]
+    assert set(zip(verdicts["forget_set"], verdicts["variant"])) == (
+        set(zip(methods["forget_set"], methods["variant"])) | {(f, RETRAIN_AS_METHOD) for f in ("structured",
+                                                                                                 "scattered")})
+    # tiny: one train seed and two reference seeds; the control has 1 model against 2 other retrained ones
+    assert set(verdicts.loc[verdicts["variant"] != RETRAIN_AS_METHOD, "n_models"]) == {1}
+    rec = json.loads((out / "audit/scattered/fisher/seed0.json").read_text())
+    row = verdicts.set_index(["forget_set", "variant"]).loc[("scattered", "fisher")]
+    assert row["delta"] == pytest.approx(record_value(rec) - np.mean(rec["pc_null"]))
+    assert row["verdict"] in {"SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE"} and row["n_null"] == 3
+    assert verdicts.loc[verdicts["method"] == "sisa", "verdict"].eq("NOT-COMPARABLE").all()
+    for f in ("splits/split.json", "splits/scattered.json", "models/baseline/seed0.cells.npz",
+              "models/fisher/scattered/seed0.pt", "audit/scattered/fisher/seed0.json"):
+        assert (out / (f + ".sha256")).read_text().split()[1] == Path(f).name
+    page = (out / "report/index.html").read_text()
+    assert page.index('id="verdicts"') < page.index('id="power"') and "Resolution of this study" in page
 
     # every stage ran only library code its rule declares as code inputs (derived from the imports by
     # scunlearn.codedeps; stages.run compares them with the modules the process really imported)

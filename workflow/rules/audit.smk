@@ -2,6 +2,8 @@
 # One audit job per (forget set, model): it audits every seed of the model, reading the data
 # and references once. A variant's seeds rerun together anyway (its params are shared), so
 # this loses no rerun granularity; each seed keeps its own record, written atomically.
+# Baseline and retrain are audited on train.seeds (rule audit), each method variant on
+# audit.method_seeds (rule audit_method: its K unlearned models, one per baseline seed).
 
 
 rule audit:
@@ -24,12 +26,16 @@ rule audit:
         forget_kind=lambda w: config["forget_sets"][w.forget]["kind"],
         variant=lambda w: w.model,
         method=method_of,
-        model_seeds=SEEDS,
+        model_seeds=lambda w: seeds_of(w.model),
         # models per benchmark: a seed's wall time is its job's over the seeds it trained at once
-        bench_models=lambda w: [_trained_together(w.model)] * len(SEEDS),
+        bench_models=lambda w: [_trained_together(w.model)] * len(seeds_of(w.model)),
         seed=config["seed"],
         audit={
-            **{k: v for k, v in config["audit"].items() if k not in ("tolerance", "reference_seeds", "device")},
+            **{
+                k: v
+                for k, v in config["audit"].items()
+                if k not in ("tolerance", "reference_seeds", "device", "method_seeds")
+            },
             "attacks": ATTACKS,
         },
         self_names=lambda w: audit_names(w)["self_names"],
@@ -43,7 +49,7 @@ rule audit:
     benchmark:
         f"{OUT}/benchmarks/audit/{{forget}}/{{model}}.tsv"
     wildcard_constraints:
-        model=alternatives(["baseline", "retrain", *VARIANTS]),
+        model="baseline|retrain",
     conda:
         ENV_AUDIT
     threads: 1
@@ -55,6 +61,19 @@ rule audit:
         "../scripts/audit.py"
 
 
+use rule audit as audit_method with:
+    output:
+        **sealed(
+            audits=[f"{OUT}/audit/{{forget}}/{{model}}/seed{s}.json" for s in METHOD_SEEDS],
+        ),
+    wildcard_constraints:
+        model=alternatives(VARIANTS),
+    resources:
+        mem_mb=8000,
+        runtime=60 * len(METHOD_SEEDS),
+        gpu=AUDIT_GPUS,
+
+
 rule aggregate:
     input:
         audits=[a for f in FORGET for a in audited(f)],
@@ -63,9 +82,13 @@ rule aggregate:
     output:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
         controls=f"{OUT}/report/controls.tsv",
+        verdicts=report(f"{OUT}/report/verdicts.tsv", caption="../report/verdicts.rst", category="Tables"),
     params:
         tolerance=config["audit"]["tolerance"],
         alpha=config["audit"]["alpha"],
+        margin=config["audit"]["equivalence_margin"],
+        model_seeds=METHOD_SEEDS,
+        all_seeds=ALL_SEEDS,
     log:
         f"{OUT}/logs/aggregate.log",
     benchmark:

@@ -31,6 +31,34 @@ if set(REF_SEEDS) & set(SEEDS):
         "reference seeds must be other seeds"
     )
 ALL_SEEDS = SEEDS + REF_SEEDS
+
+
+def _method_seeds():
+    """The baseline seeds every method variant unlearns from (audit.method_seeds): its K models per forget set."""
+    spec = config["audit"]["method_seeds"]
+    if spec == "train":
+        return SEEDS
+    if spec == "all":
+        return ALL_SEEDS
+    seeds = [int(s) for s in spec]
+    unknown = sorted(set(seeds) - set(ALL_SEEDS))
+    if unknown or len(set(seeds)) != len(seeds):
+        raise WorkflowError(
+            f"config audit.method_seeds ({', '.join(map(str, workflow.configfiles))}): {seeds} must be distinct "
+            f"seeds of baseline models the study trains (train.seeds + audit.reference_seeds = {ALL_SEEDS}); "
+            f"not trained: {unknown}"
+        )
+    return seeds
+
+
+METHOD_SEEDS = _method_seeds()
+
+
+def seeds_of(model):
+    """The audited seeds of a model: train.seeds for baseline and retrain, METHOD_SEEDS for a method variant."""
+    return SEEDS if model in ("baseline", "retrain") else METHOD_SEEDS
+
+
 # train.ensemble: all seeds of the baseline (and of each forget set's retrain) in one job, as one batched model
 ENSEMBLE = bool(config["train"]["ensemble"])
 try:  # every configured attack's parameters, defaults filled and checked now
@@ -232,14 +260,15 @@ def _bench_stem(model, forget, seed):
 def models_of(w):
     """Checkpoints, per-cell statistics and training benchmarks of every seed of an audited model (one
     audit job per forget set and model), and the references they share."""
-    stems = [_stem(w.model, w.forget, s) for s in SEEDS]
+    seeds = seeds_of(w.model)
+    stems = [_stem(w.model, w.forget, s) for s in seeds]
     return {
         "models": [f"{OUT}/models/{stem}.pt" for stem in stems],
         "cells": [f"{OUT}/models/{stem}.cells.npz" for stem in stems],
-        "benchmarks": [f"{OUT}/benchmarks/{_bench_stem(w.model, w.forget, s)}.tsv" for s in SEEDS],
+        "benchmarks": [f"{OUT}/benchmarks/{_bench_stem(w.model, w.forget, s)}.tsv" for s in seeds],
         "ref_retrain": [f"{OUT}/models/retrain/{w.forget}/seed{s}.cells.npz" for s in ALL_SEEDS],
         "ref_baseline": [f"{OUT}/models/baseline/seed{s}.cells.npz" for s in ALL_SEEDS],
-        "controls": [f"{OUT}/models/{v}/{w.forget}/seed{s}.cells.npz" for v in controls_of(w) for s in SEEDS],
+        "controls": [f"{OUT}/models/{v}/{w.forget}/seed{s}.cells.npz" for v in controls_of(w) for s in METHOD_SEEDS],
     }
 
 
@@ -257,10 +286,10 @@ def audit_names(w):
     the references, as the audit stage reports them."""
     own = w.model in ("baseline", "retrain")
     return {
-        "self_names": [f"{w.model}/seed{s}" if own else None for s in SEEDS],
+        "self_names": [f"{w.model}/seed{s}" if own else None for s in seeds_of(w.model)],
         "ref_retrain": [f"retrain/seed{s}" for s in ALL_SEEDS],
         "ref_baseline": [f"baseline/seed{s}" for s in ALL_SEEDS],
-        "controls": [f"{v}/seed{s}" for v in controls_of(w) for s in SEEDS],
+        "controls": [f"{v}/seed{s}" for v in controls_of(w) for s in METHOD_SEEDS],
     }
 
 
@@ -271,14 +300,14 @@ def method_of(w):
 def audited(forget):
     """Every model audited on one forget set: baseline and retrain seeds, then each variant's seeds."""
     names = ["baseline", "retrain"] + [v for v, d in VARIANTS.items() if forget in d["forget_sets"]]
-    return [f"{OUT}/audit/{forget}/{m}/seed{s}.json" for m in names for s in SEEDS]
+    return [f"{OUT}/audit/{forget}/{m}/seed{s}.json" for m in names for s in seeds_of(m)]
 
 
 TRAJECTORIES = [
     {"variant": v, "method": d["method"], "forget_set": f, "seed": s}
     for v, d in VARIANTS.items()
     for f in d["forget_sets"]
-    for s in SEEDS
+    for s in METHOD_SEEDS
 ]
 
 

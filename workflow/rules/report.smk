@@ -25,6 +25,7 @@ rule report:
     input:
         summary=rules.aggregate.output.summary,
         controls=rules.aggregate.output.controls,
+        verdicts=rules.aggregate.output.verdicts,
         adata=rules.preprocess.output.adata,
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
         code=code("report:stage_report"),

@@ -82,6 +82,7 @@ def audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, 
     from scunlearn.audit.attacks import get_attack
     from scunlearn.audit.data import AuditData
     from scunlearn.audit.utility import model_utility
+    from scunlearn.audit.variants import record_margin
     from scunlearn.costs import read_benchmark
     from scunlearn.vae.cellstats import read_cell_stats
     from scunlearn.vae.checkpoints import check_genes, load_checkpoint
@@ -97,7 +98,7 @@ def audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, 
                                                  "control_stats", "types")})
     data = AuditData(
         model=model, X=X, forget=part.forget.copy(), negatives=own["negatives"], groups=own["groups"],
-        seed=seed, alpha=cfg["alpha"], margin=cfg["equivalence_margin"], bootstrap=cfg["bootstrap"],
+        seed=seed, alpha=cfg["alpha"], margin=record_margin(cfg["equivalence_margin"]), bootstrap=cfg["bootstrap"],
         target_stats=read_cell_stats(cells_path, adata.obs_names),
         retrain_stats=own["retrain_stats"], baseline_stats=own["baseline_stats"],
         control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"],

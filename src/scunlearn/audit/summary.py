@@ -42,16 +42,21 @@ VERDICTS = ("LEAK", "TARGET", "SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE",
 
 
 def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
-              controls: list[dict] | None = None) -> pd.DataFrame:
+              controls: list[dict] | None = None, margin=None) -> pd.DataFrame:
     """One tidy row per audited model with verdicts, controls, floor and band (the summary.tsv contract).
 
     ``controls``: the controls stage's records, one per forget set (counts over every seed);
-    without them the controls are counted over the audited rows' seeds.
+    without them the controls are counted over the audited rows' seeds. ``margin``: the config's
+    ``audit.equivalence_margin``; a fraction of the baseline's lead (``{of_baseline_gap: f}``) is
+    resolved here per forget set and each model's TOST redone with it (the records cannot: each
+    audit job sees one model).
     """
     from scunlearn.audit.attacks import ATTACKS
     from scunlearn.audit.verdict import add_verdicts
 
     df = pd.DataFrame(records).rename(columns=RENAME)
+    if isinstance(margin, dict):
+        _retest(df, records, margin, alpha)
     for c in controls or []:
         rows = df["forget_set"] == c["forget_set"]
         for col, key in (("controls_baseline_caught", "baseline_caught"), ("controls_n_baseline", "n_baseline"),
@@ -69,3 +74,20 @@ def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
     df["_o"] = df["method"].map(order).fillna(2)
     df = df.sort_values(["forget_set", "_o", "variant", "seed"]).drop(columns="_o")
     return df[SUMMARY_COLUMNS + extra].reset_index(drop=True)
+
+
+def _retest(df: pd.DataFrame, records: list[dict], spec: dict, alpha: float) -> None:
+    """Each model's TOST p and outcome against retrain at the forget set's resolved margin (in place)."""
+    import dataclasses
+
+    from scunlearn.audit.calibrated import _t_comparison, outcome
+    from scunlearn.audit.variants import study_margins
+
+    margins = study_margins(records, spec)
+    for i, row in df.iterrows():
+        delta, se, dof = row.get("delta_vs_retrain"), row.get("delta_se"), row.get("delta_vs_retrain_df")
+        if not all(isinstance(x, (int, float)) and np.isfinite(x) for x in (delta, se, dof)):
+            continue
+        c = _t_comparison(float(delta), float(se), float(dof), margins[row["forget_set"]][0], 0.95, 1)
+        df.loc[i, "tost_p_vs_retrain"] = c.tost_p
+        df.loc[i, "test_vs_retrain"] = outcome(dataclasses.replace(c, p=float(row["p_vs_retrain"])), alpha)

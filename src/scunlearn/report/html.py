@@ -391,6 +391,57 @@ def render_comparison(comp: pd.DataFrame) -> str:
             f'<a href="tables/method_comparison.tsv">tables/method_comparison.tsv</a></p>')
 
 
+def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
+    """The findings first: one verdict per method variant and forget set (``verdicts.tsv``), the study's resolution,
+    and the equivalence control, with the sentence a reader can quote."""
+    if verdicts is None or verdicts.empty:
+        return ""
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD
+
+    parts = []
+    for fs, g in verdicts.groupby("forget_set", sort=False):
+        eq = g[g["variant"] == RETRAIN_AS_METHOD]
+        meth = g[g["variant"] != RETRAIN_AS_METHOD]
+        first = g.iloc[0]
+        success = meth.loc[meth["verdict"] == "SUCCESS", "variant"].tolist()
+        lead = (f"<b>{html.escape(', '.join(success))}</b> forgot as retraining would, within the margin"
+                if success else "no variant is shown equivalent to retraining within the margin")
+        res = (f"Resolution of this study: a method run on {int(first['n_models'])} seeds can be certified at a "
+               f"margin of {_fixed(first['resolution'])} ({_pct(first['resolution_of_gap'])} of the baseline's lead "
+               f"{_fixed(first['baseline_gap'])}); the margin used is {_fixed(first['margin'])} "
+               f"({_pct(first['margin_of_gap'])}).")
+        if np.isfinite(first["margin"]) and np.isfinite(first["resolution"]) and first["margin"] < first["resolution"]:
+            res += (" <b>The margin is finer than the resolution</b>: even a perfect method is unlikely to be "
+                    "certified; use more seeds or a wider margin.")
+        eq_text = ""
+        if len(eq):
+            e = eq.iloc[0]
+            eq_text = (" Equivalence control (retrained models posing as a method): "
+                       f"<b>{html.escape(str(e['verdict']))}</b> (TOST p {_p(e['tost_p'])}).")
+        rows = []
+        for r in g.to_dict("records"):
+            cls = ' class="ref"' if r["variant"] == RETRAIN_AS_METHOD else ""
+            rows.append(
+                f"<tr{cls}><td class=\"txt\">{html.escape(str(r['variant']))}</td><td>{int(r['n_models'])}</td>"
+                f"{_num(_interval(r['delta'], r['delta_ci_low'], r['delta_ci_high'], signed=True))}"
+                f"<td>{_fixed(r['gap_closed'])}</td><td>{_p(r['p_holm'])}</td><td>{_p(r['tost_p_holm'])}</td>"
+                f"{_td(r['verdict'], 'verdict')}<td class=\"txt\">{html.escape(str(r['note'] or ''))}</td></tr>")
+        parts.append(
+            f"<h3>{html.escape(str(fs))}: {lead}</h3><p>{res}{eq_text}</p>"
+            '<div class="scroll"><table class="verdicts"><thead><tr><th>variant</th><th>models</th>'
+            "<th>Δ vs retrain [95% CI]</th><th>gap closed</th><th>p (Holm)</th><th>TOST p (Holm)</th>"
+            f"<th>verdict</th><th>note</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (f'<h2 id="verdicts">Verdicts: did unlearning work?</h2>{"".join(parts)}'
+            f'<p class="rule">One verdict per method variant: its models\' values of the audit\'s measure against '
+            f"the retrained models' (two-sample t, leave-one-out spread corrected), Holm across the variants of a "
+            f"forget set at α = {alpha:g}; SUCCESS needs equivalence within the margin, the study's controls and "
+            'the equivalence control. <a href="verdicts.tsv">verdicts.tsv</a></p>')
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * float(v):.0f}%" if v is not None and np.isfinite(float(v)) else "—"
+
+
 def render_claims_note(summary: pd.DataFrame) -> str:
     """What each NOT-COMPARABLE variant's numbers can and cannot support (its method's registered claim)."""
     from scunlearn.methods import REGISTRY
@@ -500,19 +551,20 @@ def _run_name(config: Mapping, summary: pd.DataFrame) -> str:
 def _margin(config: Mapping) -> float | None:
     """The equivalence margin of the per-cell audit from the config (``audit.equivalence_margin``)."""
     m = _audit_setting(config, "equivalence_margin")
-    return float(m) if m is not None else None
+    return float(m) if isinstance(m, (int, float)) else None  # a fraction of the baseline's lead: per forget set
 
 
 def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: Iterable[Mapping],
                  out_dir: str | os.PathLike, config: Mapping, provenance: Mapping,
                  forget_set: str | None = None, controls: pd.DataFrame | None = None,
-                 cell_type_scores: Mapping | None = None) -> Path:
+                 cell_type_scores: Mapping | None = None, verdicts: pd.DataFrame | None = None) -> Path:
     """Write tables/*.tsv, figures/*.png + *.tsv and one self-contained index.html to ``out_dir``.
 
     ``trajectories``: dicts {variant, method, forget_set, seed, path} of the methods' logs;
     ``forget_set``: the set of Table II and the MLP comparison figure (default structured,
     else the first); ``controls``: the controls stage's per-model trials (``report/controls.tsv``);
-    ``cell_type_scores``: the preprocessed data's ``uns['cell_type_scores']`` (unsure labels are shown).
+    ``cell_type_scores``: the preprocessed data's ``uns['cell_type_scores']`` (unsure labels are shown);
+    ``verdicts``: ``report/verdicts.tsv`` (one verdict per variant), shown first.
     Returns the path of index.html.
     """
     if isinstance(summary_tsv, pd.DataFrame):
@@ -545,7 +597,8 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
 forget sets: {html.escape(', '.join(forget_set_order(summary)))} ·
 seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_cell_type_labels(cell_type_scores, config)}
-<nav><a href="#power">Audit power</a><a href="#comparison">Method comparison</a>
+{render_verdicts(verdicts, _audit_setting(config, "alpha", 0.05))}
+<nav><a href="#verdicts">Verdicts</a><a href="#power">Audit power</a><a href="#comparison">Method comparison</a>
 <a href="#guide">How to read this</a><a href="#paper">The paper's tables</a>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>
 <h2 id="power">{html.escape(TABLE_TITLES['audit_power'])}</h2>{render_power(tables['audit_power'])}

@@ -60,6 +60,7 @@ def stage_controls(inp, out, params, threads):
     from scunlearn.audit.assemble import study_stats
     from scunlearn.audit.attacks.per_cell import is_type_level
     from scunlearn.audit.controls import control_trials, count_controls
+    from scunlearn.audit.variants import record_margin
 
     pc = params["per_cell"]
     against = pc["negatives"]
@@ -68,7 +69,7 @@ def stage_controls(inp, out, params, threads):
     trials = control_trials(st["retrain"], st["baselines"], st["pos"], st["negatives"],
                             strata=st["types"] if pc["centre_by_cell_type"] else None, test=pc["test"],
                             measure=pc["measure"], against=against, type_level=is_type_level(params["forget_kind"]),
-                            alpha=params["alpha"], margin=params["margin"], n0=pc["shrinkage"])
+                            alpha=params["alpha"], margin=record_margin(params["margin"]), n0=pc["shrinkage"])
     counts = count_controls(trials, params["alpha"])
     log.info("controls on %s (%s test of the %s, %s negatives): %d of %d baselines caught; %d of %d retrained "
              "models flagged at alpha/%d (%d rejected at alpha, %.2f expected under the null); controls_ok=%s",
@@ -87,7 +88,8 @@ def stage_aggregate(inp, out, params, threads):
     from scunlearn.audit.summary import aggregate
     records = [read_json(p) for p in inp["audits"]]
     controls = [read_json(p) for p in inp["controls"]]
-    df = aggregate(records, params["tolerance"], params["alpha"], controls)
+    df = aggregate(records, params["tolerance"], params["alpha"], controls, margin=params.get("margin"))
+    from scunlearn.audit.variants import variant_verdicts
     from scunlearn.audit.verdict import power_summary
 
     trials = pd.DataFrame([{"forget_set": c["forget_set"], "test": c["test"], "measure": c["measure"],
@@ -107,3 +109,32 @@ def stage_aggregate(inp, out, params, threads):
     for row in power_summary(df, params["alpha"]).to_dict("records"):
         log.info("audit power: %s", row)
     write_tsv(df, out["summary"])
+    if out.get("verdicts"):
+        ok = {c["forget_set"]: bool(c["controls_ok"]) for c in controls}
+        if not ok:  # no controls stage: the controls counted over the audited seeds
+            ok = df.groupby("forget_set")["controls_ok"].first().astype(bool).to_dict()
+        margin = params.get("margin", 0.25)
+        verdicts = variant_verdicts(records, margin, params["alpha"], ok, params.get("model_seeds"),
+                                    params.get("all_seeds"))
+        log_verdicts(verdicts)
+        write_tsv(verdicts, out["verdicts"])
+
+
+def log_verdicts(verdicts) -> None:
+    """One line per forget set (its resolution and margin, in both units), then one per variant."""
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD
+
+    for fs, g in verdicts.groupby("forget_set", sort=False):
+        r = g.iloc[0]
+        log.info("verdicts on %s: margin %.4g (%.3f of the baseline's lead %.4g); resolution for %d models %.4g "
+                 "(%.3f of the lead)", fs, r["margin"], r["margin_of_gap"], r["baseline_gap"], r["n_models"],
+                 r["resolution"], r["resolution_of_gap"])
+        if r["margin"] < r["resolution"]:
+            log.warning("forget set %s: the equivalence margin %.4g is finer than this study's resolution %.4g: even "
+                        "a perfect method is unlikely to be certified SUCCESS; add train.seeds or widen "
+                        "audit.equivalence_margin", fs, r["margin"], r["resolution"])
+        for v in g.itertuples():
+            log.info("  %s%s: %s (n=%d, delta %+.4g [%.4g, %.4g], gap closed %.3f, p_holm %.3g, tost_p_holm %.3g)%s",
+                     v.variant, " (control)" if v.variant == RETRAIN_AS_METHOD else "", v.verdict, v.n_models,
+                     v.delta, v.delta_ci_low, v.delta_ci_high, v.gap_closed, v.p_holm, v.tost_p_holm,
+                     f"; {v.note}" if v.note else "")
