@@ -128,3 +128,32 @@ def test_variant_verdicts_with_holm_and_the_equivalence_control():
     v = variant_verdicts(recs, 0.001, 0.05, {"fs": True}, [0, 1], [0, 1, *range(100, 106)])
     good = v.set_index("variant").loc["good"]
     assert good["verdict"] == "INCONCLUSIVE" and "below this study's resolution" in good["note"]
+
+
+def test_each_forget_set_takes_its_own_margin_and_the_summary_retests_relative_ones():
+    """forget_sets.NAME.equivalence_margin: a relative margin is resolved per set from its baseline's lead, and
+    each model's TOST in summary.tsv is redone with it; an absolute one leaves the records' own TOST."""
+    import pandas as pd
+
+    from scunlearn.audit.summary import aggregate
+    from scunlearn.audit.variants import spec_for, study_margins
+
+    rng = np.random.default_rng(5)
+    null = _loo(rng.normal(0, 0.3, 6))
+    recs = []
+    for fs, base in (("wide", [10.0, 10.4]), ("narrow", [0.5, 0.6])):
+        for r in _records(null, base, {"m": ("fisher", [0.05, -0.02])}, null[:2], fs=fs):
+            r.update({"delta_se": 0.3, "delta_vs_retrain_df": 5.0, "delta_vs_retrain_p": 0.8,
+                      "delta_vs_retrain_tost_p": 0.99, "test_vs_retrain": "UNDECIDED", "auc": 0.5, "pc_auc": 0.5,
+                      "pc_forget_score": 0.0, "wall_s": 1.0})
+            recs.append(r)
+    spec = {"wide": {"of_baseline_gap": 0.1}, "narrow": 0.05}
+    assert spec_for(spec, "narrow") == 0.05 and spec_for(0.2, "wide") == 0.2
+    m = study_margins(recs, spec)
+    assert m["wide"][0] == pytest.approx(0.1 * m["wide"][2]) and m["narrow"][:2] == pytest.approx(
+        (0.05, 0.05 / m["narrow"][2]))
+    df = aggregate(recs, tolerance=0.03, alpha=0.05, margin=spec).set_index(["forget_set", "variant", "seed"])
+    wide = df.loc[("wide", "m", 0)]
+    assert wide["tost_p_vs_retrain"] < 0.05 and wide["test_vs_retrain"] == "EQUIVALENT"  # margin ~1.0, SE 0.3
+    assert df.loc[("narrow", "m", 0), "tost_p_vs_retrain"] == 0.99  # absolute: the record's own
+    assert isinstance(df, pd.DataFrame)

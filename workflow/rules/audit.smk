@@ -30,12 +30,13 @@ rule audit:
         # models per benchmark: a seed's wall time is its job's over the seeds it trained at once
         bench_models=lambda w: [_trained_together(w.model)] * len(seeds_of(w.model)),
         seed=config["seed"],
-        audit={
+        audit=lambda w: {
             **{
                 k: v
                 for k, v in config["audit"].items()
                 if k not in ("tolerance", "reference_seeds", "device", "method_seeds")
             },
+            "equivalence_margin": margin_of(w.forget),
             "attacks": ATTACKS,
         },
         self_names=lambda w: audit_names(w)["self_names"],
@@ -86,7 +87,7 @@ rule aggregate:
     params:
         tolerance=config["audit"]["tolerance"],
         alpha=config["audit"]["alpha"],
-        margin=config["audit"]["equivalence_margin"],
+        margin={f: margin_of(f) for f in FORGET},
         model_seeds=METHOD_SEEDS,
         all_seeds=ALL_SEEDS,
     log:
@@ -122,7 +123,7 @@ rule controls:
         forget_kind=lambda w: config["forget_sets"][w.forget]["kind"],
         per_cell=ATTACKS["per_cell"],
         alpha=config["audit"]["alpha"],
-        margin=config["audit"]["equivalence_margin"],
+        margin=lambda w: margin_of(w.forget),
         names_retrain=[f"retrain/seed{s}" for s in ALL_SEEDS],
         names_baseline=[f"baseline/seed{s}" for s in ALL_SEEDS],
     log:

@@ -54,6 +54,16 @@ def _method_seeds():
 METHOD_SEEDS = _method_seeds()
 
 
+def margin_of(forget):
+    """A forget set's equivalence margin: its own (forget_sets.NAME.equivalence_margin) or audit.equivalence_margin."""
+    return config["forget_sets"][forget].get("equivalence_margin", config["audit"]["equivalence_margin"])
+
+
+def forget_spec(forget):
+    """A forget set's definition, without what does not choose its cells (its margin is the audit's business)."""
+    return {k: v for k, v in config["forget_sets"][forget].items() if k != "equivalence_margin"}
+
+
 def seeds_of(model):
     """The audited seeds of a model: train.seeds for baseline and retrain, METHOD_SEEDS for a method variant."""
     return SEEDS if model in ("baseline", "retrain") else METHOD_SEEDS

@@ -107,7 +107,7 @@ rule forget_set:
         ),
     params:
         name=lambda w: w.forget,
-        spec=lambda w: config["forget_sets"][w.forget],
+        spec=lambda w: forget_spec(w.forget),
         seed=config["seed"],
     log:
         f"{OUT}/logs/forget_set/{{forget}}.log",

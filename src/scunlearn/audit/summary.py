@@ -55,7 +55,7 @@ def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
     from scunlearn.audit.verdict import add_verdicts
 
     df = pd.DataFrame(records).rename(columns=RENAME)
-    if isinstance(margin, dict):
+    if margin is not None:
         _retest(df, records, margin, alpha)
     for c in controls or []:
         rows = df["forget_set"] == c["forget_set"]
@@ -77,14 +77,17 @@ def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
 
 
 def _retest(df: pd.DataFrame, records: list[dict], spec: dict, alpha: float) -> None:
-    """Each model's TOST p and outcome against retrain at the forget set's resolved margin (in place)."""
+    """Each model's TOST p and outcome against retrain at its forget set's margin, where that is a fraction of the
+    baseline's lead (in place; an absolute margin was the records' own)."""
     import dataclasses
 
     from scunlearn.audit.calibrated import _t_comparison, outcome
-    from scunlearn.audit.variants import study_margins
+    from scunlearn.audit.variants import spec_for, study_margins
 
     margins = study_margins(records, spec)
     for i, row in df.iterrows():
+        if not isinstance(spec_for(spec, row["forget_set"]), dict):
+            continue
         delta, se, dof = row.get("delta_vs_retrain"), row.get("delta_se"), row.get("delta_vs_retrain_df")
         if not all(isinstance(x, (int, float)) and np.isfinite(x) for x in (delta, se, dof)):
             continue

@@ -122,6 +122,13 @@ def resolve_margin(spec, baseline_gap: float) -> tuple[float, float]:
     return m, (m / baseline_gap if gap_ok else float("nan"))
 
 
+def spec_for(margin, forget_set: str):
+    """One forget set's margin spec, from a mapping forget set → spec (each set's own) or the one spec for all."""
+    if isinstance(margin, dict) and "of_baseline_gap" not in margin:
+        return margin[forget_set]
+    return margin
+
+
 def record_margin(spec) -> float:
     """The margin an audit record's own TOST uses: the config's number, or NaN for a fraction of the baseline's
     lead, which only the aggregate (seeing every model) can resolve; it then redoes each model's TOST."""
@@ -130,7 +137,8 @@ def record_margin(spec) -> float:
 
 def study_margins(records: list[dict], spec) -> dict[str, tuple[float, float, float]]:
     """forget set → (margin, margin as a fraction of the baseline's lead, the lead), as :func:`variant_verdicts`
-    resolves them: the lead is the baseline models' mean value minus the retrained models' null mean."""
+    resolves them: the lead is the baseline models' mean value minus the retrained models' null mean.
+    ``spec``: one margin spec, or a mapping forget set → spec (:func:`spec_for`)."""
     df = pd.DataFrame(records)
     df["value"] = [record_value(r) for r in records]
     out = {}
@@ -138,7 +146,7 @@ def study_margins(records: list[dict], spec) -> dict[str, tuple[float, float, fl
         null = _null(g)
         base = g.loc[g["method"] == "baseline", "value"].to_numpy(dtype=float)
         gap = float(np.nanmean(base) - null.mean()) if null is not None and len(base) else float("nan")
-        out[fs] = (*resolve_margin(spec, gap), gap)
+        out[fs] = (*resolve_margin(spec_for(spec, fs), gap), gap)
     return out
 
 
@@ -171,7 +179,8 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
                      model_seeds: list[int] | None = None, all_seeds: list[int] | None = None) -> pd.DataFrame:
     """verdicts.tsv: one row per (forget set, variant), plus the ``retrain (as a method)`` control (module docstring).
 
-    ``records``: the audit records (one per model); ``controls_ok``: forget set → the study's
+    ``records``: the audit records (one per model); ``margin_spec``: a number, ``{of_baseline_gap: f}``, or a
+    mapping forget set → either (:func:`spec_for`); ``controls_ok``: forget set → the study's
     controls passed; ``model_seeds`` / ``all_seeds``: the train seeds and every seed (reference
     seeds included), in the order of each record's ``pc_null`` (the retrained models' leave-one-out
     values), for the equivalence control.
