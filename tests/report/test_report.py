@@ -546,3 +546,34 @@ def test_controls_section_counts_every_seed_after_a_tsv_round_trip(tmp_path):
     assert "1 of 2 baseline models caught" in page
     assert "1 of 3 retrained models flagged at α/3" in page  # p 0.004 < 0.05 / 3
     assert "+0.050" in page and "−0.200" in page and page.count("retrained (OUT)") == 3
+
+
+def test_the_report_opens_with_one_verdict_per_variant(tmp_path):
+    """verdicts.tsv read back (empty notes come back as NaN) renders its headline, resolution and warning."""
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD, VERDICT_COLUMNS
+    from scunlearn.report.html import render_verdicts
+
+    rows = [
+        {"forget_set": "structured", "variant": "latent_projection", "method": "latent_projection", "n_models": 2,
+         "n_null": 8, "delta": 0.36, "delta_se": 0.6, "delta_ci_low": -1.0, "delta_ci_high": 1.8, "p": 0.6,
+         "p_holm": 0.6, "tost_p": 0.01, "tost_p_holm": 0.03, "margin": 2.1, "margin_of_gap": 0.15,
+         "resolution": 2.0, "resolution_of_gap": 0.14, "baseline_gap": 14.0, "gap_closed": 0.97,
+         "verdict": "SUCCESS", "note": ""},
+        {"forget_set": "scattered", "variant": "fisher", "method": "fisher", "n_models": 2, "n_null": 8,
+         "delta": 0.2, "delta_se": 0.05, "delta_ci_low": 0.1, "delta_ci_high": 0.3, "p": 0.001, "p_holm": 0.002,
+         "tost_p": 1.0, "tost_p_holm": 1.0, "margin": 0.1, "margin_of_gap": 0.2, "resolution": 0.17,
+         "resolution_of_gap": 0.34, "baseline_gap": 0.5, "gap_closed": 0.6, "verdict": "FAIL", "note": ""},
+        {"forget_set": "scattered", "variant": RETRAIN_AS_METHOD, "method": "retrain", "n_models": 2, "n_null": 6,
+         "delta": 0.08, "delta_se": 0.05, "delta_ci_low": -0.03, "delta_ci_high": 0.2, "p": 0.12, "p_holm": 0.12,
+         "tost_p": 0.4, "tost_p_holm": 0.4, "margin": 0.1, "margin_of_gap": 0.2, "resolution": 0.17,
+         "resolution_of_gap": 0.34, "baseline_gap": 0.5, "gap_closed": 0.84, "verdict": "INCONCLUSIVE",
+         "note": "equivalence control failed"},
+    ]
+    pd.DataFrame(rows, columns=VERDICT_COLUMNS).to_csv(tmp_path / "v.tsv", sep="\t", index=False)
+    page = render_verdicts(pd.read_csv(tmp_path / "v.tsv", sep="\t"))
+    assert "<b>latent_projection</b> forgot as retraining would" in page
+    assert "scattered: no variant is shown equivalent" in page
+    assert "The margin is finer than the resolution" in page and page.count("finer than the resolution") == 1
+    assert "15% of the baseline" not in page and "14% of the baseline's lead 14.000" in page
+    assert ">nan<" not in page and "Equivalence control (retrained models posing as a method): <b>INCONCLUSIVE" in page
+    assert render_verdicts(None) == ""

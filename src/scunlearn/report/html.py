@@ -425,7 +425,7 @@ def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
                 f"<tr{cls}><td class=\"txt\">{html.escape(str(r['variant']))}</td><td>{int(r['n_models'])}</td>"
                 f"{_num(_interval(r['delta'], r['delta_ci_low'], r['delta_ci_high'], signed=True))}"
                 f"<td>{_fixed(r['gap_closed'])}</td><td>{_p(r['p_holm'])}</td><td>{_p(r['tost_p_holm'])}</td>"
-                f"{_td(r['verdict'], 'verdict')}<td class=\"txt\">{html.escape(str(r['note'] or ''))}</td></tr>")
+                f"{_td(r['verdict'], 'verdict')}<td class=\"txt\">{html.escape(_text(r['note']))}</td></tr>")
         parts.append(
             f"<h3>{html.escape(str(fs))}: {lead}</h3><p>{res}{eq_text}</p>"
             '<div class="scroll"><table class="verdicts"><thead><tr><th>variant</th><th>models</th>'
@@ -436,6 +436,11 @@ def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
             f"the retrained models' (two-sample t, leave-one-out spread corrected), Holm across the variants of a "
             f"forget set at α = {alpha:g}; SUCCESS needs equivalence within the margin, the study's controls and "
             'the equivalence control. <a href="verdicts.tsv">verdicts.tsv</a></p>')
+
+
+def _text(v: Any) -> str:
+    """A free-text cell: empty for a missing value (a TSV reads an empty note back as NaN)."""
+    return v if isinstance(v, str) else ""
 
 
 def _pct(v: Any) -> str:
