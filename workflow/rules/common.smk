@@ -80,6 +80,23 @@ if len(ALL_SEEDS) < 2:
         "config: the per-cell audit needs at least 2 retrained models per forget set (a model is never "
         "its own reference): give train.seeds two seeds or add audit.reference_seeds"
     )
+# the judge's negative control audits each retrained model leave-one-out against the others: with fewer than
+# 3 models a test has fewer than 2 comparators and no spread to judge by, so the study cannot pass its controls
+MIN_STUDY_MODELS = 3
+if len(ALL_SEEDS) < MIN_STUDY_MODELS:
+    _files = ", ".join(map(str, workflow.configfiles))
+    _small = (
+        f"config audit.reference_seeds ({_files}): {len(ALL_SEEDS)} retrained models per forget set "
+        f"(train.seeds {SEEDS} + audit.reference_seeds {REF_SEEDS}), but the judge's negative control needs at "
+        f"least {MIN_STUDY_MODELS}: each retrained model is tested leave-one-out against the others' spread. Add "
+        "reference seeds, e.g. audit.reference_seeds: [100, 101, 102, 103, 104, 105] (8 models with two train "
+        "seeds, as config/demo.yaml)"
+    )
+    if not config["audit"].get("allow_small_study", False):
+        raise WorkflowError(f"{_small}; for a smoke run only, audit.allow_small_study: true lets it run")
+    from snakemake.logging import logger
+
+    logger.warning(f"warning: {_small}. Running anyway (audit.allow_small_study: true): do not trust its verdicts")
 # Conda environments (--sdm conda), one per rule group; the rules import the library from src/
 # (workflow/scripts/_stage.py puts it on sys.path), so the environments hold only third-party packages.
 ENV_DATA = "../../envs/data.yaml"  # acquire, preprocess, split, forget sets: scanpy, no torch

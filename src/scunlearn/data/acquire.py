@@ -36,6 +36,9 @@ LIBRARY_CV_MIN = 0.05
 #: reaches ~9, of CPM ~14); real UMI counts of that many cells reach hundreds (MALAT1, ribosomal, MT- genes)
 MAX_VALUE_MIN = 15
 
+#: ``adata.uns`` key of the user's file a raw matrix was read from (later errors name it)
+SOURCE_FILE = "source_file"
+
 #: the config switch that accepts integer data which look normalised
 ACCEPT_KEY = "dataset.accept_normalised_looking"
 
@@ -213,9 +216,11 @@ def read_user_file(path: str | Path, fmt: str, duplicate_genes: str = "sum",
         raise
     except Exception as e:  # noqa: BLE001 - turn library errors into a clear message
         raise ScunlearnError(f"{path}: cannot read as {fmt}: {type(e).__name__}: {e}") from e
-    if fmt == "h5ad":
+    if fmt == "h5ad":  # its obs columns (the user's labels, donors, samples) are kept through to preprocessing
         adata, matrix = h5ad_counts(adata, str(path), accept_normalised)
-    return _as_counts(adata, str(path), duplicate_genes, accept_normalised, matrix)
+    adata = _as_counts(adata, str(path), duplicate_genes, accept_normalised, matrix)
+    adata.uns[SOURCE_FILE] = str(path)  # named by later errors about the file's content (its obs columns)
+    return adata
 
 
 def load_checksums(path: str | Path) -> pd.DataFrame:

@@ -3,7 +3,9 @@
 QC (min genes per cell, MT fraction), raw counts kept in ``layers['counts']``,
 library-size normalisation + log1p in ``X``, ``seurat_v3`` highly-variable genes
 computed **on the raw counts**, PCA / neighbours / Leiden, and clusters annotated
-with a marker table so the rare cluster is found by biology, not by a cluster number.
+with a marker table so the rare cluster is found by biology, not by a cluster number —
+or, with ``preprocess.cell_type_key``, the data's own ``obs`` labels as the study's cell types
+(the marker labels then computed beside them when the table fits the data).
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ from scunlearn.data.labels import MIN_MARKER_SCORE, SCORE_COLUMNS, SCORES_KEY, U
 from scunlearn.data.neighbors import neighbors
 
 log = logging.getLogger(__name__)
+
+#: ``adata.uns`` key saying whose labels ``obs['cell_type']`` holds: :data:`FROM_MARKERS`, or ``obs['<key>']``
+#: for the data's own (``preprocess.cell_type_key``); the forget-set stage reads it (scunlearn.data.splits)
+CELL_TYPE_SOURCE = "cell_type_source"
+FROM_MARKERS = "markers"
+#: with the data's own labels: the marker labels beside them (obs column), and their per-cluster scores (uns key;
+#: not ``uns['cell_type_scores']``, which describes the study's ``cell_type`` labels)
+MARKER_LABELS = "marker_cell_type"
+MARKER_SCORES_KEY = "marker_cell_type_scores"
+#: obs columns named in an error, at most
+_SHOWN = 30
 
 
 def quality_control(adata: ad.AnnData, min_genes: int, max_mt_fraction: float, min_cells_per_gene: int) -> ad.AnnData:
@@ -113,15 +126,49 @@ def _labels(adata: ad.AnnData, table: pd.DataFrame, cluster_key: str) -> pd.Seri
     return clusters.map({c: label[str(c)] for c in pd.unique(clusters)}).astype("category")
 
 
-def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -> ad.AnnData:
+def own_labels(adata: ad.AnnData, key: str, source: str = "the data") -> pd.Series:
+    """The data's own cell-type labels ``obs[key]`` (``preprocess.cell_type_key``) as strings, a missing label as
+    ``unknown``; a missing column is refused naming the key, ``source`` (the file) and the columns it has.
+
+    The user's labels are their ground truth: unlike marker labels they are taken as they are, unscored.
+    """
+    if key not in adata.obs.columns:
+        cols = [str(c) for c in adata.obs.columns]
+        shown = ", ".join(repr(c) for c in cols[:_SHOWN]) + (", ..." if len(cols) > _SHOWN else "")
+        raise ScunlearnError(
+            f"preprocess.cell_type_key '{key}': {source} has no obs column '{key}'; its {len(cols)} obs columns: "
+            f"[{shown}]. Name the column holding the cells' types, or set preprocess.cell_type_key: null to label "
+            "the clusters with preprocess.markers")
+    col = adata.obs[key]
+    missing = col.isna().to_numpy()
+    labels = np.where(missing, UNKNOWN, col.astype(object).astype(str).to_numpy()).astype(object)
+    if missing.any():
+        log.warning("obs['%s']: %d of %d cells have no label; they are labelled '%s'", key, int(missing.sum()),
+                    len(col), UNKNOWN)
+    return pd.Series(labels, index=adata.obs_names, name=key, dtype=object)
+
+
+def _as_category(values: pd.Series) -> pd.Series:
+    """Strings as a categorical of plain object strings (sorted categories), which h5ad stores under any pandas."""
+    cats = pd.Index(sorted(set(values)), dtype=object)
+    return pd.Series(pd.Categorical(values.to_numpy(dtype=object), categories=cats), index=values.index)
+
+
+def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int, source: str = "the data"
+               ) -> ad.AnnData:
     """Run the whole preprocessing (README, "The PBMC-33k study") and return the HVG-subset AnnData.
 
     Returns ``X`` = log1p(normalised), ``layers['counts']`` = raw counts, obs with QC
     metrics, ``leiden`` and ``cell_type``, ``obsm['X_pca']``, and each cluster's label confidence in
-    ``uns['cell_type_scores']`` (:mod:`scunlearn.data.labels`).
+    ``uns['cell_type_scores']`` (:mod:`scunlearn.data.labels`). ``uns['cell_type_source']`` says whose labels
+    ``cell_type`` holds: the marker table's, or with ``cfg['cell_type_key']`` set the data's own ``obs[key]``
+    (``source`` names the file in errors); the marker labels then go to ``obs['marker_cell_type']`` and their
+    scores to ``uns['marker_cell_type_scores']``, or are skipped (logged) when no marker gene is in the data.
     """
     import scanpy as sc
 
+    label_key = cfg.get("cell_type_key")
+    own = own_labels(adata, label_key, source) if label_key else None  # before QC: a missing column fails at once
     adata = quality_control(adata, cfg["min_genes"], cfg["max_mt_fraction"], cfg["min_cells_per_gene"])
     adata.layers["counts"] = adata.X.copy()
     hvg = select_hvgs(adata, cfg["n_hvg"])
@@ -136,14 +183,38 @@ def preprocess(adata: ad.AnnData, cfg: dict, markers: pd.DataFrame, seed: int) -
     sc.tl.leiden(adata, resolution=cfg["leiden_resolution"], flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
     min_score = float(cfg.get("min_marker_score", MIN_MARKER_SCORE))
-    table = score_clusters(adata, markers, min_score=min_score)
-    adata.obs["cell_type"] = _labels(adata, table, "leiden")
-    log.info("cell types: %s", adata.obs["cell_type"].value_counts().to_dict())
+    if own is None:
+        if "cell_type" in adata.obs.columns:
+            log.info("the data's own obs['cell_type'] is replaced by the marker labels; to study its labels instead, "
+                     "set preprocess.cell_type_key: cell_type")
+        table = score_clusters(adata, markers, min_score=min_score)
+        adata.obs["cell_type"] = _labels(adata, table, "leiden")
+        adata.uns[CELL_TYPE_SOURCE] = FROM_MARKERS
+        log.info("cell types (marker labels of the Leiden clusters, %s): %s", FROM_MARKERS,
+                 adata.obs["cell_type"].value_counts().to_dict())
+    else:
+        table = None
+        if markers["gene"].isin(adata.var_names).any():
+            table = score_clusters(adata, markers, min_score=min_score)
+            adata.obs[MARKER_LABELS] = _labels(adata, table, "leiden")
+        else:
+            log.warning("marker labels skipped: none of the marker genes (preprocess.markers) is in the data; the "
+                        "study's cell types are obs['%s'] alone", label_key)
+        # obs rows survive QC: the labels of the cells kept, as plain strings
+        adata.obs["cell_type"] = _as_category(own.loc[adata.obs_names])
+        adata.uns[CELL_TYPE_SOURCE] = f"obs['{label_key}']"
+        log.info("cell types: the data's own labels obs['%s'] (preprocess.cell_type_key), not the marker labels: %s",
+                 label_key, adata.obs["cell_type"].value_counts().to_dict())
+        if table is not None:
+            log.info("marker labels beside them, obs['%s']: %s; cell types x marker labels:\n%s", MARKER_LABELS,
+                     adata.obs[MARKER_LABELS].value_counts().to_dict(),
+                     pd.crosstab(adata.obs["cell_type"], adata.obs[MARKER_LABELS]).to_string())
     out = adata[:, hvg].copy()
     out.layers["counts"] = sp.csr_matrix(out.layers["counts"])
     for key in list(out.obsp.keys()):
         del out.obsp[key]
     out.uns.pop("neighbors", None)
-    out.uns["preprocess"] = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
-    out.uns[SCORES_KEY] = scores_record(table, min_score)
+    out.uns["preprocess"] = {k: v for k, v in cfg.items() if not isinstance(v, dict) and v is not None}
+    if table is not None:  # the scores of the marker labels: of cell_type's, or of those beside the data's own
+        out.uns[SCORES_KEY if own is None else MARKER_SCORES_KEY] = scores_record(table, min_score)
     return out

@@ -99,45 +99,112 @@ def checked_cell_type(adata: AnnData, cell_type: str, is_member: np.ndarray, spe
     return is_member | np.isin(clusters, own["cluster"].to_numpy())
 
 
+def own_cell_types(adata: AnnData) -> str | None:
+    """``obs['<key>']`` when the data's ``cell_type`` holds its own labels (``preprocess.cell_type_key``), else None
+    (marker labels). Read from ``uns['cell_type_source']``, written by scunlearn.data.preprocess; data
+    preprocessed before it existed has marker labels."""
+    src = adata.uns.get("cell_type_source", "markers")
+    return None if str(src) == "markers" else str(src)
+
+
+#: values of an obs column named in an error, at most
+SHOWN_VALUES = 20
+
+
+def _values_present(labels: pd.Series, column: str) -> str:
+    """The values of obs column ``column`` with their cell counts, at most :data:`SHOWN_VALUES` of them."""
+    counts = labels.value_counts().sort_index()
+    shown = ", ".join(f"{v!r} ({n} cells)" for v, n in counts.iloc[:SHOWN_VALUES].items())
+    more = f", ... ({len(counts) - SHOWN_VALUES} more)" if len(counts) > SHOWN_VALUES else ""
+    return f"{len(counts)} values in obs['{column}']: {shown}{more}"
+
+
+def obs_members(adata: AnnData, spec: dict, split: dict) -> tuple[np.ndarray, str]:
+    """Cells of a ``kind: obs`` forget set: those whose ``obs[key]`` is one of ``values`` (a donor, sample,
+    batch, condition), and its description for messages.
+
+    Refused, listing what the data holds (bounded), when the column is missing or a value labels no cell; and
+    when a value has no cell in the audit split: the audit compares the forgotten cells with unseen cells, and
+    without unseen cells of the same donor (sample, ...) it could not tell forgetting from that group's own
+    difference.
+    """
+    key, values = str(spec["key"]), [str(v) for v in spec["values"]]
+    what = f"obs['{key}'] in {values}"
+    if key not in adata.obs.columns:
+        cols = [str(c) for c in adata.obs.columns]
+        raise ScunlearnError(
+            f"forget set: obs column '{key}' is not in the data; its {len(cols)} obs columns: "
+            f"{cols[:3 * SHOWN_VALUES]}{' ...' if len(cols) > 3 * SHOWN_VALUES else ''}. Name one of them in "
+            "forget_sets.<name>.key (the columns of your h5ad's obs are kept through preprocessing)")
+    col = adata.obs[key]
+    labels = pd.Series(np.where(col.isna(), "", col.astype(object).astype(str)), index=adata.obs_names)
+    present = labels[col.notna().to_numpy()]
+    absent = [v for v in values if v not in set(present)]
+    if absent:
+        raise ScunlearnError(
+            f"forget set: {', '.join(map(repr, absent))} not found in obs['{key}']; {_values_present(present, key)}. "
+            "Use those values in forget_sets.<name>.values")
+    is_member = labels.isin(values).to_numpy() & col.notna().to_numpy()
+    audit = np.isin(adata.obs_names, np.asarray(split["audit"]))
+    unseen = [v for v in values if not (audit & (labels == v).to_numpy()).any()]
+    if unseen:
+        raise ScunlearnError(
+            f"forget set: {', '.join(map(repr, unseen))} of obs['{key}'] "
+            f"{'has' if len(unseen) == 1 else 'have'} no cell in the audit split "
+            f"({int(is_member.sum())} cells of {what} in all), so the audit would have no unseen cells of the same "
+            "group to compare the forgotten cells with. Enlarge the audit split (lower splits.train_fraction or "
+            "splits.validation_fraction) or choose values with more cells")
+    return is_member, what
+
+
 def make_forget_set(adata: AnnData, split: dict, spec: dict, seed: int, name: str = "") -> dict:
     """Choose forget set ``name`` from the train cells by ``spec``.
 
-    ``kind: cell_type`` (``cell_type``: label from the marker annotation), ``kind: cluster``
-    (``cluster``: a Leiden label) — both intersected with train, optionally ``n`` of them —
-    or ``kind: random`` (``n`` random train cells). Random draws depend on the seed and the
-    name (:func:`forget_set_rng`). A cell type is checked against its clusters' marker scores
-    (:func:`checked_cell_type`).
+    ``kind: cell_type`` (``cell_type``: label from the marker annotation, or the data's own with
+    ``preprocess.cell_type_key``), ``kind: cluster`` (``cluster``: a Leiden label), ``kind: obs`` (``key``,
+    ``values``: cells whose obs column is one of the values, :func:`obs_members`) — each intersected with
+    train, optionally ``n`` of them — or ``kind: random`` (``n`` random train cells). Random draws depend on
+    the seed and the name (:func:`forget_set_rng`). A marker-labelled cell type is checked against its
+    clusters' marker scores (:func:`checked_cell_type`); the data's own labels are the user's ground truth and
+    taken as they are.
     """
     train = np.asarray(split["train"])
     rng = forget_set_rng(seed, name)
     kind = spec["kind"]
-    if kind in ("cell_type", "cluster"):
-        key = "cell_type" if kind == "cell_type" else "leiden"
-        label = str(spec[kind])
-        labels = adata.obs[key].astype(str)
-        is_member = (labels == label).to_numpy()
-        if kind == "cell_type":
-            is_member = checked_cell_type(adata, label, is_member, spec, name)
-        if not is_member.any():
-            origin = ("cell types come from annotating the data's clusters with preprocess.markers"
-                      if kind == "cell_type" else "cluster labels come from Leiden clustering of the data")
-            raise ScunlearnError(
-                f"forget set: {kind} '{label}' does not exist in the data; available {kind} values: "
-                f"{sorted(set(labels))}. These are data-derived ({origin}), so they are known only after "
-                f"preprocessing: pick one of them for forget_sets.<name>.{kind} (the preprocess log lists "
-                "each cluster's label and score)")
+    if kind in ("cell_type", "cluster", "obs"):
+        if kind == "obs":
+            is_member, label = obs_members(adata, spec, split)
+            what = label
+        else:
+            key = "cell_type" if kind == "cell_type" else "leiden"
+            label = str(spec[kind])
+            what = f"{kind} '{label}'"
+            labels = adata.obs[key].astype(str)
+            is_member = (labels == label).to_numpy()
+            own = own_cell_types(adata) if kind == "cell_type" else None
+            if kind == "cell_type" and own is None:
+                is_member = checked_cell_type(adata, label, is_member, spec, name)
+            if not is_member.any():
+                origin = ("cluster labels come from Leiden clustering of the data" if kind == "cluster" else
+                          "cell types come from annotating the data's clusters with preprocess.markers"
+                          if own is None else f"cell types are the data's own labels, {own} (preprocess.cell_type_key)")
+                raise ScunlearnError(
+                    f"forget set: {kind} '{label}' does not exist in the data; available {kind} values: "
+                    f"{sorted(set(labels))}. These are data-derived ({origin}), so they are known only after "
+                    f"preprocessing: pick one of them for forget_sets.<name>.{kind} (the preprocess log lists "
+                    "each cluster's label and score)")
         members = adata.obs_names[is_member]
         pool = np.sort(np.intersect1d(train, members))
         n = spec.get("n")
         if n is not None:
             if len(pool) < n:
                 raise ScunlearnError(
-                    f"forget set: {kind} '{label}' has only {len(pool)} train cells, {n} asked for")
+                    f"forget set: {what} has only {len(pool)} train cells, {n} asked for")
             pool = np.sort(rng.choice(pool, size=n, replace=False))
         min_size = spec.get("min_size", 1)
         if len(pool) < min_size:
             raise ScunlearnError(
-                f"forget set: {kind} '{label}' has {len(pool)} train cells, fewer than min_size={min_size}")
+                f"forget set: {what} has {len(pool)} train cells, fewer than min_size={min_size}")
     elif kind == "random":
         n = spec["n"]
         if n > len(train):

@@ -51,7 +51,9 @@ def stage_preprocess(inp, out, params, threads):
     from scunlearn.data.preprocess import preprocess
 
     raw = read_adata(inp["raw"])
-    adata = preprocess(raw, params["preprocess"], read_markers(inp["markers"]), params["seed"])
+    user_file = raw.uns.get("source_file")  # the user's file acquire read (scunlearn.data.acquire.SOURCE_FILE)
+    source = f"{user_file} (read into {inp['raw']})" if user_file else str(inp["raw"])
+    adata = preprocess(raw, params["preprocess"], read_markers(inp["markers"]), params["seed"], source)
     adata.uns["data_sha256"] = raw.uns.get("data_sha256", "")
     write_h5ad(adata, out["adata"])
 

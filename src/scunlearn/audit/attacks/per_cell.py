@@ -13,6 +13,10 @@ def cell_statistic(stats: dict, statistic: str):
 
 def is_type_level(forget_kind: str | None) -> bool:
     """Whether a forget set of this kind is a whole cell type or cluster (its shift is the audited signal)."""
+    # kind obs (a donor, sample, batch, condition) is not: such a group spans cell types, and its cells are a
+    # share of each type's audit cells, so centring each type on its unseen cells (mostly other groups') keeps
+    # the forgotten group's own shift and removes only the seed's shift of the whole type. To forget a type by
+    # the data's own labels, use kind cell_type with preprocess.cell_type_key.
     return forget_kind in ("cell_type", "cluster")
 
 
