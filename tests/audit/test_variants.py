@@ -157,3 +157,23 @@ def test_each_forget_set_takes_its_own_margin_and_the_summary_retests_relative_o
     assert wide["tost_p_vs_retrain"] < 0.05 and wide["test_vs_retrain"] == "EQUIVALENT"  # margin ~1.0, SE 0.3
     assert df.loc[("narrow", "m", 0), "tost_p_vs_retrain"] == 0.99  # absolute: the record's own
     assert isinstance(df, pd.DataFrame)
+
+
+def test_a_margin_finer_than_the_resolution_is_a_warning_in_the_aggregate_log(caplog):
+    import logging
+
+    from scunlearn.stages.audit import log_verdicts
+
+    rng = np.random.default_rng(7)
+    null = _loo(rng.normal(0, 1.0, 8))
+    recs = _records(null, base=[10.0, 10.5], variants={"m": ("fisher", [0.1, -0.2])}, retrain_vals=null[:2])
+    with caplog.at_level(logging.INFO, logger="scunlearn"):
+        log_verdicts(variant_verdicts(recs, 0.05, 0.05, {"fs": True}, [0, 1], [0, 1, *range(100, 106)]))
+    warn = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warn) == 1 and "finer than this study's resolution" in warn[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scunlearn"):
+        log_verdicts(variant_verdicts(recs, {"of_baseline_gap": 0.5}, 0.05, {"fs": True}, [0, 1],
+                                      [0, 1, *range(100, 106)]))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "resolution for 2 models" in caplog.text
