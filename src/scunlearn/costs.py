@@ -60,6 +60,51 @@ def log_units(log: logging.Logger, n: int, what: str) -> None:
     log.info("units of work: %d (%s)", n, what)
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as a person reads it in a log: ``12.3 s``, ``4m 10s``, ``2h 05m``."""
+    s = max(0.0, float(seconds))
+    if s < 59.95:
+        return f"{s:.1f} s"
+    s = int(round(s))
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def eta(done: int, total: int, elapsed: float, upper_bound: bool = False) -> str:
+    """``12.3 s elapsed, ETA 4m 10s``: ``done`` of ``total`` units took ``elapsed`` seconds, the rest at that pace.
+
+    ``upper_bound``: the loop may stop before ``total`` (early stopping), so the ETA is a bound (``ETA ≤ …``).
+    """
+    if done <= 0:
+        return f"{format_duration(elapsed)} elapsed"
+    left = max(int(total) - int(done), 0) * float(elapsed) / done
+    return f"{format_duration(elapsed)} elapsed, ETA {'≤ ' if upper_bound and left > 0 else ''}{format_duration(left)}"
+
+
+class Progress:
+    """One loop of up to ``total`` units, timed from construction, for its one log line per unit.
+
+    :meth:`count` gives ``epoch   4/100`` (the first time, for a loop that may stop early, followed
+    by ``(max; early stopping may end sooner)``, said once); :meth:`timing` the elapsed time and ETA.
+    """
+
+    def __init__(self, total: int, unit: str = "epoch", upper_bound: bool = False):
+        self.total, self.unit, self.upper_bound = int(total), unit, bool(upper_bound)
+        self.start = time.perf_counter()
+        self._noted = False
+
+    def count(self, done: int) -> str:
+        text = f"{self.unit} {int(done):3d}/{self.total}"  # padded as the logs' epoch numbers always were
+        if self.upper_bound and not self._noted:
+            self._noted = True
+            text += " (max; early stopping may end sooner)"
+        return text
+
+    def timing(self, done: int) -> str:
+        return eta(done, self.total, time.perf_counter() - self.start, self.upper_bound)
+
+
 def read_benchmark(path) -> dict:
     """``s``, ``cpu_time`` and ``max_rss`` of a Snakemake ``benchmark:`` file (empty when absent or unreadable)."""
     import pandas as pd

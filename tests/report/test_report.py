@@ -577,3 +577,136 @@ def test_the_report_opens_with_one_verdict_per_variant(tmp_path):
     assert "15% of the baseline" not in page and "14% of the baseline's lead 14.000" in page
     assert ">nan<" not in page and "Equivalence control (retrained models posing as a method): <b>INCONCLUSIVE" in page
     assert render_verdicts(None) == ""
+
+
+def _verdict_rows(fs, rows, margin=0.1, baseline_gap=0.5):
+    """verdicts.tsv rows of one forget set from (variant, method, delta, verdict); gap closed = 1 − Δ / gap."""
+    from scunlearn.audit.variants import VERDICT_COLUMNS
+
+    out = [{"forget_set": fs, "variant": v, "method": m, "n_models": 2, "n_null": 8, "delta": d, "delta_se": 0.05,
+            "delta_ci_low": d - 0.1, "delta_ci_high": d + 0.1, "p": 0.5, "p_holm": 0.5, "tost_p": 0.01,
+            "tost_p_holm": 0.02, "margin": margin, "margin_of_gap": margin / baseline_gap, "resolution": 0.08,
+            "resolution_of_gap": 0.16, "baseline_gap": baseline_gap, "gap_closed": 1 - d / baseline_gap,
+            "verdict": verdict, "note": ""} for v, m, d, verdict in rows]
+    return pd.DataFrame(out, columns=VERDICT_COLUMNS)
+
+
+def test_findings_name_the_best_method_its_cost_and_the_controls():
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD
+    from scunlearn.report.tables import findings
+
+    verdicts = pd.concat([
+        _verdict_rows("a", [("slow", "m1", 0.02, "SUCCESS"), ("cheap", "m2", -0.02, "SUCCESS"),
+                            ("far", "m3", 0.06, "SUCCESS"), ("nc", "sisa", 0.0, "NOT-COMPARABLE"),
+                            (RETRAIN_AS_METHOD, "retrain", 0.01, "SUCCESS")]),
+        _verdict_rows("b", [("under", "m1", 0.15, "INCONCLUSIVE"), ("past", "m2", -0.08, "INCONCLUSIVE"),
+                            ("over", "m3", -6.0, "OVER-UNLEARN"), ("nc", "sisa", 0.0, "NOT-COMPARABLE"),
+                            ("bad", "m4", 0.05, "FAIL"), (RETRAIN_AS_METHOD, "retrain", 0.1, "INCONCLUSIVE")]),
+        _verdict_rows("c", [("fails", "m1", 0.3, "FAIL"), ("over", "m3", -0.6, "OVER-UNLEARN")])])
+    summary = pd.DataFrame(
+        [{"forget_set": fs, "variant": v, "cost_vs_retrain": c, "controls_ok": ok}
+         for fs, ok in (("a", True), ("b", "True"), ("c", False))
+         for v, c in (("slow", 0.9), ("cheap", 0.2), ("far", 0.1), ("nc", 0.01), ("under", 0.3), ("past", 2.5),
+                      ("over", 0.1), ("bad", 0.1), ("fails", 0.4))]
+        + [{"forget_set": "a", "variant": "cheap", "cost_vs_retrain": 0.4, "controls_ok": True}])  # mean 0.3
+    f = findings(verdicts, summary).set_index("forget_set")
+    # a: two SUCCESS variants equally near retraining (|Δ| 0.02): the cheaper; NOT-COMPARABLE never named
+    assert f.loc["a", "variant"] == "cheap" and f.loc["a", "kind"] == "success"
+    assert f.loc["a", "cost_vs_retrain"] == pytest.approx(0.3)
+    assert f.loc["a", "sentence"] == (
+        "a: cheap forgot as retraining would (SUCCESS: Δ −0.02 vs retrain, within the margin ±0.1), at 0.3× the cost "
+        "of retraining; 3 variants succeeded, this one nearest to retraining. The judge's controls passed, and so "
+        "did the equivalence control.")
+    # b: no SUCCESS; of the INCONCLUSIVE ones the nearest to closing the whole gap (overshooting by 16% beats
+    # falling 30% short); the over-unlearner's gap closed of 13 does not win, the FAIL nearer to 0 is not named
+    assert (f.loc["b", "variant"], f.loc["b", "kind"]) == ("past", "not_worse")
+    assert f.loc["b", "sentence"] == (
+        "b: no method is shown to forget as retraining would; the best is past, not significantly different from "
+        "retraining (INCONCLUSIVE: Δ −0.08 vs retrain, gap closed 1.16 (overshoots)), at 2.5× the cost of "
+        "retraining, more than retraining itself. The judge's controls passed, but the equivalence control did not "
+        "(INCONCLUSIVE): this study cannot certify even retrained models.")
+    # c: nothing comparable forgot: the closest, and the failed controls
+    assert (f.loc["c", "variant"], f.loc["c", "kind"]) == ("fails", "closest")
+    assert f.loc["c", "sentence"] == (
+        "c: no method forgot this set as retraining would; the closest was fails (FAIL: Δ +0.3 vs retrain, gap closed "
+        "0.400), at 0.4× the cost of retraining. The judge's controls FAILED: nothing on this set can be called "
+        "SUCCESS.")
+
+
+def test_gap_closed_off_its_scale_is_marked_and_paper_rows_that_disagree_are_flagged():
+    from scunlearn.report.tables import DIFFERS, gap_closed_text, paper_vs_verdicts
+
+    assert gap_closed_text(13.371) == "13.4 (overshoots)" and gap_closed_text(1.11) == "1.11 (overshoots)"
+    assert gap_closed_text(0.5) == "0.500" and gap_closed_text(1.0) == "1.000" and gap_closed_text(-1e-17) == "0.000"
+    assert gap_closed_text(-0.2) == "−0.2 (widens the gap)" and gap_closed_text(np.nan) == "—"
+    assert paper_vs_verdicts("SUCCESS", "2 INCONCLUSIVE") == DIFFERS  # the issue's case: controls failed
+    assert paper_vs_verdicts("SUCCESS", "1 SUCCESS, 1 FAIL") == ""
+    assert paper_vs_verdicts("NO-LEAK", "2 INCONCLUSIVE") == "" and paper_vs_verdicts("NO-LEAK", "2 LEAK") == DIFFERS
+    assert paper_vs_verdicts("TARGET", "2 TARGET") == "" and paper_vs_verdicts("NA", "2 FAIL") == ""
+
+
+def test_the_report_opens_with_findings_and_marks_what_could_mislead(tmp_path):
+    summary = make_summary()
+    verdicts = pd.concat([
+        _verdict_rows("structured", [("extragradient_l10", "extragradient", 0.015, "SUCCESS"),
+                                     ("fisher", "fisher", 0.12, "FAIL")]),
+        _verdict_rows("scattered", [("fisher", "fisher", 0.005, "INCONCLUSIVE"),
+                                    ("frozen_single", "frozen_critic", 0.21, "FAIL")])])
+    index = build_report(summary, make_trajectories(tmp_path, summary), tmp_path / "r", CONFIG, PROVENANCE,
+                         verdicts=verdicts)
+    page = index.read_text()
+    block = page.split('<section id="findings">', 1)[1].split("</section>", 1)[0]
+    assert page.index('<section id="findings">') < page.index('id="verdicts"') < page.index('id="power"')
+    items = re.findall(r'<li class="(f-\w+)">(.*?)</li>', block)
+    assert [c for c, _ in items] == ["f-success", "f-failed"]
+    cost = statistics.mean([2600 / 600, 2610 / 610])
+    assert items[0][1] == (
+        f"<b>structured</b>: <b>extragradient_l10</b> forgot as retraining would (SUCCESS: Δ +0.015 vs retrain, "
+        f"within the margin ±0.1), at {cost:.2g}× the cost of retraining, more than retraining itself. "
+        "The judge&#x27;s controls passed.")
+    assert items[1][1].startswith("<b>scattered</b>: no method is shown to forget as retraining would; the best is "
+                                  "<b>fisher</b>, not significantly different")
+    assert "The judge&#x27;s controls FAILED: nothing on this set can be called SUCCESS." in items[1][1]
+    # the gap closed past retraining is marked, not shown as if on its 0–1 scale (extragradient_l5: 1.41, 1.48)
+    gap = statistics.mean([1 + 0.14 / 0.29, 1 + 0.12 / 0.29])
+    assert f"<td>{gap:.3g} (overshoots)</td>" in _html_row(page, "method_comparison", "structured", "extragradient_l5")
+    # the paper's SUCCESS for scattered's fisher, whose seeds are INCONCLUSIVE (its controls failed), is flagged
+    t3 = _table(index, "table3_fisher").set_index("forget_set")
+    assert t3.loc["scattered", "paper_status"] == "SUCCESS" and t3.loc["scattered", "paper_vs_verdicts"] == "differs"
+    assert pd.isna(t3.loc["structured", "paper_vs_verdicts"])  # FAIL and FAIL agree
+    assert "≠ per-cell verdicts" in _html_row(page, "table3_fisher", ">scattered<")
+    assert "paper status (band rule only)" in page and "the paper's band rule on the mean MLP-attack AUC only" in page
+
+
+def test_figure_1_colours_by_verdict_with_not_comparable_in_the_legend_and_its_labels_apart(tmp_path, monkeypatch):
+    from scunlearn.report import figures
+
+    summary = make_summary()
+    sel = summary["variant"] == "frozen_single"
+    summary.loc[sel, "verdict"] = "NOT-COMPARABLE"
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, data, out, stem: drawn.setdefault(stem, fig))
+    figures.fig_per_cell_audit(figures.validate_summary(summary), tmp_path, margin=MARGIN)
+    fig = drawn["fig1_per_cell_audit"]
+
+    from matplotlib.collections import PathCollection
+    from matplotlib.colors import to_rgba
+
+    colour = {v: tuple(np.round(to_rgba(c), 3)) for v, c in figures.VERDICT_COLORS.items()}
+    faces = [tuple(np.round(coll.get_facecolors()[0], 3)) for ax in fig.axes[0::2] for coll in ax.collections
+             if isinstance(coll, PathCollection)]  # the seed points: one scatter each
+    assert len(faces) == len(summary)
+    expected = [colour[v] for fs in ("structured", "scattered") for v in summary.loc[summary["forget_set"] == fs,
+                                                                                     "verdict"]]
+    assert sorted(faces) == sorted(expected)  # every seed point in its verdict's colour, none in a variant's
+    assert colour["NOT-COMPARABLE"] != colour["INCONCLUSIVE"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "NOT-COMPARABLE" in legend and "SUCCESS" in legend
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    r = canvas.get_renderer()
+    for ax_auc, ax_d in zip(fig.axes[0::2], fig.axes[1::2]):
+        a, b = ax_auc.xaxis.label.get_window_extent(r), ax_d.xaxis.label.get_window_extent(r)
+        assert a.x1 < b.x0, (a, b)  # the two x-axis labels do not overlap

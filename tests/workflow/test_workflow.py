@@ -194,6 +194,18 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "retrain/scattered/ensemble.log" in _smk(["-n", "--configfile", str(cfg), "--directory", str(tmp_path)],
                                                     tmp_path, timeout=120).stdout
 
+    # progress a user can read: epoch i/max with an ETA, the MLP attack's progress, a line per audited model
+    train_log = (out / "logs/baseline/ensemble.log").read_text()
+    assert "seed 0 epoch   1/3 (max; early stopping may end sooner)" in train_log and "elapsed, ETA" in train_log
+    assert "extragradient_l10  epoch   1/2 (max; early stopping may end sooner)  phase train" in (
+        out / "logs/unlearn/extragradient_l10/structured/seed0.log").read_text()
+    audit_log = (out / "logs/audit/structured/frozen_single.log").read_text()
+    assert "MLP attack (3 folds × 1 repeats): epoch  20/20 of 3 fold attackers" in audit_log
+    target = "results/tiny/audit/structured/frozen_single/seed0.json"
+    r = _smk(["--cores", "1", "--configfile", str(cfg), "--directory", str(tmp_path), "--force", target], tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "scunlearn: audited frozen_single/structured/seed0: pc_auc 0." in r.stdout + r.stderr  # the terminal
+
 
 def test_config_readme_documents_every_schema_key_with_its_default():
     """config/README.md lists every key of config/schema.yaml, and the default it quotes is the schema's."""

@@ -11,16 +11,40 @@ the audit never reruns an unlearning job.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from scunlearn.costs import Progress
 from scunlearn.data.folds import repeated_stratified_test_folds, splits_from_folds
 from scunlearn.membership.metrics import auc_score
 from scunlearn.vae.dropout import dropout_keep
 from scunlearn.vae.model import VAE, Terms, cell_terms, set_training
 from scunlearn.vae.train import adam
+
+log = logging.getLogger(__name__)
+
+#: the label under which :func:`fit_score_batched` logs its progress (None: silent, as the methods' shadows)
+_PROGRESS_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("attack_progress", default=None)
+
+
+@contextlib.contextmanager
+def logged_progress(label: str):
+    """Inside, batched attacker training logs its progress as ``label: epoch i/n of B attackers, …, ETA …``.
+
+    About ten lines per training, for the audit's MLP attack (minutes per model on big data); the
+    methods' shadow and critic attackers, trained every few epochs, stay silent outside it.
+    """
+    token = _PROGRESS_LABEL.set(label)
+    try:
+        yield
+    finally:
+        _PROGRESS_LABEL.reset(token)
 
 
 def feature_names(latent: int) -> list[str]:
@@ -197,13 +221,18 @@ def fit_score_batched(feats: np.ndarray, y: np.ndarray, masks: np.ndarray, cfg: 
         params = list(att.parameters())
         opt = adam(params, cfg["lr"], weight_decay=cfg["weight_decay"])
         att.train()
-        for _ in range(cfg["epochs"]):
+        label, epochs = _PROGRESS_LABEL.get(), int(cfg["epochs"])
+        progress, every = Progress(epochs), max(1, epochs // 10)
+        for e in range(1, epochs + 1):
             bce = nn.functional.binary_cross_entropy_with_logits(att(xt), target, reduction="none")
             # per attacker: mean of its weighted training rows (as bce_balanced), summed over attackers
             loss = ((bce * w).sum(1) / cnt[:, 0]).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if label is not None and (e % every == 0 or e == epochs):
+                log.info("%s: %s of %d fold attackers (one batched model), %s", label, progress.count(e),
+                         len(masks), progress.timing(e))
         att.eval()
         with torch.no_grad():
             return att(xs).double().cpu().numpy()

@@ -137,7 +137,8 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
     z, dropout on), validation ELBO after each epoch, stop after ``patience`` epochs
     without improvement, restore the best epoch. Every random draw (shuffles, z, dropout)
     comes from ``ctx.seed`` alone, inside a forked RNG: what ran before does not matter.
-    ``on_epoch(epoch, train_loss, val_elbo)`` is called after each epoch (1-based).
+    ``on_epoch(epoch, train_loss, val_elbo)`` is called after each epoch (1-based); the trajectory's
+    ``finetune`` rows it logs count the epochs against ``epochs`` (:meth:`Trajectory.expect`).
 
     ``extra_loss(retain_loss) -> loss`` (``neggrad_plus``) replaces each batch's loss (the
     mean per-cell negative ELBO of the retain batch) by what it returns; a hook that draws
@@ -148,6 +149,7 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
     nr = len(ctx.retain)
     train_idx = torch.arange(nr, device=X.device)
     val_idx = np.arange(nr, len(X))
+    ctx.trajectory.expect("finetune", epochs, upper_bound=True)  # patience may stop it early
     with torch.random.fork_rng(devices=_rng_devices(ctx.device)):
         torch.manual_seed(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)

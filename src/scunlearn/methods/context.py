@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scunlearn.costs import Progress
 from scunlearn.data.splits import Partition
 from scunlearn.vae.model import VAE
 
@@ -16,16 +17,32 @@ log = logging.getLogger(__name__)
 
 
 class Trajectory:
-    """Collects one row per epoch/step of a method and echoes it to the log."""
+    """Collects one row per epoch/step of a method and echoes it to the log.
+
+    A method announces each loop before it runs (:meth:`expect`); the log lines of that loop's
+    rows then count it (``epoch   3/15``) and end with the elapsed time and an ETA. The rows
+    themselves (the trajectory TSV) are unchanged.
+    """
 
     def __init__(self, name: str = "trajectory"):
         self.rows: list[dict] = []
         self.name = name
+        self._progress: dict[str, tuple[str, Progress]] = {}
+
+    def expect(self, phase: str, total: int, *, key: str = "epoch", unit: str | None = None,
+               upper_bound: bool = False) -> None:
+        """Time the loop about to log rows of ``phase``: row[key] of ``total`` units done (``unit``, default
+        ``key``); ``upper_bound`` when the loop may stop early (said once on its first line, the ETA a bound)."""
+        self._progress[phase] = (key, Progress(total, unit or key, upper_bound))
 
     def log(self, **row) -> None:
         self.rows.append(row)
-        log.info("%s  %s", self.name, "  ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        key, progress = self._progress.get(row.get("phase"), (None, None))
+        fields = [progress.count(v) if k == key else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in row.items()]
+        if progress is not None and key in row:
+            fields.append(progress.timing(row[key]))
+        log.info("%s  %s", self.name, "  ".join(fields))
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

@@ -220,6 +220,7 @@ def dp_retrain(ctx: UnlearnContext) -> VAE:
         model = build_vae(ctx.model.cfg).to(ctx.device)
         dp = DPTraining(model, X, p, ctx.seed, delta)
         best, best_state, best_epoch, bad, epoch = -np.inf, None, 0, 0, 0
+        ctx.trajectory.expect("train", p["epochs"], upper_bound=True)  # patience may stop it early
         try:
             for epoch in range(1, p["epochs"] + 1):
                 beta = kl_weight(epoch - 1, p["kl_warmup_epochs"])

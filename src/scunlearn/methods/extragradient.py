@@ -74,6 +74,7 @@ def extragradient(ctx: UnlearnContext) -> VAE:
     history: list[float] = []
     window = min(es["smoothing"], p["epochs"])
     best_dist, best_state, best_epoch, bad = np.inf, copy.deepcopy(model.state_dict()), 0, 0
+    ctx.trajectory.expect("train", p["epochs"], upper_bound=True)  # early_stop may end it sooner
 
     for epoch in range(1, p["epochs"] + 1):
         tot = {"retain": 0.0, "attacker": 0.0}

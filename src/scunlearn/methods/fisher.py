@@ -206,6 +206,7 @@ def scrub_and_finish(ctx: UnlearnContext, model: VAE, members: MembershipSet, be
         if step and step % p["log_every"] == 0:
             ctx.trajectory.log(epoch=0, step=step, phase="scrub", **members.losses(model))
 
+    ctx.trajectory.expect("scrub", p["steps"], key="step", upper_bound=True)  # max_rise may stop it early
     kept = scrub(model, ctx.forget, P, p["alpha"], p["steps"], p["max_rise"], on_step)
     return _finish(ctx, model, members, before, kept)
 

@@ -45,6 +45,7 @@ def frozen_critic(ctx: UnlearnContext) -> VAE:
     opt = adam(params, p["lr"])
     gen = torch.Generator().manual_seed(ctx.seed)
     torch.manual_seed(ctx.seed)
+    ctx.trajectory.expect("train", p["epochs"])
     for epoch in range(1, p["epochs"] + 1):
         tot = {"retain": 0.0, "critic": 0.0}
         sh = []

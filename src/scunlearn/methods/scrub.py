@@ -109,6 +109,7 @@ def scrub(ctx: UnlearnContext) -> VAE:
         gen = torch.Generator().manual_seed(ctx.seed)
         fgen = torch.Generator().manual_seed(ctx.seed + 1)  # forget batches: not the retain stream
         opt = adam(model.parameters(), p["lr"])
+        ctx.trajectory.expect("train", p["epochs"])
         for epoch in range(1, p["epochs"] + 1):
             model.train()
             maxes, mins, kls, fits = [], [], [], []

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from scunlearn import ScunlearnError
+from scunlearn.costs import Progress
 from scunlearn.io import read_json
 from scunlearn.methods.common import MembershipSet, _rng_devices
 from scunlearn.methods.context import UnlearnContext
@@ -92,10 +93,11 @@ def train_shards(X: torch.Tensor, barcodes, train_rows, val_rows, n_shards: int,
     row_of = {b: i for i, b in enumerate(barcodes)}
     shards = assign_shards(barcodes[np.asarray(train_rows)], n_shards, seed)
     models, hists = [], []
+    progress = Progress(len(shards), "shard")
     for k, cells in enumerate(shards):
         model, hist = train_shard(X, [row_of[b] for b in cells], val_rows, cfg, recipe, shard_seed(seed, k))
-        log.info("shard %d: %d cells, best val ELBO %.3f after %d epochs", k, len(cells), hist["val_elbo"].max(),
-                 len(hist))
+        log.info("%s trained (shard %d): %d cells, best val ELBO %.3f after %d epochs  %s", progress.count(k + 1), k,
+                 len(cells), hist["val_elbo"].max(), len(hist), progress.timing(k + 1))
         models.append(model)
         hists.append(hist.assign(shard=k))
     return ShardEnsemble(models), shards, hists
@@ -140,6 +142,7 @@ def sisa(ctx: UnlearnContext) -> ShardEnsemble:
     members = MembershipSet.build(ens, ctx, p["match_k"])
     ctx.trajectory.log(epoch=0, step=0, phase="baseline", shard=-1, **members.losses(ens))
     nv = len(ctx.validation)
+    ctx.trajectory.expect("retrain", len(hit), unit="retrained shard")
     for i, k in enumerate(hit, start=1):
         keep = [b for b in shards[k] if b not in forget_bc]
         lost = [b for b in keep if b not in retain_row]

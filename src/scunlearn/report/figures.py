@@ -37,9 +37,10 @@ BAND_COLOR = "#2ca02c"
 RETRAIN_COLOR = "0.55"
 DPI = 150
 SEED_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-#: Verdict -> colour in the per-cell figure (the same hues as the HTML table cells).
+#: Verdict -> colour in the per-cell figure (the same hues as the HTML table cells; NOT-COMPARABLE, grey in
+#: the tables as INCONCLUSIVE, gets its own). Figure 1 colours only by verdict, so no variant looks SUCCESS-green.
 VERDICT_COLORS = {"SUCCESS": "#2e8b3a", "FAIL": "#c0392b", "LEAK": "#7b1010", "OVER-UNLEARN": "#e08a00",
-                  "TARGET": "#2c6fb3", "INCONCLUSIVE": "#7f7f7f"}
+                  "TARGET": "#2c6fb3", "INCONCLUSIVE": "#7f7f7f", "NOT-COMPARABLE": "#8e6bb0"}
 #: Per-epoch columns of a trajectory TSV that Figure 2 plots (others, e.g. grad_share_*, are ignored).
 TRAJECTORY_METRICS = ("shadow_auc", "forget_loss", "val_loss")
 #: Columns of Figure 2's data (long format: one row per logged value).
@@ -268,7 +269,8 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
     retrain's range) and a forest plot of every model's Δ vs retrain with its 95% CI.
 
     ``margin``: the equivalence margin (config ``audit.equivalence_margin``), shaded around 0
-    in the forest plot when given. Points in the forest plot are coloured by verdict.
+    in the forest plot when given. Points in both panels are coloured by their model's verdict
+    (:data:`VERDICT_COLORS`, every verdict present in the legend); the variants are the rows.
     """
     stem = "fig1_per_cell_audit"
     data = summary[PER_CELL_COLUMNS[:-2]].reset_index(drop=True)
@@ -276,7 +278,6 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
     data["retrain_pc_auc_min"] = data["forget_set"].map(ret.min())
     data["retrain_pc_auc_max"] = data["forget_set"].map(ret.max())
     sets = forget_set_order(summary)
-    palette = variant_palette(summary)
     seeds = sorted(data["seed"].unique())
     offsets = dict(zip(seeds, np.linspace(-0.25, 0.25, len(seeds)) if len(seeds) > 1 else [0.0]))
     n_rows = [data.loc[data["forget_set"] == fs, "variant"].nunique() for fs in sets]
@@ -294,14 +295,14 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
         ax_auc.axvline(0.5, color="0.4", ls=":", lw=1)
         for row in panel.itertuples(index=False):
             ax_auc.scatter(row.pc_auc, order.index(row.variant) + offsets[row.seed], s=36,
-                           color=palette[row.variant], edgecolor="black", linewidth=0.4, zorder=3)
+                           color=VERDICT_COLORS.get(row.verdict, "0.5"), edgecolor="black", linewidth=0.4, zorder=3)
         means = panel.groupby("variant")["pc_auc"].mean()
         for var, m in means.items():
             y = order.index(var)
             ax_auc.vlines(m, y - 0.35, y + 0.35, color="black", lw=2.2, zorder=4)
         _variant_axis(ax_auc, order)
         ax_auc.set_title(f"{fs} forget set: per-cell AUC", loc="left", fontsize=10)
-        ax_auc.set_xlabel("per-cell attack AUC (forget vs matched negatives)")
+        ax_auc.set_xlabel("per-cell attack AUC\n(forget cells vs matched negatives)")
 
         if margin is not None and np.isfinite(margin):
             ax_d.axvspan(-margin, margin, color=BAND_COLOR, alpha=0.18, lw=0, zorder=0)
@@ -320,8 +321,8 @@ def fig_per_cell_audit(summary: pd.DataFrame, out_dir: str | os.PathLike,
             pad = 0.05 * max(hi_d - lo_d, 0.1)
             ax_d.set_xlim(min(lo_d, -(margin or 0)) - pad, max(hi_d, margin or 0) + pad)
         ax_d.set_title(f"{fs}: Δ vs retrain (95% CI)", loc="left", fontsize=10)
-        ax_d.set_xlabel("Δ vs retrained models (score shift, per-cell SDs; 0 = as retrain)")
-    handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black", label="one seed"),
+        ax_d.set_xlabel("Δ vs retrained models\n(score shift in per-cell SDs; 0 = as retrain)")
+    handles = [Line2D([], [], ls="", marker="o", color="0.6", mec="black", label="one seed (colour: its verdict)"),
                Line2D([], [], color="black", lw=2.2, label="mean over seeds"),
                Line2D([], [], color=RETRAIN_COLOR, alpha=0.5, lw=8, label="retrained models' range"),
                Line2D([], [], color="0.4", ls=":", label="chance (0.5)")]

@@ -3,8 +3,9 @@ figures (embedded PNGs), config and provenance.
 
 Built from plain strings with ``html.escape`` (no template engine), so the page is one file
 that can be mailed or archived; the tables and figure data are also written as TSVs with
-exact numbers. Only this module rounds. The page opens with what the audit can detect on
-this study (its controls), because every verdict below depends on it.
+exact numbers. Only this module rounds. The page opens with the findings (per forget set, the
+best method, its cost and whether the controls passed) and the verdicts behind them, then what
+the audit can detect on this study (its controls), on which every verdict depends.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from scunlearn.report.figures import FIGURE_CAPTIONS, make_figures
 from scunlearn.report.tables import (
     BETTER,
     CONTROL_METHOD,
+    DIFFERS,
     PAPER_TABLES,
     PAPER_VERDICTS,
     TABLE_TITLES,
     VERDICTS,
     build_tables,
+    findings,
     forget_set_order,
+    gap_closed_text,
     main_forget_set,
     read_summary,
     validate_summary,
@@ -48,7 +52,8 @@ LABELS = {
     "latent_acc": "latent accuracy", "val_elbo": "val ELBO", "wall_s": "wall time (s)",
     "max_rss_mb": "peak memory (MB)", "cost_vs_retrain": "cost vs retrain",
     "setup_cost_vs_retrain": "setup cost vs retrain",
-    "n_models": "n models", "paper_status": "paper status (mean)",
+    "n_models": "n models", "paper_status": "paper status (band rule only)",
+    "paper_vs_verdicts": "vs per-cell verdicts",
     "paper_success_rate": "paper success rate", "pc_auc_mean": "per-cell AUC",
     "pc_auc_sd": "per-cell SD", "verdicts": "verdicts (seeds)", "delta_mean": "Δ vs retrain",
     "forget_gap_closed": "forget gap closed", "pc_tpr_at_1pct_fpr": "per-cell TPR @ 1% FPR",
@@ -77,6 +82,11 @@ figure{margin:1.5em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.92em;color:#333;max-width:900px}
 pre{background:#f7f7f7;border:1px solid #ddd;padding:.8em;overflow-x:auto;font-size:.85em}
 nav a{margin-right:1em}.empty{color:#777;font-style:italic}
+#findings ul{padding-left:0;list-style:none}#findings li{margin:.35em 0;padding:.45em .8em;border-radius:4px;
+border:1px solid #ddd;background:#f7f7f7}#findings li.f-success{background:#e8f4ea;border-color:#b6d9bd}
+#findings li.f-failed{background:#f8d7da;border-color:#e0a4aa}
+table.verdicts td.num,table.verdicts td[class*="v-"]{white-space:nowrap}
+table.verdicts th:first-child,table.verdicts th:nth-last-child(-n+2){text-align:left}
 """
 
 
@@ -98,7 +108,12 @@ def _cell(value: Any, label: str) -> str:
 
 
 def _td(value: Any, label: str) -> str:
-    """A <td> with a class for verdicts (coloured) and for left-aligned text."""
+    """A <td> with a class for verdicts (coloured) and for left-aligned text; the gap closed marked off its
+    0–1 scale, and a paper status that no per-cell verdict shares marked."""
+    if label == "forget_gap_closed":
+        return f"<td>{html.escape(gap_closed_text(value))}</td>"
+    if label == "paper_vs_verdicts":
+        return '<td class="txt warn">≠ per-cell verdicts</td>' if value == DIFFERS else '<td class="txt"></td>'
     text = _cell(value, label)
     if isinstance(value, str):
         cls = f"txt v-{value}" if value in VERDICTS or value in PAPER_VERDICTS else "txt"
@@ -369,7 +384,7 @@ def render_comparison(comp: pd.DataFrame) -> str:
             _num(_p_range(r["p_vs_retrain_min"], r["p_vs_retrain_max"])),
             _num(_interval(r["dft_mean"], r["dft_ci_low_mean"], r["dft_ci_high_mean"], signed=True)),
             f'<td class="txt lbl {label_cls}">{html.escape(label) or "—"}</td>',
-            f"<td>{_fixed(r['forget_gap_closed'])}</td>",
+            f"<td>{html.escape(gap_closed_text(r['forget_gap_closed']))}</td>",
             f'<td class="txt{v_cls}">{html.escape(verdicts)}</td>',
             f"<td>{_fixed(r['latent_acc'])}</td>",
             f"<td>{_cell(r['recon_mse'], '')}</td>",
@@ -436,6 +451,29 @@ def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
             f"the retrained models' (two-sample t, leave-one-out spread corrected), Holm across the variants of a "
             f"forget set at α = {alpha:g}; SUCCESS needs equivalence within the margin, the study's controls and "
             'the equivalence control. <a href="verdicts.tsv">verdicts.tsv</a></p>')
+
+
+def render_findings(verdicts: pd.DataFrame | None, summary: pd.DataFrame) -> str:
+    """The first screen's answer (:func:`scunlearn.report.tables.findings`): per forget set, the best method,
+    its cost relative to retraining and whether the judge's controls passed; empty without ``verdicts``."""
+    if verdicts is None or verdicts.empty:
+        return ""
+    items = []
+    for r in findings(verdicts, summary).to_dict("records"):
+        failed = pd.notna(r["controls_ok"]) and not bool(r["controls_ok"])
+        cls = "f-failed" if failed else "f-success" if r["kind"] == "success" else "f-other"
+        fs, text = html.escape(str(r["forget_set"])), html.escape(r["sentence"])
+        text = f"<b>{fs}</b>" + text[len(fs):]
+        if r["variant"]:
+            v = html.escape(r["variant"])
+            head, _, tail = text.partition(f" {v}")
+            text = f"{head} <b>{v}</b>{tail}"
+        items.append(f'<li class="{cls}">{text}</li>')
+    return ('<section id="findings"><h2>Findings</h2><ul>' + "".join(items) + "</ul>"
+            '<p class="rule">Best method per forget set: the SUCCESS variant nearest to retraining, else the one not '
+            "significantly different from retraining that comes nearest, else the nearest of the rest; NOT-COMPARABLE "
+            "variants are never named. Cost: the mean wall time of its models over retraining's. The verdicts "
+            "behind it follow.</p></section>")
 
 
 def _text(v: Any) -> str:
@@ -602,8 +640,10 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
 forget sets: {html.escape(', '.join(forget_set_order(summary)))} ·
 seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_cell_type_labels(cell_type_scores, config)}
+{render_findings(verdicts, summary)}
 {render_verdicts(verdicts, _audit_setting(config, "alpha", 0.05))}
-<nav><a href="#verdicts">Verdicts</a><a href="#power">Audit power</a><a href="#comparison">Method comparison</a>
+<nav><a href="#findings">Findings</a><a href="#verdicts">Verdicts</a><a href="#power">Audit power</a>
+<a href="#comparison">Method comparison</a>
 <a href="#guide">How to read this</a><a href="#paper">The paper's tables</a>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>
 <h2 id="power">{html.escape(TABLE_TITLES['audit_power'])}</h2>{render_power(tables['audit_power'])}
@@ -613,7 +653,10 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_claims_note(summary)}
 {render_figure(main_fig, figures[main_fig])}
 <h2 id="guide">How to read this</h2>{render_reading_guide(summary, _tolerance(config, summary), margin)}
-<h2 id="paper">The paper's tables (the paper's band rule on its MLP attack)</h2>{paper_html}
+<h2 id="paper">The paper's tables (the paper's band rule on its MLP attack)</h2>
+<p class="rule">Their <i>paper status</i> is the paper's band rule on the mean MLP-attack AUC only, not this audit's
+verdict: a status no seed's per-cell verdict shares is marked <span class="warn">≠ per-cell verdicts</span>. The
+verdicts above are the audit's answer.</p>{paper_html}
 <h2 id="figures">Figures</h2>{figure_html}
 <h2 id="config">Config</h2>{render_config(config)}
 <h2 id="provenance">Provenance</h2>{render_provenance(provenance)}

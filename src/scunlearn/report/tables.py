@@ -202,6 +202,7 @@ def aggregate(summary: pd.DataFrame) -> pd.DataFrame:
     agg["gap_to_floor"] = agg["auc_mean"] - agg["floor"]
     agg["paper_status"] = [status(a, lo, hi, m) for a, lo, hi, m in
                            agg[["auc_mean", "band_low", "band_high", "method"]].itertuples(index=False)]
+    agg["paper_vs_verdicts"] = [paper_vs_verdicts(p, v) for p, v in zip(agg["paper_status"], agg["verdicts"])]
     agg.loc[agg["method"].isin(["baseline", "retrain"]), "paper_success_rate"] = float("nan")
     return _sort(agg, summary)
 
@@ -284,8 +285,22 @@ def main_forget_set(summary: pd.DataFrame, forget_set: str | None = None) -> str
 
 
 #: Columns shared by the paper's tables: the paper's numbers, then the per-cell audit beside them.
-_PAPER_COLS = ["auc_mean", "auc_sd", "floor", "gap_to_floor", "paper_status", "paper_success_rate",
-               "pc_auc_mean", "verdicts", "n_seeds"]
+_PAPER_COLS = ["auc_mean", "auc_sd", "floor", "gap_to_floor", "paper_status", "paper_vs_verdicts",
+               "paper_success_rate", "pc_auc_mean", "verdicts", "n_seeds"]
+#: ``paper_vs_verdicts`` of a row whose paper status no seed's per-cell verdict shares.
+DIFFERS = "differs"
+
+
+def paper_vs_verdicts(paper_status: str, verdicts: str) -> str:
+    """:data:`DIFFERS` when the paper's band rule (on the mean MLP AUC) names an outcome that none of the
+    group's per-cell verdicts (``verdict_counts`` text) has, else "": the paper's status is its band rule
+    only, and a reader must not take its SUCCESS for the audit's. NO-LEAK (the baseline not caught)
+    matches INCONCLUSIVE; NA (no MLP AUC) differs from nothing."""
+    kinds = {part.split(" ", 1)[1] for part in str(verdicts).split(", ") if " " in part}
+    if paper_status == "NA" or not kinds:
+        return ""
+    same = {"NO-LEAK": "INCONCLUSIVE"}.get(paper_status, paper_status)
+    return "" if same in kinds else DIFFERS
 
 
 def table_adversarial(summary: pd.DataFrame, forget_set: str = "structured",
@@ -336,10 +351,101 @@ def table_all(summary: pd.DataFrame) -> pd.DataFrame:
     cols = ["forget_set", "variant", "method", "n_seeds",
             "pc_auc_mean", "pc_auc_sd", "delta_mean", "verdicts", "forget_gap_closed",
             "auc_mean", "auc_sd", "auc_ci_low_mean", "auc_ci_high_mean", "floor", "band_low",
-            "band_high", "paper_status", "paper_success_rate", "pc_tpr_at_1pct_fpr", "tpr_at_1pct_fpr",
+            "band_high", "paper_status", "paper_vs_verdicts", "paper_success_rate", "pc_tpr_at_1pct_fpr",
+            "tpr_at_1pct_fpr",
             "loss_attack_auc", "recon_mse", "marker_mse", "latent_acc", "val_elbo", "wall_s",
             "cost_vs_retrain"]
     return aggregate(validate_summary(summary))[cols]
+
+
+def gap_closed_text(v) -> str:
+    """The share of the forget gap closed as table text: 3 decimals on its 0–1 scale, and off the scale
+    marked, so that 13.4 does not read as a score: ``13.4 (overshoots)`` (past retraining, over-unlearned)
+    or ``-0.2 (widens the gap)`` (further from retraining than the baseline); a dash when unknown."""
+    if v is None or pd.isna(v):
+        return "—"
+    v = float(v)
+    if v > 1 + 1e-9:
+        return f"{v:.3g} (overshoots)"
+    if v < -1e-9:
+        return f"{v:.3g} (widens the gap)".replace("-", "−")
+    return f"{v:.3f}".replace("-0.000", "0.000")
+
+
+def _cost_text(cost) -> str:
+    if cost is None or pd.isna(cost):
+        return "at an unknown cost"
+    return f"at {cost:.2g}× the cost of retraining" + (", more than retraining itself" if cost > 1 else "")
+
+
+#: ``findings`` kinds: a SUCCESS, the best not significantly different from retrain, the closest of the others.
+FINDING_KINDS = ("success", "not_worse", "closest", "none")
+
+
+def findings(verdicts: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per forget set, the report's first answer: which method is best, at what cost, and were the controls sound.
+
+    From ``verdicts.tsv`` (one verdict per variant; the equivalence control and NOT-COMPARABLE
+    variants are never named best) and ``summary.tsv`` (``cost_vs_retrain``, mean of the variant's
+    models; ``controls_ok``). The best is the SUCCESS variant with the smallest |Δ| (ties: the
+    cheaper); else (``not_worse``) the INCONCLUSIVE variant, not significantly different from
+    retrain, closest to closing the whole gap (smallest |Δ|: overshooting counts as falling short);
+    else (``closest``) the variant with the smallest |Δ| of the rest. One row per forget set:
+    forget_set, kind, variant, verdict, delta, gap_closed, cost_vs_retrain, controls_ok,
+    equivalence_control (the retrained models' own verdict as a method), sentence (plain text).
+    """
+    from scunlearn.audit.variants import RETRAIN_AS_METHOD
+
+    cost = summary.groupby(["forget_set", "variant"])["cost_vs_retrain"].mean()
+    ok = summary.groupby("forget_set")["controls_ok"].first().map(_truth)
+    rows = []
+    for fs, g in verdicts.groupby("forget_set", sort=False):
+        eq = g.loc[g["variant"] == RETRAIN_AS_METHOD, "verdict"]
+        cands = g[(g["variant"] != RETRAIN_AS_METHOD) & (g["verdict"] != "NOT-COMPARABLE")].copy()
+        cands["cost"] = [cost.get((fs, v), np.nan) for v in cands["variant"]]
+        cands["size"] = cands["delta"].abs()
+        cands = cands.sort_values(["size", "cost"], na_position="last", kind="stable")
+        best, kind = None, "none"
+        for k, pick in (("success", cands["verdict"] == "SUCCESS"), ("not_worse", cands["verdict"] == "INCONCLUSIVE"),
+                        ("closest", cands["delta"].notna())):
+            if pick.any():
+                best, kind = cands[pick].iloc[0], k
+                break
+        controls = ok.get(fs, np.nan)
+        row = {"forget_set": fs, "kind": kind, "variant": "", "verdict": "", "delta": np.nan, "gap_closed": np.nan,
+               "cost_vs_retrain": np.nan, "controls_ok": controls,
+               "equivalence_control": str(eq.iloc[0]) if len(eq) else ""}
+        if best is None:
+            text = "no comparable method was audited on this set."
+        else:
+            row.update(variant=str(best["variant"]), verdict=str(best["verdict"]), delta=float(best["delta"]),
+                       gap_closed=float(best["gap_closed"]), cost_vs_retrain=float(best["cost"]))
+            delta = f"Δ {best['delta']:+.3g} vs retrain".replace("-", "−")
+            what = (f"{best['verdict']}: {delta}, within the margin ±{best['margin']:.3g}" if kind == "success"
+                    else f"{best['verdict']}: {delta}, gap closed {gap_closed_text(best['gap_closed'])}")
+            text = {
+                "success": f"{best['variant']} forgot as retraining would ({what}), {_cost_text(best['cost'])}.",
+                "not_worse": (f"no method is shown to forget as retraining would; the best is {best['variant']}, "
+                              f"not significantly different from retraining ({what}), {_cost_text(best['cost'])}."),
+                "closest": (f"no method forgot this set as retraining would; the closest was {best['variant']} "
+                            f"({what}), {_cost_text(best['cost'])}."),
+            }[kind]
+            n_ok = int((cands["verdict"] == "SUCCESS").sum())
+            if kind == "success" and n_ok > 1:
+                text = text[:-1] + f"; {n_ok} variants succeeded, this one nearest to retraining."
+        if pd.isna(controls):
+            text += " The judge's controls were not recorded."
+        elif controls:
+            text += " The judge's controls passed"
+            text += {"SUCCESS": ", and so did the equivalence control.", "": "."}.get(
+                row["equivalence_control"], f", but the equivalence control did not ({row['equivalence_control']}): "
+                                            "this study cannot certify even retrained models.")
+        else:
+            text += " The judge's controls FAILED: nothing on this set can be called SUCCESS."
+        rows.append({**row, "sentence": f"{fs}: {text}"})
+    cols = ["forget_set", "kind", "variant", "verdict", "delta", "gap_closed", "cost_vs_retrain", "controls_ok",
+            "equivalence_control", "sentence"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 #: Table file stem -> title shown on the HTML page (from :mod:`.captions`).

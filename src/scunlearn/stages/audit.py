@@ -53,6 +53,12 @@ def stage_audit(inp, out, params, threads):
         write_json(record, path)
         log.info("audited %s/seed%s in %.1fs (%.1fs CPU): %s", params["variant"], model_seed,
                  time.perf_counter() - t0, time.process_time() - c0, path)
+        import sys  # a line per model for the terminal: sys.stderr is the rule's log here, sys.__stderr__ the job's
+        nan = float("nan")
+        print(f"scunlearn: audited {params['variant']}/{params['forget']}/seed{model_seed}: pc_auc "
+              f"{record.get('pc_auc', nan):.3f}, delta {record.get('delta_vs_retrain', nan):+.3g} vs retrain "
+              f"(p {record.get('delta_vs_retrain_p', nan):.2g}, {record.get('test_vs_retrain', '?')})",
+              file=sys.__stderr__, flush=True)
 
 
 def stage_controls(inp, out, params, threads):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from scunlearn import ScunlearnError
+from scunlearn.costs import Progress
 from scunlearn.vae.dropout import dropout_mask
 from scunlearn.vae.likelihood import (
     COUNT_TABLE,
@@ -416,6 +417,7 @@ def fit_ensemble(cfg: VAEConfig, seeds: Sequence[int], X: torch.Tensor, train_id
     best_state: list[dict | None] = [None] * K
     bad = [0] * K
     rows: list[list[dict]] = [[] for _ in range(K)]
+    progress = Progress(max_epochs, "epoch", upper_bound=True)
     for epoch in range(max_epochs):
         if not ens.active:
             break
@@ -425,6 +427,7 @@ def fit_ensemble(cfg: VAEConfig, seeds: Sequence[int], X: torch.Tensor, train_id
         val = ens.model.elbo(X, val_idx).tolist()
         secs = (time.perf_counter() - t0) / len(ens.active)
         stopped = []
+        timing = progress.timing(epoch + 1)  # the epoch's members share one elapsed time and ETA
         for pos, i in enumerate(ens.active):
             if not np.isfinite(train_loss[pos]) or not np.isfinite(val[pos]):
                 raise ScunlearnError(f"training diverged at epoch {epoch} for seed {seeds[i]} "
@@ -436,12 +439,13 @@ def fit_ensemble(cfg: VAEConfig, seeds: Sequence[int], X: torch.Tensor, train_id
                 bad[i] += 1
             rows[i].append({"epoch": epoch, "train_loss": train_loss[pos], "val_elbo": val[pos],
                             "kl_weight": beta, "seconds": secs, "best": improved})
-            log.info("seed %d epoch %3d  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s", seeds[i],
-                     epoch, train_loss[pos], val[pos], beta, secs, "  *" if improved else "")
+            log.info("seed %d %s  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s  %s", seeds[i],
+                     progress.count(epoch + 1), train_loss[pos], val[pos], beta, secs, "  *" if improved else "",
+                     timing)
             # no early stop while β is still warming up: the ELBO scale changes under it
             if bad[i] >= patience and epoch >= kl_warmup_epochs:
-                log.info("seed %d: early stop at epoch %d; best epoch %d (val_elbo %.3f)", seeds[i], epoch,
-                         int(np.argmax([r["val_elbo"] for r in rows[i]])), best[i])
+                log.info("seed %d: early stop after epoch %d of at most %d; best epoch %d (val_elbo %.3f)", seeds[i],
+                         epoch + 1, max_epochs, int(np.argmax([r["val_elbo"] for r in rows[i]])) + 1, best[i])
                 stopped.append(pos)
         ens.drop(stopped)
     final = {i: ens.model.member_state(pos) for pos, i in enumerate(ens.active)}

@@ -1,8 +1,9 @@
 """Training of the VAE (baseline and retrain share this recipe) and the data a model job reads.
 
 Adam, mini-batches by index over one dense count tensor on the device, KL warm-up,
-early stopping on validation ELBO with the best epoch restored, one log line per epoch.
-Checkpoints are :mod:`scunlearn.vae.checkpoints`'.
+early stopping on validation ELBO with the best epoch restored, one log line per epoch
+(``epoch i/max``, counted from 1, with the elapsed time and an ETA; the history's ``epoch``
+column counts from 0). Checkpoints are :mod:`scunlearn.vae.checkpoints`'.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from scunlearn import ScunlearnError
+from scunlearn.costs import Progress
 from scunlearn.vae.likelihood import count_codes_cached, log_factorial_cached
 from scunlearn.vae.model import VAE, elbo
 
@@ -108,6 +110,7 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
     opt = adam(model.parameters(), lr)
     best, best_state, best_epoch, bad = -np.inf, None, -1, 0
     rows = []
+    progress = Progress(max_epochs, "epoch", upper_bound=True)
     for epoch in range(max_epochs):
         t0 = time.perf_counter()
         beta = kl_weight(epoch, kl_warmup_epochs)
@@ -124,11 +127,12 @@ def fit(model: VAE, X: torch.Tensor, train_idx, val_idx, *, lr: float, batch_siz
         secs = time.perf_counter() - t0
         rows.append({"epoch": epoch, "train_loss": train_loss, "val_elbo": val, "kl_weight": beta,
                      "seconds": secs, "best": improved})
-        log.info("epoch %3d  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s",
-                 epoch, train_loss, val, beta, secs, "  *" if improved else "")
+        log.info("%s  train_loss %.3f  val_elbo %.3f  kl_weight %.2f  %.2fs%s  %s", progress.count(epoch + 1),
+                 train_loss, val, beta, secs, "  *" if improved else "", progress.timing(epoch + 1))
         # no early stop while β is still warming up: the ELBO scale changes under it
         if bad >= patience and epoch >= kl_warmup_epochs:
-            log.info("early stop at epoch %d; best epoch %d (val_elbo %.3f)", epoch, best_epoch, best)
+            log.info("early stop after epoch %d of at most %d; best epoch %d (val_elbo %.3f)", epoch + 1, max_epochs,
+                     best_epoch + 1, best)
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from scunlearn.audit.attack import mia
 from scunlearn.audit.data import AuditData
+from scunlearn.membership.attackers import logged_progress
 
 
 def run(data: AuditData, params: dict) -> dict:
+    """The attack on one model, its attackers' training progress in the audit's log (minutes on big data)."""
     cfg = {**params, "bootstrap": data.bootstrap}
-    return mia(data.features, data.labels, cfg, data.seed, groups=data.groups, device=data.device)
+    with logged_progress(f"MLP attack ({params['folds']} folds × {params['repeats']} repeats)"):
+        return mia(data.features, data.labels, cfg, data.seed, groups=data.groups, device=data.device)
