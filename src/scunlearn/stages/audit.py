@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import pandas as pd
@@ -53,7 +54,7 @@ def stage_audit(inp, out, params, threads):
         write_json(record, path)
         log.info("audited %s/seed%s in %.1fs (%.1fs CPU): %s", params["variant"], model_seed,
                  time.perf_counter() - t0, time.process_time() - c0, path)
-        import sys  # a line per model for the terminal: sys.stderr is the rule's log here, sys.__stderr__ the job's
+        # a line per model for the terminal: sys.stderr is the rule's log here, sys.__stderr__ the job's
         nan = float("nan")
         print(f"scunlearn: audited {params['variant']}/{params['forget']}/seed{model_seed}: pc_auc "
               f"{record.get('pc_auc', nan):.3f}, delta {record.get('delta_vs_retrain', nan):+.3g} vs retrain "
