@@ -439,7 +439,8 @@ def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
             rows.append(
                 f"<tr{cls}><td class=\"txt\">{html.escape(str(r['variant']))}</td><td>{int(r['n_models'])}</td>"
                 f"{_num(_interval(r['delta'], r['delta_ci_low'], r['delta_ci_high'], signed=True))}"
-                f"<td>{_fixed(r['gap_closed'])}</td><td>{_p(r['p_holm'])}</td><td>{_p(r['tost_p_holm'])}</td>"
+                f"<td>{html.escape(gap_closed_text(r['gap_closed']))}</td><td>{_p(r['p_holm'])}</td>"
+                f"<td>{_p(r['tost_p_holm'])}</td>"
                 f"{_td(r['verdict'], 'verdict')}<td class=\"txt\">{html.escape(_text(r['note']))}</td></tr>")
         parts.append(
             f"<h3>{html.escape(str(fs))}: {lead}</h3><p>{res}{eq_text}</p>"
