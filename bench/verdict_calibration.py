@@ -229,7 +229,7 @@ def main() -> None:
                  **{f"graded: {int(100 * f)}% put back": a.graded for f in graded}}
         for name, c in counts.items():
             units = max(pools[name] // K, 1)
-            row = {"forget_set": fs, "posing": name, "K": K, "n_refs": n_study, "margin": margin,
+            row = {"forget_set": fs, "posing": name, "K": K, "n_refs": min(n_study, len(R) - K), "margin": margin,
                    "margin_of_gap": margin_of_gap, "draws": a.draws, "disjoint_groups": units}
             for verdict in ("SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE"):
                 rate = c.get(verdict, 0) / a.draws
@@ -252,8 +252,9 @@ def main() -> None:
     table.to_csv(outdir / f"{cfg['run']}.rates.tsv", sep="\t", index=False)
     cols = ["forget_set", "posing", "K", "n_refs", "margin", "margin_of_gap", "true_delta_over_margin",
             "success_rate", "success_ci_high", "fail_rate", "over-unlearn_rate", "disjoint_groups"]
-    print(f"alpha {alpha}; {a.models} baseline and retrained models per forget set; studies of {n_study} "
-          f"retrained references, K = {K} posing models, {a.draws} draws; CI upper bounds over disjoint groups")
+    print(f"alpha {alpha}; {a.models} baseline and retrained models per forget set; studies of up to {n_study} "
+          f"retrained references (n_refs: those left beside the K = {K} posing), {a.draws} draws; CI upper bounds "
+          "over disjoint groups")
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if method_rows:
         mt = pd.DataFrame(method_rows)
