@@ -111,10 +111,16 @@ def method_null(cfg: dict, run_dir: Path, fs: str, seeds: list[int]) -> dict[str
     return out
 
 
+def _audit_kwargs(st: dict, pc: dict, kind: str) -> dict:
+    """The per-cell audit's settings as the study's audit job passes them (the margin is applied later)."""
+    return {"strata": st["types"] if pc["centre_by_cell_type"] else None, "test": pc["test"],
+            "measure": pc["measure"], "against": pc["negatives"], "type_level": is_type_level(kind),
+            "n0": pc["shrinkage"], "margin": 1.0}
+
+
 def values(targets: dict, refs: dict, bases: dict, st: dict, pc: dict, kind: str) -> dict[str, float]:
     """Each target model's value of the audit's measure against the references, as the audit computes it."""
-    kw = {"strata": st["types"] if pc["centre_by_cell_type"] else None, "test": pc["test"], "measure": pc["measure"],
-          "against": pc["negatives"], "type_level": is_type_level(kind), "n0": pc["shrinkage"], "margin": 1.0}
+    kw = _audit_kwargs(st, pc, kind)
     out = {}
     for name, t in targets.items():
         res = per_cell_audit(t, refs, bases, st["pos"], st["negatives"], self_name=name if name in bases else None,
@@ -126,8 +132,7 @@ def values(targets: dict, refs: dict, bases: dict, st: dict, pc: dict, kind: str
 def null_values(refs: dict, bases: dict, st: dict, pc: dict, kind: str) -> np.ndarray:
     """The references' leave-one-out values (what an audit record's ``pc_null`` holds)."""
     any_target = next(iter(bases.values()))
-    kw = {"strata": st["types"] if pc["centre_by_cell_type"] else None, "test": pc["test"], "measure": pc["measure"],
-          "against": pc["negatives"], "type_level": is_type_level(kind), "n0": pc["shrinkage"], "margin": 1.0}
+    kw = _audit_kwargs(st, pc, kind)
     return np.asarray(per_cell_audit(any_target, refs, {}, st["pos"], st["negatives"], **kw)["pc_null"], dtype=float)
 
 

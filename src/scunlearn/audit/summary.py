@@ -76,7 +76,7 @@ def aggregate(records: list[dict], tolerance: float, alpha: float = 0.05,
     return df[SUMMARY_COLUMNS + extra].reset_index(drop=True)
 
 
-def _retest(df: pd.DataFrame, records: list[dict], spec: dict, alpha: float) -> None:
+def _retest(df: pd.DataFrame, records: list[dict], spec, alpha: float) -> None:
     """Each model's TOST p and outcome against retrain at its forget set's margin, where that is a fraction of the
     baseline's lead (in place; an absolute margin was the records' own)."""
     import dataclasses

@@ -189,6 +189,7 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
 
     df = pd.DataFrame(records)
     df["value"] = [record_value(r) for r in records]
+    margins = study_margins(records, margin_spec)
     rows = []
     for fs, g in df.groupby("forget_set", sort=False):
         null = _null(g)
@@ -196,7 +197,7 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
             log.warning("forget set %s: no baseline record with the retrained models' null values; no "
                         "variant verdicts", fs)
             continue
-        margin, margin_of_gap, gap = study_margins(g.to_dict("records"), margin_spec)[fs]
+        margin, margin_of_gap, gap = margins[fs]
         sd = loo_sd(null)
         family = []
         for variant, v in g[~g["method"].isin(["baseline", "retrain"])].groupby("variant", sort=True):
@@ -208,7 +209,7 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
                            "resolution": resolution(sd, k, len(null), alpha),
                            "baseline_gap": gap, "_comparable": comparable(method)})
         # the equivalence control: the train seeds' retrained models against the other retrained models
-        eq = _retrain_as_method(g, null, margin, alpha, model_seeds, all_seeds)
+        eq = _retrain_as_method(fs, null, margin, gap, alpha, model_seeds, all_seeds)
         fam = pd.DataFrame(family)
         if len(fam):
             cmp_rows = fam["_comparable"].to_numpy(dtype=bool)
@@ -251,7 +252,7 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
     return out[VERDICT_COLUMNS]
 
 
-def _retrain_as_method(g: pd.DataFrame, null: np.ndarray, margin: float, alpha: float,
+def _retrain_as_method(fs: str, null: np.ndarray, margin: float, gap: float, alpha: float,
                        model_seeds, all_seeds) -> dict | None:
     """Retrained models posing as a method against the other retrained models: those of ``model_seeds`` (as many
     as a variant has), or the first half of the seeds where fewer than two would be left to compare with.
@@ -268,9 +269,8 @@ def _retrain_as_method(g: pd.DataFrame, null: np.ndarray, margin: float, alpha: 
     rest = [i for i in range(n) if i not in posing]
     v = null * (n - 1) / n
     res = two_sample(v[posing], v[rest], margin, level=1 - alpha, null_is_loo=False)
-    gap = float(np.nanmean(g.loc[g["method"] == "baseline", "value"]) - null.mean())
     sd = float(v[rest].std(ddof=1))
-    return {"forget_set": g["forget_set"].iloc[0], "variant": RETRAIN_AS_METHOD, "method": "retrain",
+    return {"forget_set": fs, "variant": RETRAIN_AS_METHOD, "method": "retrain",
             "n_models": len(posing), "n_null": len(rest), **res, "margin": margin,
             "margin_of_gap": margin / gap if gap > 0 else float("nan"),
             "resolution": resolution(sd, len(posing), len(rest), alpha), "baseline_gap": gap}
