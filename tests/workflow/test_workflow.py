@@ -198,7 +198,7 @@ def test_tiny_study_end_to_end(tmp_path):
     train_log = (out / "logs/baseline/ensemble.log").read_text()
     assert "seed 0 epoch   1/3 (max; early stopping may end sooner)" in train_log and "elapsed, ETA" in train_log
     assert "extragradient_l10  epoch   1/2 (max; early stopping may end sooner)  phase train" in (
-        out / "logs/unlearn/extragradient_l10/structured/seed0.log").read_text()
+        out / "logs/unlearn/extragradient_l10/structured.log").read_text()
     audit_log = (out / "logs/audit/structured/frozen_single.log").read_text()
     assert "MLP attack (3 folds × 1 repeats): epoch  20/20 of 3 fold attackers" in audit_log
     target = "results/tiny/audit/structured/frozen_single/seed0.json"

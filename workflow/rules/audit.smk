@@ -40,6 +40,7 @@ rule audit:
             "attacks": ATTACKS,
         },
         self_names=lambda w: audit_names(w)["self_names"],
+        exclude_names=lambda w: audit_names(w)["exclude_names"],
         ref_retrain=lambda w: audit_names(w)["ref_retrain"],
         ref_baseline=lambda w: audit_names(w)["ref_baseline"],
         controls=lambda w: audit_names(w)["controls"],

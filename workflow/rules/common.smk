@@ -272,13 +272,18 @@ def seed_files(stem):
 
 
 def _trained_together(model):
-    """How many seeds share the training job of a model's seed (the benchmark's wall time is split among them)."""
-    return len(ALL_SEEDS) if ENSEMBLE and model in ("baseline", "retrain") else 1
+    """How many seeds share the job that made a model's seed (the benchmark's wall time is split among them):
+    all seeds of baseline and retrain under train.ensemble, the K members of a method variant's job."""
+    if model in ("baseline", "retrain"):
+        return len(ALL_SEEDS) if ENSEMBLE else 1
+    return len(METHOD_SEEDS)
 
 
 def _bench_stem(model, forget, seed):
-    """The benchmark of the job that trained a model's seed: the ensemble job's for baseline and retrain
-    under train.ensemble, else the seed's own."""
+    """The benchmark of the job that made a model's seed: the ensemble job's for baseline and retrain
+    under train.ensemble (else the seed's own), the variant's job on the forget set for a method."""
+    if model not in ("baseline", "retrain"):
+        return f"{model}/{forget}"
     if _trained_together(model) > 1:
         return "baseline/ensemble" if model == "baseline" else f"retrain/{forget}/ensemble"
     return _stem(model, forget, seed)
@@ -314,6 +319,9 @@ def audit_names(w):
     own = w.model in ("baseline", "retrain")
     return {
         "self_names": [f"{w.model}/seed{s}" if own else None for s in seeds_of(w.model)],
+        # an unlearned model is never compared with the retrained model of its own seed, which shares its
+        # initialisation with the baseline it was unlearned from (not an independent reference)
+        "exclude_names": [None if own else f"retrain/seed{s}" for s in seeds_of(w.model)],
         "ref_retrain": [f"retrain/seed{s}" for s in ALL_SEEDS],
         "ref_baseline": [f"baseline/seed{s}" for s in ALL_SEEDS],
         "controls": [f"{v}/seed{s}" for v in controls_of(w) for s in METHOD_SEEDS],

@@ -45,8 +45,9 @@ rule sisa_shards:
 # the extra inputs of the unlearn rule (see there): the names each variant's method declares
 # (MethodSpec.needs; none for most methods), and name -> file for each name a method may declare
 METHOD_NEEDS = {v: get_method(d["method"]).needs for v, d in VARIANTS.items()}
+# (a function of the job's wildcards and one member's seed: the unlearn rule asks for each member's file)
 METHOD_INPUTS = {
-    "shards": lambda w: rules.sisa_shards.output.model.format(variant=w.variant, seed=w.seed),
-    "shard_assignment": lambda w: rules.sisa_shards.output.assignment.format(variant=w.variant, seed=w.seed),
-    "setup_benchmark": lambda w: rules.sisa_shards.benchmark.format(variant=w.variant, seed=w.seed),
+    "shards": lambda w, seed: rules.sisa_shards.output.model.format(variant=w.variant, seed=seed),
+    "shard_assignment": lambda w, seed: rules.sisa_shards.output.assignment.format(variant=w.variant, seed=seed),
+    "setup_benchmark": lambda w, seed: rules.sisa_shards.benchmark.format(variant=w.variant, seed=seed),
 }

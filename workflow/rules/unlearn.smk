@@ -1,4 +1,5 @@
-# one rule for every unlearning method variant: {variant} / {forget} / {seed}
+# one rule for every unlearning method variant: one job per {variant} / {forget}, unlearning from each of
+# the audit.method_seeds baselines (its K members, written per seed as models/{variant}/{forget}/seed{s}.*)
 
 # each variant's code: the unlearn stage's imports plus its own method's module (the registry imports
 # it by name), so editing one method reruns that method's jobs only
@@ -9,35 +10,36 @@ UNLEARN_CODE = {
 
 rule unlearn:
     input:
-        # extra inputs the variant's method declares (sisa's shards; see sisa.smk), none for most
-        unpack(lambda w: {n: METHOD_INPUTS[n](w) for n in METHOD_NEEDS[w.variant]}),
+        # extra inputs the variant's method declares, one per member (sisa's shards; see sisa.smk), none for most
+        unpack(lambda w: {n: [METHOD_INPUTS[n](w, s) for s in METHOD_SEEDS] for n in METHOD_NEEDS[w.variant]}),
         adata=rules.preprocess.output.adata,
         split=rules.split.output.split,
         forget=rules.forget_set.output.forget,
-        baseline=f"{OUT}/models/baseline/seed{{seed}}.pt",
+        baseline=[f"{OUT}/models/baseline/seed{s}.pt" for s in METHOD_SEEDS],
         code=lambda w: UNLEARN_CODE[w.variant],
     output:
         **sealed(
-            model=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.pt",
-            trajectory=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.tsv",
-            cells=f"{OUT}/models/{{variant}}/{{forget}}/seed{{seed}}.cells.npz",
+            model=[f"{OUT}/models/{{variant}}/{{forget}}/seed{s}.pt" for s in METHOD_SEEDS],
+            trajectory=[f"{OUT}/models/{{variant}}/{{forget}}/seed{s}.tsv" for s in METHOD_SEEDS],
+            cells=[f"{OUT}/models/{{variant}}/{{forget}}/seed{s}.cells.npz" for s in METHOD_SEEDS],
         ),
     params:
         variant=lambda w: w.variant,
         method=lambda w: VARIANTS[w.variant]["method"],
         params=lambda w: VARIANTS[w.variant]["params"],
-        seed=lambda w: int(w.seed),
+        seeds=METHOD_SEEDS,
         device=config["device"],
     log:
-        f"{OUT}/logs/unlearn/{{variant}}/{{forget}}/seed{{seed}}.log",
+        f"{OUT}/logs/unlearn/{{variant}}/{{forget}}.log",
     benchmark:
-        f"{OUT}/benchmarks/{{variant}}/{{forget}}/seed{{seed}}.tsv"
+        f"{OUT}/benchmarks/{{variant}}/{{forget}}.tsv"
     conda:
         ENV_TORCH
     threads: res("unlearn", "threads", 2)
     resources:
         mem_mb=res("unlearn", "mem_mb", 16000),
-        runtime=res("unlearn", "runtime", 120),
+        # minutes: the configured runtime is per member
+        runtime=res("unlearn", "runtime", 120) * len(METHOD_SEEDS),
         gpu=MODEL_GPUS,
     script:
         "../scripts/unlearn.py"

@@ -77,8 +77,9 @@ def study_stats(inp: dict, statistic: str = "elbo") -> dict:
 
 
 def audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, model_seed: int,
-                 self_name: str | None) -> dict:
-    """One model's audit record: every configured attack (the per-cell calibrated one first), then utility."""
+                 self_name: str | None, exclude: tuple = ()) -> dict:
+    """One model's audit record: every configured attack (the per-cell calibrated one first), then utility.
+    ``exclude``: retrained references the model must not be compared with (its own seed's, for a method)."""
     from scunlearn.audit.attacks import get_attack
     from scunlearn.audit.data import AuditData
     from scunlearn.audit.utility import model_utility
@@ -101,7 +102,8 @@ def audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, 
         seed=seed, alpha=cfg["alpha"], margin=record_margin(cfg["equivalence_margin"]), bootstrap=cfg["bootstrap"],
         target_stats=read_cell_stats(cells_path, adata.obs_names),
         retrain_stats=own["retrain_stats"], baseline_stats=own["baseline_stats"],
-        control_stats=own["control_stats"], self_name=self_name, cell_types=own["types"],
+        control_stats=own["control_stats"], self_name=self_name, exclude=tuple(exclude),
+        cell_types=own["types"],
         forget_kind=params.get("forget_kind"))
     record: dict = {}
     for name, p in cfg["attacks"].items():

@@ -45,6 +45,9 @@ def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndar
     ``z``: (s − mean_OUT) / σ, σ² a per-cell variance over the OUT references shrunk towards
     their pooled variance with weight ``n0`` (per-cell where there are many references,
     pooled where there are few; one reference means pooled variance of nothing: σ = 1).
+    The pooled variance is the *median* of the per-cell variances: their mean is dominated by a
+    few cells of huge variance (5.9 against a median of 0.87 on the demo), which shrank every other
+    cell's z (SD ~0.58 on unseen cells), so a "per-cell SD" was not one.
     ``lr``: log N(s; μ_OUT+δ, σ) − log N(s; μ_OUT, σ) with δ the mean IN − OUT shift of the
     IN references over all given cells (the same δ for every cell, so members and
     non-members are calibrated alike); NaN when no IN references are given.
@@ -57,7 +60,7 @@ def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndar
     mu = out_refs.mean(0)
     if k > 1:
         v_cell = out_refs.var(0, ddof=1)
-        v_pool = float(v_cell.mean())
+        v_pool = float(np.median(v_cell))
         var = ((k - 1) * v_cell + n0 * v_pool) / (k - 1 + n0)
     else:
         var = np.ones_like(mu)
@@ -71,7 +74,7 @@ def calibrated_scores(target: np.ndarray, out_refs: np.ndarray, in_refs: np.ndar
 
 
 def population_centre(z: np.ndarray, strata: np.ndarray, population: np.ndarray, min_cells: int = 50,
-                      keep=()) -> np.ndarray:
+                      keep=(), fallback: dict | None = None) -> np.ndarray:
     """``z`` minus its median over the population cells (non-members of every model) of the same stratum.
 
     A model's calibrated scores carry a shift shared by all cells of a type (one seed
@@ -83,7 +86,9 @@ def population_centre(z: np.ndarray, strata: np.ndarray, population: np.ndarray,
     made a retrained model look over-unlearned; so strata with fewer than ``min_cells``
     population cells are centred on the whole population instead. So are the strata in
     ``keep``: when the forget set is a whole cell type, that type's shift is what is audited
-    (a retrained model never saw it), not noise to centre away.
+    (a retrained model never saw it), not noise to centre away. Never silently: ``fallback``, if given,
+    receives each stratum centred on the whole population instead, with its number of population cells
+    (the audit records it, and the verdicts say so where it concerns forget cells).
     """
     z = np.asarray(z, dtype=float).copy()
     strata = np.asarray(strata)
@@ -91,7 +96,10 @@ def population_centre(z: np.ndarray, strata: np.ndarray, population: np.ndarray,
     pop_labels = strata[population]
     for lab in np.unique(strata):
         here = population[pop_labels == lab]
-        z[strata == lab] -= np.median(z[here]) if len(here) >= min_cells and lab not in keep else overall
+        own = len(here) >= min_cells and lab not in keep
+        z[strata == lab] -= np.median(z[here]) if own else overall
+        if not own and lab not in keep and fallback is not None:
+            fallback[str(lab)] = int(len(here))
     return z
 
 
@@ -225,7 +233,7 @@ def outcome(c: Comparison, alpha: float) -> str:
 
 def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
                    pos: np.ndarray, negatives: dict[str, np.ndarray], *, self_name: str | None = None,
-                   controls: dict[str, np.ndarray] | None = None, margin: float = 0.05,
+                   exclude: tuple = (), controls: dict[str, np.ndarray] | None = None, margin: float = 0.05,
                    alpha: float = 0.05, n0: float = SHRINK_N0, strata: np.ndarray | None = None,
                    test: str = "spread", measure: str = "shift", against: str = "all",
                    type_level: bool = False) -> dict:
@@ -235,7 +243,9 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     over the same cells; ``pos`` indexes the forget cells, ``negatives`` names index sets
     of non-members (``matched`` first: the one verdicts use; ``all``: every audit cell,
     for TPR at low FPR). ``self_name`` is the audited model's key in ``retrain`` or
-    ``baselines`` (left out of the references and comparators). ``controls``: models of a
+    ``baselines`` (left out of the references and comparators); ``exclude``: more retrained models to
+    leave out (an unlearned model's own seed's: it shares its initialisation with the baseline the model
+    was unlearned from, so it is not an independent reference). ``controls``: models of a
     control method (fine-tuning) to compare with as well. ``strata`` (a label per cell,
     e.g. cell type): each model's scores are centred per stratum on the ``all`` negatives
     (see :func:`population_centre`). ``pc_auc`` is always against the matched negatives;
@@ -257,7 +267,7 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
                          f"measures {list(MEASURES)}")
     if test == "delong" and measure != "auc":
         raise ValueError("per-cell audit: the delong test compares AUCs; use it with measure: auc")
-    out_names = [r for r in retrain if r != self_name]
+    out_names = [r for r in retrain if r != self_name and r not in set(exclude or ())]
     if not out_names:
         raise ValueError("per-cell audit: no retrained reference model besides the audited one")
     in_refs = np.array([v for b, v in baselines.items() if b != self_name])
@@ -275,7 +285,8 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
     if strata is not None:
         pop = negatives.get("all", negatives["matched"])
         keep = set(np.unique(np.asarray(strata)[pos])) if type_level else set()
-        sc["z"] = population_centre(sc["z"], strata, pop, keep=keep)
+        fallback: dict[str, int] = {}
+        sc["z"] = population_centre(sc["z"], strata, pop, keep=keep, fallback=fallback)
         comp = np.array([population_centre(z, strata, pop, keep=keep) for z in comp]).reshape(-1, len(target))
         ctrl = np.array([population_centre(z, strata, pop, keep=keep) for z in ctrl]).reshape(-1, len(target))
 
@@ -313,6 +324,10 @@ def per_cell_audit(target: np.ndarray, retrain: dict[str, np.ndarray], baselines
         "pc_shift": float(s_m), "pc_retrain_aucs": a_comp.tolist(), "pc_retrain_shifts": s_comp.tolist(),
         "pc_null": v_comp.tolist(), "pc_seed_sd": float(np.sqrt(seed_var)),
         "pc_test": test, "pc_measure": measure, "pc_negatives": against,
+        # cell types of forget cells centred on all audit cells (too few unseen cells of their own), with
+        # their number of unseen cells: their seed-level shift is not removed (population_centre)
+        "pc_centred_on_all": ({lab: n for lab, n in fallback.items() if lab in set(np.asarray(strata)[pos])}
+                              if strata is not None else {}),
         "n_references": len(out_names), "n_in_references": int(len(in_refs)),
         "test_vs_retrain": outcome(vs_retrain, alpha),
         **vs_retrain.as_dict("delta_vs_retrain"),

@@ -33,6 +33,8 @@ class AuditData:
     baseline_stats: dict[str, dict[str, np.ndarray]]
     control_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     self_name: str | None = None
+    #: retrained references left out besides ``self_name`` (an unlearned model's own seed's retrained model)
+    exclude: tuple = ()
     cell_types: np.ndarray | None = None  # a label per cell (obs['cell_type'])
     forget_kind: str | None = None  # the forget set's kind (cell_type, cluster, random)
 

@@ -207,7 +207,8 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
             family.append({"forget_set": fs, "variant": variant, "method": method, "n_models": k,
                            "n_null": len(null), **res, "margin": margin, "margin_of_gap": margin_of_gap,
                            "resolution": resolution(sd, k, len(null), alpha),
-                           "baseline_gap": gap, "_comparable": comparable(method)})
+                           "baseline_gap": gap, "_comparable": comparable(method),
+                           "_centred_on_all": centred_on_all(v)})
         # the equivalence control: the train seeds' retrained models against the other retrained models
         eq = _retrain_as_method(fs, null, margin, gap, alpha, model_seeds, all_seeds)
         fam = pd.DataFrame(family)
@@ -238,6 +239,9 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
             shown = r["_comparable"] and np.isfinite(r["tost_p_holm"]) and r["tost_p_holm"] < alpha
             if shown and r["verdict"] != "SUCCESS":  # equivalence shown, yet the study may not say so
                 notes.append("no SUCCESS: the study's controls failed" if not ok else eq_note)
+            if r["_centred_on_all"]:
+                notes.append("forget cells of types with too few unseen cells to centre on their own were centred on "
+                             f"all audit cells ({r['_centred_on_all']}): a seed's shift on those types is not removed")
             if np.isfinite(r["margin"]) and np.isfinite(r["resolution"]) and r["margin"] < r["resolution"]:
                 notes.append(f"margin {r['margin']:.3g} is below this study's resolution {r['resolution']:.3g} for "
                              f"{r['n_models']} models: SUCCESS is unlikely even for a perfect method")
@@ -250,6 +254,16 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
     out["gap_closed"] = 1 - out["delta"] / lead
     out["resolution_of_gap"] = out["resolution"] / lead
     return out[VERDICT_COLUMNS]
+
+
+def centred_on_all(g: pd.DataFrame) -> str:
+    """The forget cells' types its audit records centred on all audit cells (``pc_centred_on_all``), as
+    ``type (n unseen cells)``; empty when every type had enough cells of its own."""
+    seen: dict[str, int] = {}
+    for d in g.get("pc_centred_on_all", pd.Series(dtype=object)):
+        if isinstance(d, dict):
+            seen.update(d)
+    return ", ".join(f"{k} ({n} unseen cells)" for k, n in sorted(seen.items()))
 
 
 def _retrain_as_method(fs: str, null: np.ndarray, margin: float, gap: float, alpha: float,

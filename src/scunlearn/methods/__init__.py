@@ -55,12 +55,23 @@ class MethodSpec:
     #: for a method that is not audit_comparable: which claims its audit record can and cannot
     #: support (the report prints it beside its NOT-COMPARABLE verdict)
     audit_claim: str = ""
+    #: the name of a batched form in the method's module, ``fn(ctxs) -> [VAE]``: the K members of an
+    #: unlearning job (one per baseline seed) unlearned together as one stacked model, each as its solo
+    #: run up to float rounding. Empty: the members run in turn (bit for bit their solo runs).
+    batched: str = ""
 
     @property
     def fn(self) -> Callable:
         """The implementation ``fn(ctx) -> VAE`` (imports its module, and torch, on first use)."""
         mod = importlib.import_module(f"{__name__}.{self.module}")
         return getattr(mod, self.function)
+
+    @property
+    def batch_fn(self) -> Callable:
+        """The batched implementation ``fn(ctxs) -> [VAE]`` (see :attr:`batched`)."""
+        if not self.batched:
+            raise ScunlearnError(f"method {self.name} has no batched form")
+        return getattr(importlib.import_module(f"{__name__}.{self.module}"), self.batched)
 
 
 # Kept as the old name: code that did ``from scunlearn.methods import Method`` still works.
@@ -71,16 +82,17 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None = None,
          function: str | None = None, needs: tuple[str, ...] = (), audit_comparable: bool = True,
-         audit_claim: str = "") -> MethodSpec:
+         audit_claim: str = "", batched: str = "") -> MethodSpec:
     """Add a method to the registry; its defaults must match its schema key for key.
 
-    ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`).
+    ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`);
+    ``batched``: its batched form's function name (see :attr:`MethodSpec.batched`).
     """
     if name in REGISTRY:
         raise ValueError(f"method '{name}' registered twice")
     check_schema_covers(defaults, schema, f"method {name} defaults")
     s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs),
-                   bool(audit_comparable), audit_claim)
+                   bool(audit_comparable), audit_claim, batched)
     REGISTRY[name] = s
     return s
 
@@ -163,7 +175,8 @@ spec("retain_finetune",
      {"epochs": 10, "lr": 1e-3, "batch_size": 128, "patience": 5, "match_k": 7},
      obj(epochs=integer(1), lr=number(positive=True), batch_size=integer(2), patience=integer(1),
          match_k=integer(1)),
-     "The control: fine-tune on retain cells only, exactly as the fine-tuning inside fisher.")
+     "The control: fine-tune on retain cells only, exactly as the fine-tuning inside fisher.",
+     batched="retain_finetune_members")
 
 spec("relative_fisher",
      {"alpha": 3e-3, "damping": 0.1, "steps": 100, "max_rise": 0.5, "weighting": "share", "fisher_cells": 1000,

@@ -172,3 +172,66 @@ def finetune(model: VAE, ctx: UnlearnContext, *, epochs: int, lr: float, batch_s
         model.load_state_dict(best_state)
     model.eval()
     return model
+
+
+def finetune_members(ctxs: list[UnlearnContext], *, epochs: int, lr: float, batch_size: int, patience: int,
+                     on_epochs: list[Callable[[int, float, float], None]] | None = None) -> list[VAE]:
+    """:func:`finetune` of K members at once (one per context, same cells, each its own seed and model):
+    their weights stacked, every step one batched step (:class:`scunlearn.vae.batched.Ensemble`).
+
+    Member k draws its data order, z and dropout from generators seeded with its ``ctx.seed`` as
+    :func:`finetune` seeds them, keeps its own Adam state and stops on its own validation ELBO, so it
+    is the solo run up to float rounding (batched kernels sum in another order). ``on_epochs[k]`` is
+    member k's ``on_epoch``, called with ``ctx.model`` holding that epoch's weights. Returns the
+    contexts' models, each at its best validation epoch, in eval mode.
+    """
+    from scunlearn.vae.batched import Ensemble
+
+    if not ctxs:
+        return []
+    first = ctxs[0]
+    for c in ctxs[1:]:
+        if c.retain.shape != first.retain.shape or not torch.equal(c.retain, first.retain) \
+                or not torch.equal(c.validation, first.validation):
+            raise ValueError("finetune_members: the members must fine-tune on the same retain and validation cells")
+    X = torch.cat([first.retain, first.validation])
+    nr = len(first.retain)
+    train_idx = torch.arange(nr, device=X.device)
+    val_idx = np.arange(nr, len(X))
+    dev = X.device
+    starts = []
+    for c in ctxs:
+        c.trajectory.expect("finetune", epochs, upper_bound=True)
+        gen = torch.Generator(device=dev) if dev.type != "cpu" else torch.Generator()
+        starts.append(({n: t.detach().clone() for n, t in c.model.state_dict().items()}, gen.manual_seed(c.seed)))
+    ens = Ensemble(first.model.cfg, [c.seed for c in ctxs], dev, lr, step="eager", starts=starts)
+    K = len(ctxs)
+    best, best_state, bad = [-np.inf] * K, [None] * K, [0] * K
+    for epoch in range(1, epochs + 1):
+        if not ens.active:
+            break
+        train_loss = ens.run_epoch(X, train_idx, batch_size, 1.0)
+        val = ens.model.elbo(X, val_idx).tolist()
+        stopped = []
+        for pos, i in enumerate(ens.active):
+            if not (np.isfinite(train_loss[pos]) and np.isfinite(val[pos])):
+                raise ValueError(f"fine-tuning diverged at epoch {epoch} (seed {ctxs[i].seed}); lower the "
+                                 "fine-tuning lr")
+            state = ens.model.member_state(pos)
+            if val[pos] > best[i]:
+                best[i], best_state[i], bad[i] = val[pos], state, 0
+            else:
+                bad[i] += 1
+            if on_epochs is not None:
+                ctxs[i].model.load_state_dict(state)
+                on_epochs[i](epoch, train_loss[pos], val[pos])
+            if bad[i] >= patience:
+                stopped.append(pos)
+        ens.drop(stopped)
+    out = []
+    for i, c in enumerate(ctxs):
+        if best_state[i] is not None:
+            c.model.load_state_dict(best_state[i])
+        c.model.eval()
+        out.append(c.model)
+    return out

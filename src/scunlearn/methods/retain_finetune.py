@@ -15,7 +15,7 @@ per-gene losses of forget cells and their matched validation cells (z = μ, eval
 
 from __future__ import annotations
 
-from scunlearn.methods.common import MembershipSet, finetune
+from scunlearn.methods.common import MembershipSet, finetune, finetune_members
 from scunlearn.methods.context import UnlearnContext
 from scunlearn.vae.model import VAE
 
@@ -40,3 +40,17 @@ def retain_finetune(ctx: UnlearnContext) -> VAE:
              on_epoch=log_finetune_epoch(ctx, members, model))
     ctx.trajectory.log(epoch=len(ctx.trajectory.rows) - 1, step=0, phase="final", **members.losses(model))
     return model
+
+
+def retain_finetune_members(ctxs: list[UnlearnContext]) -> list[VAE]:
+    """:func:`retain_finetune` of an unlearning job's K members at once (:func:`finetune_members`): each
+    member's model and trajectory are its solo run's up to float rounding."""
+    p = ctxs[0].params
+    sets = [MembershipSet.build(c.model, c, p["match_k"]) for c in ctxs]
+    for c, members in zip(ctxs, sets):
+        c.trajectory.log(epoch=0, step=0, phase="baseline", **members.losses(c.model))
+    finetune_members(ctxs, epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], patience=p["patience"],
+                     on_epochs=[log_finetune_epoch(c, m, c.model) for c, m in zip(ctxs, sets)])
+    for c, members in zip(ctxs, sets):
+        c.trajectory.log(epoch=len(c.trajectory.rows) - 1, step=0, phase="final", **members.losses(c.model))
+    return [c.model for c in ctxs]

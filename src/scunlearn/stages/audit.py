@@ -44,11 +44,13 @@ def stage_audit(inp, out, params, threads):
     shared = audit_shared(inp, params, job_device(params.get("device") or "cpu"))
     log_units(log, len(models), "models audited")
     shares = list(params.get("bench_models") or [1] * len(models))
-    for model_path, cells_path, bench, model_seed, self_name, path, share in zip(models, cells, benches, seeds,
-                                                                                 self_names, outs, shares):
+    excludes = list(params.get("exclude_names") or [None] * len(models))
+    for model_path, cells_path, bench, model_seed, self_name, path, share, excl in zip(
+            models, cells, benches, seeds, self_names, outs, shares, excludes):
         t0, c0 = time.perf_counter(), time.process_time()
         seed_everything(int(params["seed"]), threads)  # per model: its record never depends on its job-mates
-        record = audit_model(shared, params, model_path, cells_path, bench, int(model_seed), self_name)
+        record = audit_model(shared, params, model_path, cells_path, bench, int(model_seed), self_name,
+                             exclude=(excl,) if excl else ())
         if int(share) > 1:  # trained in one job with other seeds (train.ensemble): its share of the wall time
             record["wall_s"] = record["wall_s"] / int(share)
         write_json(record, path)

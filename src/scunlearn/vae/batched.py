@@ -329,7 +329,10 @@ class Ensemble:
     ``auto``). ``static``: the same static step without capture (exact count terms; tests its logic on
     CPU). The last, partial batch of an epoch always runs eagerly."""
 
-    def __init__(self, cfg: VAEConfig, seeds: Sequence[int], device, lr: float, step: str = "auto"):
+    def __init__(self, cfg: VAEConfig, seeds: Sequence[int], device, lr: float, step: str = "auto",
+                 starts: Sequence[tuple[dict, torch.Generator]] | None = None):
+        """``starts``: each member's (state dict, generator of its dropout / noise draws) to start from
+        (fine-tuning trained models); by default a fresh initialisation (:func:`init_member`)."""
         if step not in STEP_MODES:
             raise ScunlearnError(f"ensemble: step {step!r} is not one of {STEP_MODES}")
         self.cfg, self.seeds = cfg, [int(s) for s in seeds]
@@ -338,7 +341,9 @@ class Ensemble:
         if len(set(self.seeds)) != len(self.seeds):
             raise ScunlearnError(f"ensemble: repeated seeds {self.seeds}")
         self.device = torch.device(device)
-        inits = [init_member(cfg, s, self.device) for s in self.seeds]
+        inits = list(starts) if starts is not None else [init_member(cfg, s, self.device) for s in self.seeds]
+        if len(inits) != len(self.seeds):
+            raise ScunlearnError(f"ensemble: {len(inits)} starting states for {len(self.seeds)} seeds")
         self.model = StackedVAE(cfg, [st for st, _ in inits], self.device)
         self.gens = [g for _, g in inits]
         self.orders = [torch.Generator().manual_seed(s) for s in self.seeds]  # as run_epoch's

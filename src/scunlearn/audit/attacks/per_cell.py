@@ -27,7 +27,8 @@ def run(data: AuditData, params: dict) -> dict:
         return {name: cell_statistic(s, st) for name, s in group.items()}
 
     return per_cell_audit(cell_statistic(data.target_stats, st), of(data.retrain_stats), of(data.baseline_stats),
-                          data.forget, data.negatives, self_name=data.self_name, controls=of(data.control_stats),
+                          data.forget, data.negatives, self_name=data.self_name, exclude=data.exclude,
+                          controls=of(data.control_stats),
                           margin=data.margin, alpha=data.alpha, n0=params["shrinkage"],
                           strata=data.cell_types if params["centre_by_cell_type"] else None,
                           test=params["test"], measure=params["measure"],
