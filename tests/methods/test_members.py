@@ -94,7 +94,7 @@ def test_only_methods_with_a_batched_form_declare_one():
             assert callable(spec.batch_fn), name
         else:
             with pytest.raises(Exception, match="no batched form"):
-                spec.batch_fn
+                _ = spec.batch_fn
 
 
 def _job_inputs(tmp_path, seeds):
