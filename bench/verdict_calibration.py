@@ -96,18 +96,16 @@ def method_null(cfg: dict, run_dir: Path, fs: str, seeds: list[int]) -> dict[str
         spec = get_method(v["method"])
         if fs not in v.get("forget_sets", [fs]) or not spec.audit_comparable or spec.needs:
             continue
-        cells = []
-        for s in seeds:
-            stem = run_dir / "on_retrain" / variant / fs / f"seed{s}"
-            paths = {"model": f"{stem}.pt", "trajectory": f"{stem}.tsv", "cells": f"{stem}.cells.npz"}
-            if not Path(paths["cells"]).exists():
-                stage_unlearn({"adata": str(run_dir / "data/adata.h5ad"), "split": str(run_dir / "splits/split.json"),
-                               "forget": str(run_dir / "splits" / f"{fs}.json"),
-                               "baseline": str(run_dir / "models/retrain" / fs / f"seed{s}.pt")}, paths,
-                              {"variant": variant, "method": v["method"], "params": v.get("params", {}), "seed": s,
-                               "device": cfg.get("device", "cpu")}, 2)
-            cells.append(paths["cells"])
-        out[variant] = cells
+        stems = [run_dir / "on_retrain" / variant / fs / f"seed{s}" for s in seeds]
+        paths = {"model": [f"{t}.pt" for t in stems], "trajectory": [f"{t}.tsv" for t in stems],
+                 "cells": [f"{t}.cells.npz" for t in stems]}
+        if not all(Path(p).exists() for p in paths["cells"]):  # one job of K members, as the workflow runs it
+            stage_unlearn({"adata": str(run_dir / "data/adata.h5ad"), "split": str(run_dir / "splits/split.json"),
+                           "forget": str(run_dir / "splits" / f"{fs}.json"),
+                           "baseline": [str(run_dir / "models/retrain" / fs / f"seed{s}.pt") for s in seeds]},
+                          paths, {"variant": variant, "method": v["method"], "params": v.get("params", {}),
+                                  "seeds": seeds, "device": cfg.get("device", "cpu")}, 2)
+        out[variant] = paths["cells"]
     return out
 
 

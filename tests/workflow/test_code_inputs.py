@@ -91,8 +91,23 @@ def test_editing_the_optimiser_reruns_all_training_and_below(study):
     for rule in ("baseline", "retrain", "sisa_shards", "unlearn", "audit", "audit_method", "controls", "aggregate",
                  "report"):
         assert jobs.get(rule, 0) > 0, (rule, jobs)
-    assert jobs["retrain"] == 2 and jobs["unlearn"] == 8  # both forget sets; every variant (scrub included)
+    assert jobs["retrain"] == 2 and jobs["unlearn"] == 10  # both forget sets; every variant (scrub and ladder included)
     assert not {"acquire", "preprocess", "split", "forget_set", "matched_negatives"} & set(jobs)
+
+
+def test_adding_a_budget_to_a_ladder_reruns_only_its_own_jobs(study):
+    """The tiny study's fine-tuning ladder gets a third budget: its one new variant is unlearned and audited, the
+    summary and report redone; no other variant's unlearning or audit reruns (each rung of a ladder is compared
+    with the fine-tuning control of its own budget, so the others' inputs do not change)."""
+    repo, work, args = study
+    cfg = yaml.safe_load((repo / "tiny.yaml").read_text())
+    cfg["methods"]["finetune_ladder"]["budgets"].append(1.0)
+    more = repo / "tiny_more.yaml"
+    more.write_text(yaml.safe_dump(cfg))
+    r = _snakemake([*[a if a != str(repo / "tiny.yaml") else str(more) for a in args], "-n"], work)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert _jobs(r.stdout + r.stderr) == {"unlearn": 1, "audit_method": 1, "aggregate": 1, "report": 1, "all": 1}
+    assert "models/finetune_ladder@b1/scattered/seed0.pt" in r.stdout
 
 
 def test_editing_preprocessing_reruns_preprocess_but_not_acquire(study):

@@ -77,7 +77,9 @@ def test_tiny_study_end_to_end(tmp_path):
     assert "OVER-UNLEARN" not in set(summary.loc[summary["method"] == "baseline", "verdict"])
     # reference seeds 1 and 2 are references only: 3 retrained models, each audited one has 2 references
     assert set(summary.loc[summary["method"] == "retrain", "n_references"]) == {2}
-    assert set(summary.loc[~summary["method"].isin(["retrain"]), "n_references"]) == {3}
+    assert set(summary.loc[summary["method"] == "baseline", "n_references"]) == {3}
+    # an unlearned model is never compared with its own seed's retrained model: 2 references
+    assert set(summary.loc[~summary["method"].isin(["retrain", "baseline"]), "n_references"]) == {2}
     assert set(summary["seed"]) == {0}
     for _, g in summary.groupby("forget_set"):
         floor = g.loc[g["method"] == "retrain", "auc"].mean()
@@ -145,8 +147,10 @@ def test_tiny_study_end_to_end(tmp_path):
     # tiny: one train seed and two reference seeds; the control has 1 model against 2 other retrained ones
     assert set(verdicts.loc[verdicts["variant"] != RETRAIN_AS_METHOD, "n_models"]) == {1}
     rec = json.loads((out / "audit/scattered/fisher/seed0.json").read_text())
+    null = json.loads((out / "audit/scattered/baseline/seed0.json").read_text())["pc_null"]  # all 3 retrained
     row = verdicts.set_index(["forget_set", "variant"]).loc[("scattered", "fisher")]
-    assert row["delta"] == pytest.approx(record_value(rec) - np.mean(rec["pc_null"]))
+    assert len(null) == 3 and len(rec["pc_null"]) == 2
+    assert row["delta"] == pytest.approx(record_value(rec) - np.mean(null))
     assert row["verdict"] in {"SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE"} and row["n_null"] == 3
     assert verdicts.loc[verdicts["method"] == "sisa", "verdict"].eq("NOT-COMPARABLE").all()
     for f in ("splits/split.json", "splits/scattered.json", "models/baseline/seed0.cells.npz",
@@ -173,7 +177,33 @@ def test_tiny_study_end_to_end(tmp_path):
     assert list(ft["phase"]) == ["baseline", "finetune", "final"] and ft["forget_loss"].notna().all()
 
     html = (out / "report/index.html").read_text()
-    assert html.count("data:image/png;base64,") == 6 and "Table II" in html
+    assert html.count("data:image/png;base64,") == 7 and "Table II" in html
+
+    # the frontier: the fine-tuning ladder's two budgets are one line, each rung a variant with both costs;
+    # Figure 7 plots exactly frontier.tsv; the report answers "what does it cost to forget?"
+    from scunlearn.audit.frontier import CHEAPEST_COLUMNS, FRONTIER_COLUMNS
+
+    front = pd.read_csv(out / "report/frontier.tsv", sep="\t")
+    assert list(front.columns) == FRONTIER_COLUMNS
+    assert set(zip(front["forget_set"], front["variant"])) == set(zip(methods["forget_set"], methods["variant"]))
+    lad = front[front["line"] == "finetune_ladder"].set_index("variant")
+    assert sorted(lad.index) == ["finetune_ladder@b0.34", "finetune_ladder@b0.67"]
+    assert lad.loc["finetune_ladder@b0.34", "budget"] == 0.34 and lad["is_control"].all()
+    # compute: 1 and 2 epochs over the retain cells, against the retrain's epochs x training cells
+    ratio = lad.loc["finetune_ladder@b0.67", "compute_vs_retrain"] / lad.loc["finetune_ladder@b0.34",
+                                                                              "compute_vs_retrain"]
+    assert ratio == pytest.approx(2.0) and (front["cost_vs_retrain"] > 0).all()
+    ret = json.loads((out / "audit/scattered/retrain/seed0.json").read_text())
+    ft_rec = json.loads((out / "audit/scattered/finetune_ladder@b0.34/seed0.json").read_text())
+    n_retain = len(split["train"]) - 20
+    assert ft_rec["cell_passes"] in (n_retain, n_retain - 1)  # one epoch (a 1-cell last batch is skipped)
+    assert ret["cell_passes"] % n_retain == 0 and ret["cell_passes"] >= n_retain
+    fig = pd.read_csv(out / "report/figures/fig7_frontier.tsv", sep="\t")
+    pd.testing.assert_frame_equal(fig[["variant", "cost_vs_retrain", "delta_of_gap"]],
+                                  front[["variant", "cost_vs_retrain", "delta_of_gap"]], check_exact=False)
+    best = pd.read_csv(out / "report/frontier_cheapest.tsv", sep="\t")
+    assert list(best.columns) == CHEAPEST_COLUMNS and set(best["forget_set"]) == {"structured", "scattered"}
+    assert 'id="frontier"' in html and "What does it cost to forget?" in html
     assert "Audit power on this study" in html and 'id="method_comparison"' in html
     assert "Controls on structured: every seed" in html and "retrain/seed2" in html
 

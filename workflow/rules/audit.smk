@@ -85,12 +85,16 @@ rule aggregate:
         summary=report(f"{OUT}/report/summary.tsv", caption="../report/summary.rst", category="Tables"),
         controls=f"{OUT}/report/controls.tsv",
         verdicts=report(f"{OUT}/report/verdicts.tsv", caption="../report/verdicts.rst", category="Tables"),
+        frontier=f"{OUT}/report/frontier.tsv",
+        cheapest=f"{OUT}/report/frontier_cheapest.tsv",
     params:
         tolerance=config["audit"]["tolerance"],
         alpha=config["audit"]["alpha"],
         margin={f: margin_of(f) for f in FORGET},
         model_seeds=METHOD_SEEDS,
         all_seeds=ALL_SEEDS,
+        # each variant's budget ladder (its line through the frontier) and budget
+        ladders={v: {"line": d["line"], "budget": d["budget"]} for v, d in VARIANTS.items()},
     log:
         f"{OUT}/logs/aggregate.log",
     benchmark:

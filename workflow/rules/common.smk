@@ -1,5 +1,6 @@
 # Shared definitions: config-derived names, wildcard constraints, tracked library code.
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from scunlearn import ScunlearnError
 from scunlearn.data.sources import PBMC33K_URL
 from scunlearn.audit.attacks import ATTACKS as ATTACK_REGISTRY, mlp_fold_groups, resolve_attacks
 from scunlearn.codedeps import stage_code
-from scunlearn.methods import get_method, resolve_params
+from scunlearn.methods import expand_variants, get_method
 
 # Parameters are compared by their repr to decide reruns: sort every nested key so that
 # reordering keys in a config file (or schema defaults filled in) never reruns a job.
@@ -183,24 +184,12 @@ DATASET_FILES = dataset_files()
 
 
 def _variants():
-    """Resolve every configured method variant now: unknown methods or parameters fail at parse time."""
-    out = {}
-    for name, v in config["methods"].items():
-        if "forget_sets" in v and not v["forget_sets"]:
-            raise WorkflowError(
-                f"config methods.{name}.forget_sets ({CONFIG_FILES}): an empty list, so variant '{name}' would run "
-                f"on no forget set and silently drop out of the study. List the forget sets to run it on "
-                f"(of {FORGET}), leave the key out to run it on all of them, or remove the variant"
-            )
-        unknown = set(v.get("forget_sets", [])) - set(FORGET)
-        if unknown:
-            raise WorkflowError(f"config methods.{name}.forget_sets: unknown forget sets {sorted(unknown)}")
-        try:
-            params = resolve_params(v["method"], v.get("params", {}), name)
-        except ScunlearnError as e:
-            raise WorkflowError(f"config: {e}") from None
-        out[name] = {"method": v["method"], "params": params, "forget_sets": v.get("forget_sets", FORGET)}
-    return out
+    """Resolve every configured method variant now, budget and parameter ladders expanded
+    (scunlearn.methods.expand_variants): unknown methods or parameters fail at parse time."""
+    try:
+        return expand_variants(config["methods"], FORGET, int(config["train"]["max_epochs"]))
+    except ScunlearnError as e:
+        raise WorkflowError(f"{e} ({CONFIG_FILES})") from None
 
 
 VARIANTS = _variants()
@@ -220,7 +209,8 @@ def res(kind, key, default):
 
 
 def alternatives(names):
-    return "|".join(sorted(names, key=len, reverse=True)) or "NONE"
+    """A wildcard constraint matching exactly these names (ladder variants hold '.', escaped)."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "NONE"
 
 
 wildcard_constraints:
@@ -305,11 +295,15 @@ def models_of(w):
 
 
 def controls_of(w):
-    """Fine-tuning control variants (method retain_finetune) run on this forget set, other than the audited one."""
+    """Fine-tuning control variants (method retain_finetune) run on this forget set at the audited variant's
+    budget (a budget ladder's rung is compared with the control's rung of the same budget; variants without a
+    budget with the controls without one), other than the audited one. So adding a budget to a ladder adds
+    jobs without rerunning any other variant's audit."""
+    budget = VARIANTS[w.model]["budget"] if w.model in VARIANTS else None
     return [
         v
         for v, d in VARIANTS.items()
-        if d["method"] == "retain_finetune" and w.forget in d["forget_sets"] and v != w.model
+        if d["method"] == "retain_finetune" and w.forget in d["forget_sets"] and v != w.model and d["budget"] == budget
     ]
 
 

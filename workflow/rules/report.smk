@@ -18,6 +18,7 @@ REPORT_FIGURES = [
     "fig4_mlp_summary",
     "fig5_privacy_utility",
     "fig6_mlp_seed_cis",
+    "fig7_frontier",
 ]
 
 
@@ -26,6 +27,8 @@ rule report:
         summary=rules.aggregate.output.summary,
         controls=rules.aggregate.output.controls,
         verdicts=rules.aggregate.output.verdicts,
+        frontier=rules.aggregate.output.frontier,
+        cheapest=rules.aggregate.output.cheapest,
         adata=rules.preprocess.output.adata,
         trajectories=[f"{OUT}/models/{t['variant']}/{t['forget_set']}/seed{t['seed']}.tsv" for t in TRAJECTORIES],
         code=code("report:stage_report"),

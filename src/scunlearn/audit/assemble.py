@@ -117,12 +117,16 @@ def audit_model(shared: dict, params: dict, model_path, cells_path, bench_path, 
                          params["target_sum"])
     log.info("utility: %s", util)
     bench = read_benchmark(bench_path or "")
+    # machine-independent cost (scunlearn.methods.compute): a trained model's cell passes are its epochs × cells
+    passes = meta.get("report", {}).get("cell_passes")
+    if passes is None and "epochs_run" in meta and "n_train" in meta:
+        passes = int(meta["epochs_run"]) * int(meta["n_train"])
     wall, rss = bench.get("s", float("nan")), bench.get("max_rss", float("nan"))
     return {
         "run": params["run"], "dataset": params["dataset"], "forget_set": params["forget"],
         "method": params["method"], "variant": params["variant"],
         "param_hash": meta.get("param_hash", ""), "seed": model_seed,
-        **record, **util, **meta.get("report", {}), "n_forget": int(len(part.forget)),
+        **record, **util, **meta.get("report", {}), "cell_passes": passes, "n_forget": int(len(part.forget)),
         "n_negatives": int(len(shared["neg"])), "n_negatives_cell_type": int(len(shared["negatives"]["cell_type"])),
         "n_audit": int(len(part.audit)), "wall_s": wall, "max_rss_mb": rss, "model": str(model_path),
     }

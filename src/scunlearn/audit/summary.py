@@ -25,6 +25,7 @@ SUMMARY_COLUMNS = [
     "ci_overlaps_floor_range", "n_forget", "n_negatives",
     # utility and cost
     "recon_mse", "marker_mse", "val_elbo", "latent_acc", "wall_s", "max_rss_mb", "cost_vs_retrain",
+    "compute_vs_retrain",
     # the private-training anchor (dp_retrain): the accountant's ε at δ; NaN for every other model
     "dp_epsilon", "dp_delta",
     # up-front cost of a method that trains before any request (sisa's shards), NaN for the others

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VERDICT_COLUMNS = [
     "forget_set", "variant", "method", "n_models", "n_null", "delta", "delta_se", "delta_ci_low", "delta_ci_high",
     "p", "p_holm", "tost_p", "tost_p_holm", "margin", "margin_of_gap", "resolution", "resolution_of_gap",
-    "baseline_gap", "gap_closed", "verdict", "note",
+    "baseline_gap", "null_sd", "gap_closed", "verdict", "note",
 ]
 
 #: the pseudo-variant of the equivalence control
@@ -207,7 +207,7 @@ def variant_verdicts(records: list[dict], margin_spec, alpha: float, controls_ok
             family.append({"forget_set": fs, "variant": variant, "method": method, "n_models": k,
                            "n_null": len(null), **res, "margin": margin, "margin_of_gap": margin_of_gap,
                            "resolution": resolution(sd, k, len(null), alpha),
-                           "baseline_gap": gap, "_comparable": comparable(method),
+                           "baseline_gap": gap, "null_sd": sd, "_comparable": comparable(method),
                            "_centred_on_all": centred_on_all(v)})
         # the equivalence control: the train seeds' retrained models against the other retrained models
         eq = _retrain_as_method(fs, null, margin, gap, alpha, model_seeds, all_seeds)
@@ -287,5 +287,5 @@ def _retrain_as_method(fs: str, null: np.ndarray, margin: float, gap: float, alp
     return {"forget_set": fs, "variant": RETRAIN_AS_METHOD, "method": "retrain",
             "n_models": len(posing), "n_null": len(rest), **res, "margin": margin,
             "margin_of_gap": margin / gap if gap > 0 else float("nan"),
-            "resolution": resolution(sd, len(posing), len(rest), alpha), "baseline_gap": gap}
+            "resolution": resolution(sd, len(posing), len(rest), alpha), "baseline_gap": gap, "null_sd": sd}
 

@@ -94,8 +94,10 @@ def add_verdicts(df: pd.DataFrame, tolerance: float, alpha: float = 0.05) -> pd.
     """Add verdict, paper_verdict (with floor and band), controls, gap closed and cost columns, per forget set.
 
     ``cost_vs_retrain`` = the wall time of the job that made the model over the retrain's of
-    the same seed (one unlearning request); ``setup_cost_vs_retrain`` = a method's up-front
-    job (``setup_wall_s`` in its record: sisa's shard training) over the same retrain.
+    the same seed (one unlearning request); ``compute_vs_retrain`` = the same ratio in cell
+    passes with gradient through the VAE (:mod:`scunlearn.methods.compute`): no machine changes
+    it; ``setup_cost_vs_retrain`` = a method's up-front job (``setup_wall_s`` in its record: sisa's
+    shard training) over the same retrain.
     """
     df = df.copy()
     for col in ("floor", "floor_sd", "floor_min", "floor_max", "band_low", "band_high",
@@ -127,6 +129,11 @@ def add_verdicts(df: pd.DataFrame, tolerance: float, alpha: float = 0.05) -> pd.
         ret = g[g["method"] == "retrain"].set_index("seed")["wall_s"]
         ref = g["seed"].map(ret).fillna(ret.mean())
         df.loc[rows, "cost_vs_retrain"] = (g["wall_s"] / ref).values
+        if "cell_passes" in g:  # the same ratio in cell passes with gradient: machine-independent
+            passes = pd.to_numeric(g["cell_passes"], errors="coerce")
+            ret_p = passes[g["method"] == "retrain"].groupby(g.loc[g["method"] == "retrain", "seed"]).mean()
+            ref_p = g["seed"].map(ret_p).fillna(ret_p.mean())
+            df.loc[rows, "compute_vs_retrain"] = (passes / ref_p).values
         if "setup_wall_s" in g:  # a method's up-front job (sisa's shards), over the same retrain
             df.loc[rows, "setup_cost_vs_retrain"] = (g["setup_wall_s"] / ref).values
     return df

@@ -59,6 +59,9 @@ class MethodSpec:
     #: unlearning job (one per baseline seed) unlearned together as one stacked model, each as its solo
     #: run up to float rounding. Empty: the members run in turn (bit for bit their solo runs).
     batched: str = ""
+    #: the parameter a budget ladder sets (``methods.NAME.budgets``): the epochs of its training loop over the
+    #: retain cells. ``None`` for a method without one (ssd: no training; sisa: the train recipe's).
+    budget_key: str | None = None
 
     @property
     def fn(self) -> Callable:
@@ -82,17 +85,20 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 def spec(name: str, defaults: dict, schema: dict, doc: str, module: str | None = None,
          function: str | None = None, needs: tuple[str, ...] = (), audit_comparable: bool = True,
-         audit_claim: str = "", batched: str = "") -> MethodSpec:
+         audit_claim: str = "", batched: str = "", budget_key: str | None = "") -> MethodSpec:
     """Add a method to the registry; its defaults must match its schema key for key.
 
     ``needs``: names of the extra inputs it needs from the workflow (see :attr:`MethodSpec.needs`);
-    ``batched``: its batched form's function name (see :attr:`MethodSpec.batched`).
+    ``batched``: its batched form's function name (see :attr:`MethodSpec.batched`); ``budget_key``: the
+    parameter a budget sets (default ``epochs`` if the method has one, else ``finetune_epochs``; None: no budget).
     """
     if name in REGISTRY:
         raise ValueError(f"method '{name}' registered twice")
     check_schema_covers(defaults, schema, f"method {name} defaults")
+    if budget_key == "":
+        budget_key = next((k for k in ("epochs", "finetune_epochs") if k in defaults), None)
     s = MethodSpec(name, module or name, function or name, defaults, schema, doc, tuple(needs),
-                   bool(audit_comparable), audit_claim, batched)
+                   bool(audit_comparable), audit_claim, batched, budget_key)
     REGISTRY[name] = s
     return s
 
@@ -102,6 +108,73 @@ def get_method(name: str) -> MethodSpec:
     if name not in REGISTRY:
         raise ScunlearnError(f"unknown unlearning method '{name}'; registered: {sorted(REGISTRY)}")
     return REGISTRY[name]
+
+
+def budget_epochs(budget: float, max_epochs: int) -> int:
+    """A budget (a fraction of a retrain's cell-epochs: ``train.max_epochs`` passes over the retain cells) as
+    the epochs of a method's loop over the retain cells: round(budget × max_epochs), at least 1."""
+    return max(1, int(round(float(budget) * int(max_epochs))))
+
+
+def _label(value) -> str:
+    """A ladder value as a variant name shows it: numbers in their shortest form (0.15, 0.001, 1e-05)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def expand_variants(methods: dict, forget_sets: list[str], max_epochs: int) -> dict[str, dict]:
+    """Every method variant the config asks for, budget and parameter ladders expanded, parameters resolved.
+
+    A variant with ``budgets: [b1, b2, ...]`` becomes one variant per budget, ``NAME@b<b>``, its method's
+    :attr:`MethodSpec.budget_key` set to :func:`budget_epochs`; ``ladder: {param: [v1, v2]}`` adds one per
+    value, ``NAME@<param><v>`` (all combinations, budget first). Each is a variant of its own (its jobs,
+    reruns, audit and verdict); ``line`` names the ladder it belongs to (the variant without its budget),
+    ``budget`` its budget (None without a ladder). Raises :class:`ScunlearnError` naming the key.
+    """
+    import itertools
+
+    out: dict[str, dict] = {}
+    for name, v in methods.items():
+        where = f"methods.{name}"
+        if "forget_sets" in v and not v["forget_sets"]:
+            raise ScunlearnError(
+                f"config {where}.forget_sets: an empty list, so variant '{name}' would run on no forget set and "
+                f"silently drop out of the study. List the forget sets to run it on (of {forget_sets}), leave the "
+                "key out to run it on all of them, or remove the variant")
+        unknown = set(v.get("forget_sets", [])) - set(forget_sets)
+        if unknown:
+            raise ScunlearnError(f"config {where}.forget_sets: unknown forget sets {sorted(unknown)}")
+        spec_ = get_method(v["method"])
+        budgets = list(v.get("budgets") or [])
+        ladder = dict(v.get("ladder") or {})
+        if budgets and spec_.budget_key is None:
+            raise ScunlearnError(f"config {where}.budgets: method {spec_.name} has no training loop to budget")
+        if len(set(budgets)) != len(budgets):
+            raise ScunlearnError(f"config {where}.budgets: repeated budgets {budgets}")
+        for key, values in ladder.items():
+            if key not in spec_.defaults:
+                raise ScunlearnError(f"config {where}.ladder: {key!r} is not a parameter of method {spec_.name}")
+            if key == spec_.budget_key and budgets:
+                raise ScunlearnError(f"config {where}.ladder: {key!r} is what budgets set; give one or the other")
+            if not values:
+                raise ScunlearnError(f"config {where}.ladder.{key}: an empty list")
+        keys = list(ladder)
+        for b, combo in itertools.product(budgets or [None], itertools.product(*(ladder[k] for k in keys))):
+            params = dict(v.get("params", {}))
+            suffix = ""
+            if b is not None:
+                params[spec_.budget_key] = budget_epochs(b, max_epochs)
+                suffix += f"@b{_label(b)}"
+            tail = "".join(f"@{k}{_label(x)}" for k, x in zip(keys, combo))
+            params.update(dict(zip(keys, combo)))
+            variant = f"{name}{suffix}{tail}"
+            if variant in out or (variant != name and variant in methods):
+                raise ScunlearnError(f"config {where}: its ladder names a variant '{variant}' that exists already")
+            out[variant] = {"method": v["method"], "params": resolve_params(v["method"], params, variant),
+                            "forget_sets": list(v.get("forget_sets", forget_sets)), "line": f"{name}{tail}",
+                            "budget": None if b is None else float(b)}
+    return out
 
 
 def resolve_params(name: str, params: dict | None, variant: str | None = None) -> dict:
@@ -218,7 +291,7 @@ spec("ssd",
      obj(alpha=number(positive=True), chunk_size=integer(1), data_cells=integer(0), match_k=integer(1),
          **{"lambda": number(positive=True)}),
      "Foster et al. (2024) Selective Synaptic Dampening: where the forget cells' diagonal Fisher exceeds alpha × "
-     "the training set's, multiply the weight by min(lambda · I_D / I_f, 1). No training.")
+     "the training set's, multiply the weight by min(lambda · I_D / I_f, 1). No training.", budget_key=None)
 
 spec("dp_retrain",
      {"epsilon": 8.0, "noise_multiplier": None, "delta": None, "max_grad_norm": 0.3, "epochs": 30, "lr": 3e-3,
@@ -242,7 +315,7 @@ spec("sisa",
      "Bourtoule et al. (2021) SISA, exact unlearning: S shards trained independently from the start "
      "(training recipe = config train); retrain from scratch only the shards holding forget cells. "
      "The audited model is the shard ensemble.",
-     needs=("shards", "shard_assignment", "setup_benchmark"), audit_comparable=False,
+     needs=("shards", "shard_assignment", "setup_benchmark"), audit_comparable=False, budget_key=None,
      audit_claim="Supports: exact unlearning by construction (every shard holding a forget cell is retrained "
      "from scratch without it, so no parameter ever saw it), its request and up-front costs against retrain, "
      "and its utility. Cannot support: a SUCCESS or FAIL from the per-cell audit, whose references are single "

@@ -210,6 +210,9 @@ def finetune_members(ctxs: list[UnlearnContext], *, epochs: int, lr: float, batc
     for epoch in range(1, epochs + 1):
         if not ens.active:
             break
+        for i in ens.active:  # each active member passes every retain cell once (the meter cannot see the stack)
+            ctxs[i].report["cell_passes"] = ctxs[i].report.get("cell_passes", 0) + len(train_idx) - (
+                1 if len(train_idx) % batch_size == 1 else 0)
         train_loss = ens.run_epoch(X, train_idx, batch_size, 1.0)
         val = ens.model.elbo(X, val_idx).tolist()
         stopped = []

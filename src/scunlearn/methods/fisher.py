@@ -55,6 +55,9 @@ def diagonal_fisher(model: torch.nn.Module, loss_fn: Callable, inputs: tuple[tor
 
     per_sample = vmap(grad(one), in_dims=(None,) + (0,) * len(inputs), chunk_size=chunk_size)
     n = len(inputs[0])
+    from scunlearn.methods.compute import CellMeter
+
+    CellMeter.add(n)  # a per-sample gradient per cell: under vmap the meter's hook cannot count them
     fisher = {k: torch.zeros_like(v) for k, v in params.items()}
     for s in range(0, n, chunk_size):
         g = per_sample(params, *(t[s:s + chunk_size] for t in inputs))

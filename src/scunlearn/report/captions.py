@@ -59,6 +59,13 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Every audited model's MLP-attack AUC with its bootstrap 95% confidence interval; "
         "markers distinguish seeds. With about 30 forget cells the interval is roughly "
         "±0.1, wider than the paper's band: compare intervals, not single digits."),
+    "fig7_frontier": (
+        "Figure 7. The privacy–cost frontier: Δ vs retrain against cost",
+        "Per forget set, each method variant's Δ against the retrained models as a fraction of the baseline's "
+        "lead (0 = as retrain, 1 = as the baseline; bars: 95% CI over its models) against its cost relative to a "
+        "retrain (wall time; compute in cell passes is in frontier.tsv). A line joins the budgets of one ladder; "
+        "the fine-tuning control's is dashed: a method earns a claim only below it at equal cost. Marker colour: "
+        "the variant's verdict. Grey band: the retrained models' spread (±1 SD); dotted: the equivalence margin."),
 }
 
 #: Table file stem -> (title, caption), in page order; ``{forget_set}`` is filled in.

@@ -473,9 +473,64 @@ def fig_seed_cis(summary: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
     return _save(fig, data, out_dir, stem)
 
 
+@_styled
+def fig_frontier(front: pd.DataFrame | None, out_dir: str | os.PathLike) -> Path:
+    """Fig. 7: per forget set, every method variant's Δ against retrain (as a fraction of the baseline's lead,
+    95% CI) against its cost relative to a retrain (log scale); a line through each budget ladder, markers by
+    verdict, the retrained models' spread (±1 SD) and the equivalence margin as bands. Fine-tuning's ladder,
+    the control, is drawn dashed: a method earns a claim only where it is below it at equal cost."""
+    from scunlearn.audit.frontier import FRONTIER_COLUMNS
+
+    stem = "fig7_frontier"
+    data = (front if front is not None else pd.DataFrame(columns=FRONTIER_COLUMNS)).reset_index(drop=True)
+    sets = list(dict.fromkeys(data["forget_set"]))
+    fig = Figure(figsize=(6.5 * max(len(sets), 1) + 2.5, 5), layout="constrained")
+    axes = fig.subplots(1, max(len(sets), 1), squeeze=False)[0]
+    if not sets or data["cost_vs_retrain"].notna().sum() == 0:
+        _placeholder(axes[0], "no method variant with a measured cost")
+        return _save(fig, data, out_dir, stem)
+    lines = sorted(dict.fromkeys(data["line"]))
+    palette = dict(zip(lines, sns.color_palette("tab20", len(lines))))
+    for ax, fs in zip(axes, sets):
+        panel = data[(data["forget_set"] == fs) & data["cost_vs_retrain"].notna()]
+        sd, m = panel["null_sd_of_gap"].dropna(), panel["margin_of_gap"].dropna()
+        if len(sd):
+            ax.axhspan(-sd.iloc[0], sd.iloc[0], color=RETRAIN_COLOR, alpha=0.25, lw=0, zorder=0)
+        if len(m):
+            ax.axhline(m.iloc[0], color=BAND_COLOR, ls=":", lw=1.2)
+            ax.axhline(-m.iloc[0], color=BAND_COLOR, ls=":", lw=1.2)
+        ax.axhline(0, color="black", lw=1)
+        ax.axhline(1, color="#7b1010", lw=0.8, ls="--")
+        ax.axvline(1, color="0.4", lw=0.8, ls=":")
+        for line, g in panel.groupby("line", sort=True):
+            g = g.sort_values("cost_vs_retrain")
+            control = bool(g["is_control"].any())
+            ax.plot(g["cost_vs_retrain"], g["delta_of_gap"], color=palette[line], lw=2.2 if control else 1.2,
+                    ls="--" if control else "-", zorder=2, label=line)
+            err = np.clip(np.vstack([g["delta_of_gap"] - g["ci_low"], g["ci_high"] - g["delta_of_gap"]]), 0, None)
+            ax.errorbar(g["cost_vs_retrain"], g["delta_of_gap"], yerr=None if np.isnan(err).any() else err, fmt="none",
+                        ecolor=palette[line], lw=0.9, capsize=2, zorder=2)
+            ax.scatter(g["cost_vs_retrain"], g["delta_of_gap"], s=46, zorder=3, edgecolor=palette[line], linewidth=1.4,
+                       color=[VERDICT_COLORS.get(v, "0.5") for v in g["verdict"]])
+        ax.set_xscale("log")
+        ax.set_title(f"{fs}: Δ vs retrain against cost", loc="left", fontsize=10)
+        ax.set_xlabel("cost relative to a retrain (wall time, log scale)")
+        ax.set_ylabel("Δ vs retrain / the baseline's lead\n(0 = as retrain, 1 = as the baseline)")
+    handles = [Line2D([], [], color=palette[x], lw=1.4, ls="--" if data.loc[data["line"] == x, "is_control"].any()
+                      else "-", label=x) for x in lines]
+    handles += [Line2D([], [], ls="", marker="o", color=VERDICT_COLORS[v], mec="black", label=v)
+                for v in VERDICT_COLORS if v in set(data["verdict"])]
+    handles += [Line2D([], [], color=RETRAIN_COLOR, alpha=0.5, lw=8, label="retrained models (±1 SD)"),
+                Line2D([], [], color=BAND_COLOR, ls=":", label="equivalence margin"),
+                Line2D([], [], color="#7b1010", ls="--", label="the baseline (no unlearning)")]
+    _legend_outside(fig, handles)
+    fig.suptitle(FIGURE_CAPTIONS[stem][0])
+    return _save(fig, data, out_dir, stem)
+
+
 def make_figures(summary: pd.DataFrame, trajectories: Iterable[Mapping],
                  out_dir: str | os.PathLike, forget_set: str | None = None,
-                 margin: float | None = None) -> dict[str, Path]:
+                 margin: float | None = None, frontier: pd.DataFrame | None = None) -> dict[str, Path]:
     """Draw every figure of :data:`FIGURE_CAPTIONS` into ``out_dir``; returns {stem: png path} in that order.
 
     ``forget_set`` picks the MLP comparison figure's set (default: structured if present,
@@ -490,6 +545,7 @@ def make_figures(summary: pd.DataFrame, trajectories: Iterable[Mapping],
         fig_summary(summary, out_dir),
         fig_privacy_utility(summary, out_dir),
         fig_seed_cis(summary, out_dir),
+        fig_frontier(frontier, out_dir),
     ]
     out = {p.stem: p for p in paths}
     if list(out) != list(FIGURE_CAPTIONS):

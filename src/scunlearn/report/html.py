@@ -454,6 +454,23 @@ def render_verdicts(verdicts: pd.DataFrame | None, alpha: float = 0.05) -> str:
             'the equivalence control. <a href="verdicts.tsv">verdicts.tsv</a></p>')
 
 
+def render_frontier(cheapest: pd.DataFrame | None, png: Path | None) -> str:
+    """What it costs to forget: per forget set, one sentence (the cheapest variant certified SUCCESS at no more
+    than a retrain's cost, or none, with fine-tuning's best point at that cost), the table, then Figure 7."""
+    from scunlearn.audit.frontier import cheapest_sentence
+
+    if cheapest is None or cheapest.empty:
+        return ""
+    sentences = "".join(f"<li>{html.escape(cheapest_sentence(r))}</li>" for r in cheapest.to_dict("records"))
+    table = render_table(cheapest.rename(columns=lambda c: c.replace("_", " ")), "frontier_cheapest")
+    fig = render_figure("fig7_frontier", png) if png is not None else ""
+    return (f'<h2 id="frontier">What does it cost to forget?</h2><ul class="findings">{sentences}</ul>'
+            f'<div class="scroll">{table}</div><p class="rule">Cost: the mean over a variant\'s models of its '
+            "unlearning job's wall time over its retrain's (compute: cell passes with gradient, which no machine "
+            'changes). <a href="frontier.tsv">frontier.tsv</a> · <a href="frontier_cheapest.tsv">'
+            f"frontier_cheapest.tsv</a></p>{fig}")
+
+
 def render_findings(verdicts: pd.DataFrame | None, summary: pd.DataFrame) -> str:
     """The first screen's answer (:func:`scunlearn.report.tables.findings`): per forget set, the best method,
     its cost relative to retraining and whether the judge's controls passed; empty without ``verdicts``."""
@@ -601,14 +618,16 @@ def _margin(config: Mapping) -> float | None:
 def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: Iterable[Mapping],
                  out_dir: str | os.PathLike, config: Mapping, provenance: Mapping,
                  forget_set: str | None = None, controls: pd.DataFrame | None = None,
-                 cell_type_scores: Mapping | None = None, verdicts: pd.DataFrame | None = None) -> Path:
+                 cell_type_scores: Mapping | None = None, verdicts: pd.DataFrame | None = None,
+                 frontier: pd.DataFrame | None = None, cheapest: pd.DataFrame | None = None) -> Path:
     """Write tables/*.tsv, figures/*.png + *.tsv and one self-contained index.html to ``out_dir``.
 
     ``trajectories``: dicts {variant, method, forget_set, seed, path} of the methods' logs;
     ``forget_set``: the set of Table II and the MLP comparison figure (default structured,
     else the first); ``controls``: the controls stage's per-model trials (``report/controls.tsv``);
     ``cell_type_scores``: the preprocessed data's ``uns['cell_type_scores']`` (unsure labels are shown);
-    ``verdicts``: ``report/verdicts.tsv`` (one verdict per variant), shown first.
+    ``verdicts``: ``report/verdicts.tsv`` (one verdict per variant), shown first; ``frontier`` / ``cheapest``:
+    ``report/frontier.tsv`` and ``report/frontier_cheapest.tsv`` (Figure 7 and the cheapest-SUCCESS answer).
     Returns the path of index.html.
     """
     if isinstance(summary_tsv, pd.DataFrame):
@@ -622,7 +641,7 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
     tables = build_tables(summary, fs, _audit_setting(config, "alpha", 0.05))
     for stem, df in tables.items():
         write_tsv(df.reset_index() if df.index.name else df, out / "tables" / f"{stem}.tsv")
-    figures = make_figures(summary, list(trajectories), out / "figures", fs, margin=margin)
+    figures = make_figures(summary, list(trajectories), out / "figures", fs, margin=margin, frontier=frontier)
 
     run = _run_name(config, summary)
     datasets = ", ".join(map(str, summary["dataset"].dropna().unique())) or "—"
@@ -632,7 +651,9 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
         f'<a href="tables/{stem}.tsv">tables/{stem}.tsv</a></p>'
         for stem in PAPER_TABLES)
     main_fig = "fig1_per_cell_audit"
-    figure_html = "".join(render_figure(stem, png) for stem, png in figures.items() if stem != main_fig)
+    front_fig = "fig7_frontier"
+    figure_html = "".join(render_figure(stem, png) for stem, png in figures.items()
+                          if stem not in (main_fig, front_fig))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>scunlearn report: {html.escape(run)}</title><style>{CSS}</style></head><body>
@@ -643,7 +664,9 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_cell_type_labels(cell_type_scores, config)}
 {render_findings(verdicts, summary)}
 {render_verdicts(verdicts, _audit_setting(config, "alpha", 0.05))}
-<nav><a href="#findings">Findings</a><a href="#verdicts">Verdicts</a><a href="#power">Audit power</a>
+{render_frontier(cheapest, figures.get(front_fig))}
+<nav><a href="#findings">Findings</a><a href="#verdicts">Verdicts</a><a href="#frontier">Cost</a>
+<a href="#power">Audit power</a>
 <a href="#comparison">Method comparison</a>
 <a href="#guide">How to read this</a><a href="#paper">The paper's tables</a>
 <a href="#figures">Figures</a><a href="#config">Config</a><a href="#provenance">Provenance</a></nav>

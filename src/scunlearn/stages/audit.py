@@ -127,6 +127,15 @@ def stage_aggregate(inp, out, params, threads):
                                     params.get("all_seeds"))
         log_verdicts(verdicts)
         write_tsv(verdicts, out["verdicts"])
+        if out.get("frontier"):
+            from scunlearn.audit.frontier import cheapest, cheapest_sentence, frontier
+
+            front = frontier(verdicts, df, params.get("ladders"))
+            write_tsv(front, out["frontier"])
+            best = cheapest(front)
+            write_tsv(best, out["cheapest"])
+            for r in best.to_dict("records"):
+                log.info("frontier: %s", cheapest_sentence(r))
 
 
 def log_verdicts(verdicts) -> None:

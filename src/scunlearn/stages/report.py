@@ -24,5 +24,7 @@ def stage_report(inp, out, params, threads):
     trajs = [dict(t, path=str(p)) for t, p in zip(params["trajectories"], inp["trajectories"])]
     controls = pd.read_csv(inp["controls"], sep="\t") if inp.get("controls") else None
     verdicts = pd.read_csv(inp["verdicts"], sep="\t") if inp.get("verdicts") else None
+    frontier = pd.read_csv(inp["frontier"], sep="\t") if inp.get("frontier") else None
+    cheapest = pd.read_csv(inp["cheapest"], sep="\t") if inp.get("cheapest") else None
     build_report(inp["summary"], trajs, Path(out["html"]).parent, params["config"], provenance, controls=controls,
-                 cell_type_scores=cell_type_scores, verdicts=verdicts)
+                 cell_type_scores=cell_type_scores, verdicts=verdicts, frontier=frontier, cheapest=cheapest)

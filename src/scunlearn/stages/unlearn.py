@@ -25,6 +25,7 @@ def stage_unlearn(inp, out, params, threads):
     statistics are written (atomically) as soon as it is done.
     """
     from scunlearn.methods import get_method, resolve_params
+    from scunlearn.methods.compute import CellMeter
     from scunlearn.runtime import seed_everything
     from scunlearn.stages.common import job_device
 
@@ -54,7 +55,7 @@ def stage_unlearn(inp, out, params, threads):
         ctxs = [m.context(method, p, params["variant"], X, adata, part, device, threads, len(members))
                 for m in members]
         t0 = time.perf_counter()
-        models = method.batch_fn(ctxs)
+        models = method.batch_fn(ctxs)  # it counts each member's cell passes itself (ctx.report)
         secs = (time.perf_counter() - t0) / len(members)
         for m, ctx, model in zip(members, ctxs, models):
             m.write(method, p, params["variant"], ctx, model, secs, X, adata)
@@ -62,7 +63,9 @@ def stage_unlearn(inp, out, params, threads):
     for m in members:
         ctx = m.context(method, p, params["variant"], X, adata, part, device, threads, len(members))
         t0 = time.perf_counter()
-        model = method.fn(ctx)
+        with CellMeter() as meter:
+            model = method.fn(ctx)
+        ctx.report.setdefault("cell_passes", meter.cells)
         m.write(method, p, params["variant"], ctx, model, time.perf_counter() - t0, X, adata)
 
 

@@ -63,6 +63,7 @@ class VAE(nn.Module):
         self.cfg = cfg
         h = list(cfg.hidden)
         self.encoder = _mlp([cfg.n_genes, *h], cfg.dropout)
+        self.encoder.counts_cells = True  # every pass enters here: what scunlearn.methods.compute counts
         self.mu = nn.Linear(h[-1], cfg.latent)
         self.logvar = nn.Linear(h[-1], cfg.latent)
         self.decoder = _mlp([cfg.latent, *reversed(h)], cfg.dropout)
