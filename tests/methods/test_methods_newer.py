@@ -269,7 +269,7 @@ def test_ewc_holds_the_model_near_the_baseline():
         out, ctx = _run("selective_amnesia", {"ewc_lambda": lam, "fisher_cells": 100, **BUDGET},
                         copy.deepcopy(model), X, part)
         F = retain_fisher(model, ctx, {"fisher_cells": 100, "chunk_size": 128})
-        dist[lam] = float(sa_module.ewc_penalty(out, F, base, 2.0))  # Σ F Δθ²
+        dist[lam] = float(sa_module.ewc_penalty(out, F, base, 2.0).detach())  # Σ F Δθ²
     assert dist[1e6] < 0.3 * dist[0.0]
 
 
@@ -320,3 +320,11 @@ def test_newer_methods_raise_the_forget_loss_and_keep_the_retain_loss_near_the_c
     # the returned (best-validation) model: forget loss up from the baseline's, retain loss near the control's
     assert f_m > f0 + 0.1
     assert abs(r_m - r_r) < 0.015 * r_r
+
+
+@pytest.mark.parametrize("name", ["salun", "simnpo", "selective_amnesia"])
+def test_config_readme_names_every_parameter_of_the_newer_methods(root, name):
+    from scunlearn.methods import REGISTRY
+
+    row = next(r for r in (root / "config/README.md").read_text().splitlines() if r.startswith(f"| `{name}` |"))
+    assert all(f"`{k}`" in row for k in REGISTRY[name].defaults), row

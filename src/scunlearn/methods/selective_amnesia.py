@@ -32,8 +32,10 @@ a label the VAE does not have).
 of the cell's negative ELBO / n_genes (eval mode, z = μ), exactly ``fisher``'s
 (:func:`~scunlearn.methods.fisher.retain_fisher`; the paper's Fisher is over its replayed
 samples' log-likelihood). Raw, not normalised. Scale: the per-gene loss's Fisher is
-1/n_genes² of the per-cell one, so ``ewc_lambda`` is large next to the paper's (100 for its
-MNIST VAE) — see config/README.md for the default and what it does on the tiny study.
+1/n_genes² of a per-cell (summed) log-likelihood's, and the whole loss is per gene, so λ here is
+n_genes × the λ of a penalty written on a summed loss: the default 2·10⁵ is 100 × the 2000
+genes of the PBMC study (config/config.yaml); on the toy test model (40 genes) the tests use
+4000. The trajectory's ``ewc`` column shows what it weighs against the per-gene losses.
 
 **Recipe and randomness.** The control's (:func:`~scunlearn.methods.common.finetune`: Adam at
 ``lr``, its seeded retain batches and their z / dropout draws, validation early stopping, best
