@@ -257,6 +257,13 @@ def test_extragradient_and_fisher_run_and_log():
     ("ssd", {"lambda": 0}, "methods.v.params.lambda: 0 is less than or equal to the minimum of 0"),
     ("ssd", {"alpha": -10}, "methods.v.params.alpha: -10 is less than or equal to the minimum of 0"),
     ("ssd", {"data_cells": 2.5}, "methods.v.params.data_cells: 2.5 is not of type 'integer'"),
+    ("salun", {"mask_fraction": 0}, "methods.v.params.mask_fraction: 0 is less than or equal to the minimum of 0"),
+    ("salun", {"mask_fraction": 1.5}, "methods.v.params.mask_fraction: 1.5 is greater than the maximum of 1"),
+    ("simnpo", {"beta": 0}, "methods.v.params.beta: 0 is less than or equal to the minimum of 0"),
+    ("simnpo", {"reference": "retrain"}, "methods.v.params.reference: 'retrain' is not one of"),
+    ("selective_amnesia", {"replay": "none"}, "methods.v.params.replay: 'none' is not one of"),
+    ("selective_amnesia", {"ewc_lambda": -1}, "methods.v.params.ewc_lambda: -1 is less than the minimum of 0"),
+    ("selective_amnesia", {"lr": 0}, "methods.v.params.lr: 0 is less than or equal to the minimum of 0"),
 ])
 def test_parameter_schema_errors_name_variant_and_key(method, params, message):
     with pytest.raises(ScunlearnError) as e:

@@ -250,6 +250,10 @@ def test_registry_runs_are_deterministic_and_log_baseline_and_final(name, params
     ("ng", {"method": "neggrad_plus", "params": {"beta": -0.1}}, "methods.ng.params.beta: -0.1 is less than"),
     ("sc", {"method": "scrub", "params": {"epochs": 0}}, "methods.sc.params.epochs: 0 is less than the minimum of 1"),
     ("sd", {"method": "ssd", "params": {"lamda": 1}}, "methods.sd.params: unknown parameter 'lamda'"),
+    ("sl", {"method": "salun", "params": {"mask_fraction": 2}}, "methods.sl.params.mask_fraction: 2 is greater than"),
+    ("np", {"method": "simnpo", "params": {"reference": "ref"}}, "methods.np.params.reference: 'ref' is not one of"),
+    ("sa", {"method": "selective_amnesia", "params": {"ewc_lamda": 1}},
+     "methods.sa.params: unknown parameter 'ewc_lamda'"),
 ])
 def test_bad_variant_params_fail_when_the_snakefile_is_parsed(tmp_path, root, variant, params, message):
     import subprocess

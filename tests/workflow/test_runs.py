@@ -106,10 +106,10 @@ def test_configfile_replaces_default_config_from_repo_root(tmp_path, run_name):
     assert "seed0.cells.npz" in text and "seed2.cells.npz" in text
     assert "Megakaryocyte" not in text and "structured" not in text  # nothing of config/config.yaml
 
-    # the shipped tiny study: 2 variants x 2 forget sets + fisher, retain_finetune, the fine-tuning ladder's 2 budgets
-    # and sisa on one = 9 (more if config/config.yaml's variants were merged in)
+    # the shipped tiny study: 2 variants x 2 forget sets + fisher, retain_finetune, the fine-tuning ladder's 2 budgets,
+    # sisa, salun, simnpo and selective_amnesia on one = 12 (more if config/config.yaml's variants were merged in)
     tiny = _write(tmp_path / "tiny.yaml", _tiny(run_name))
-    assert _job_counts((r := _smk(["-n", "--forceall", "--configfile", str(tiny)])).stdout)["unlearn"] == 9, r.stderr
+    assert _job_counts((r := _smk(["-n", "--forceall", "--configfile", str(tiny)])).stdout)["unlearn"] == 12, r.stderr
     # and the same from another working directory
     r = _smk(["-n", "--forceall", "--snakefile", str(ROOT / "Snakefile"), "--configfile", str(path),
               "--directory", str(tmp_path)], cwd=tmp_path)

@@ -63,10 +63,11 @@ def test_tiny_study_end_to_end(tmp_path):
     from scunlearn.audit.summary import SUMMARY_COLUMNS, VERDICTS
 
     assert list(summary.columns) == SUMMARY_COLUMNS
-    # baseline + retrain on both sets, frozen + extragradient on both, fisher only on scattered
+    # baseline + retrain on both sets, frozen + extragradient on both, the others only on scattered
     expected = {("structured", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10")}
     expected |= {("scattered", v) for v in ("baseline", "retrain", "frozen_single", "extragradient_l10", "fisher",
-                                            "retain_finetune", "sisa")}
+                                            "retain_finetune", "finetune_ladder@b0.34", "finetune_ladder@b0.67",
+                                            "sisa", "salun", "simnpo", "selective_amnesia")}
     assert set(zip(summary["forget_set"], summary["variant"])) == expected
     assert summary["auc"].between(0, 1).all() and summary["pc_auc"].between(0, 1).all()
     assert (summary["auc_ci_low"] <= summary["auc_ci_high"]).all()

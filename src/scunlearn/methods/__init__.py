@@ -293,6 +293,33 @@ spec("ssd",
      "Foster et al. (2024) Selective Synaptic Dampening: where the forget cells' diagonal Fisher exceeds alpha × "
      "the training set's, multiply the weight by min(lambda · I_D / I_f, 1). No training.", budget_key=None)
 
+# ---- newer methods (2023-2024), adapted the same way (see each module's docstring)
+
+_CONTROL = {"epochs": 10, "lr": 1e-3, "batch_size": 128, "patience": 5, "match_k": 7}
+_CONTROL_SCHEMA = {"epochs": integer(1), "lr": number(positive=True), "batch_size": integer(2),
+                   "patience": integer(1), "match_k": integer(1)}
+
+spec("salun",
+     {"mask_fraction": 0.5, "beta": 1.0, **_CONTROL},
+     obj(mask_fraction=number(maximum=1, positive=True), beta=number(0), **_CONTROL_SCHEMA),
+     "Fan et al. (2024) SalUn: only the top mask_fraction of weights by |∇ forget loss| (baseline, z = μ) are "
+     "updated, on forget cells relabelled as random retain cells + beta · retain loss, with the control's recipe.")
+
+spec("simnpo",
+     {"beta": 2.5, "gamma": 0.0, "retain_weight": 1.0, "reference": "none", **_CONTROL},
+     obj(beta=number(positive=True), gamma=number(), retain_weight=number(0), reference=choice("none", "baseline"),
+         **_CONTROL_SCHEMA),
+     "Fan et al. (2024) SimNPO: −(2/β) log σ(β · per-gene forget loss − γ) + retain_weight · retain loss with the "
+     "control's recipe; reference: baseline = NPO (Zhang et al. 2024), β · (ℓ − ℓ_baseline). Bounded gradient.")
+
+spec("selective_amnesia",
+     {"surrogate": "retain_mean", "replay": "both", "ewc_lambda": 2.0e5, "fisher_cells": 1000, "chunk_size": 128,
+      **_CONTROL},
+     obj(surrogate=choice("retain_mean", "uniform"), replay=choice("both", "retain", "generated"),
+         ewc_lambda=number(0), fisher_cells=integer(1), chunk_size=integer(1), **_CONTROL_SCHEMA),
+     "Heng & Soh (2023) Selective Amnesia: forget cells decode a surrogate profile, replay (baseline samples "
+     "and/or retain cells) and an EWC penalty λ/2 Σ F (θ − θ*)² (retain Fisher) keep the rest; control's recipe.")
+
 spec("dp_retrain",
      {"epsilon": 8.0, "noise_multiplier": None, "delta": None, "max_grad_norm": 0.3, "epochs": 30, "lr": 3e-3,
       "batch_size": 128, "kl_warmup_epochs": 10, "patience": 10, "match_k": 7},

@@ -22,7 +22,8 @@ import torch
 from scunlearn.membership.attackers import _rng_devices, feature_grad, features_from_terms, shadow_auc
 from scunlearn.membership.matched import matched_negatives
 from scunlearn.methods.context import UnlearnContext
-from scunlearn.vae.model import VAE, cell_terms, elbo
+from scunlearn.vae.likelihood import NBNLL, kl_normal, log_factorial_rows
+from scunlearn.vae.model import VAE, cell_terms, elbo, set_training
 from scunlearn.vae.train import adam, rows_loss, run_epoch
 
 
@@ -42,6 +43,63 @@ def per_gene_cell_loss(model: VAE, x: torch.Tensor) -> torch.Tensor:
     """Per-cell negative ELBO / n_genes, deterministic (eval mode, z = μ)."""
     t = cell_terms(model, x, np.arange(len(x)))
     return (t.nll + t.kl) / x.shape[-1]
+
+
+def cell_loss_grad(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Per-cell negative ELBO / n_genes, deterministic (eval mode, z = μ), *with* gradients.
+
+    :func:`per_gene_cell_loss` with autograd on; the model's training mode is restored, and no
+    random number is drawn (no dropout, no z sample), so a caller inside a training loop leaves
+    its random stream untouched.
+    """
+    was = model.training
+    set_training(model, False)
+    try:
+        t = model.terms(x, sample=False, fused=True)
+    finally:
+        set_training(model, was)
+    return (t.nll + t.kl) / x.shape[-1]
+
+
+def pair_loss(model: VAE, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over cells of the negative ELBO of ``target`` counts with the posterior of ``x``:
+    the encoder reads ``x``, z is sampled, the NB mean is the decoder's softmax times the
+    *target's* library size, and the NB likelihood is the target's (per cell, summed over
+    genes; + KL(q(z|x) ‖ N(0, I))). With ``target`` = ``x`` it is ``model.loss(x)`` (same draws,
+    same value). ``target`` may be non-integer (expected counts): the NB term is then exact.
+    Draws dropout masks and z from the global RNG, like ``model.loss``.
+    """
+    model._arm_dropout(x)
+    mu, logvar = model.encode(x)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    library = target.sum(-1, keepdim=True)
+    nll = NBNLL.apply(model.px(model.decoder(z)), model.log_theta, target, library, None)
+    with torch.no_grad():
+        log_factorial = log_factorial_rows(target)
+    return (nll + log_factorial + kl_normal(mu, logvar)).mean()
+
+
+class ForgetStream:
+    """Shuffled passes over the forget cells' row numbers in batches of ``batch_size`` (capped at
+    the forget set), cycled, from the method's own generator (``seed + 1``): never the retain
+    stream, so the retain batches, z and dropout draws of :func:`finetune` stay the control's.
+    :meth:`seed` draws a seed for a forked RNG from the same generator (for a term that samples z
+    or dropout). The pattern of ``neggrad_plus``'s forget batches.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, device):
+        self.n, self.batch, self.device = n, min(batch_size, n), device
+        self.gen = torch.Generator().manual_seed(seed + 1)
+        self.order: list[torch.Tensor] = []
+
+    def next(self) -> torch.Tensor:
+        if not self.order:
+            perm = torch.randperm(self.n, generator=self.gen).to(self.device)
+            self.order = [perm[s:s + self.batch] for s in range(0, self.n, self.batch)]
+        return self.order.pop(0)
+
+    def seed(self) -> int:
+        return int(torch.randint(2**62, (1,), generator=self.gen))
 
 
 def retain_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:
