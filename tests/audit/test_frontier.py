@@ -13,7 +13,8 @@ def _planted():
     rows = [  # variant, method, delta, ci half-width, verdict
         ("ft@b0.1", "retain_finetune", 6.0, 1.0, "FAIL"), ("ft@b0.5", "retain_finetune", 0.5, 1.0, "SUCCESS"),
         ("m@b0.05", "latent_projection", 4.0, 1.0, "FAIL"), ("m@b0.2", "latent_projection", 0.8, 1.0, "SUCCESS"),
-        ("m@b0.6", "latent_projection", -0.2, 1.0, "SUCCESS"), ("retrain (as a method)", "retrain", 0.1, 1.0, "SUCCESS"),
+        ("m@b0.6", "latent_projection", -0.2, 1.0, "SUCCESS"),
+        ("retrain (as a method)", "retrain", 0.1, 1.0, "SUCCESS"),
     ]
     verdicts = pd.DataFrame([{"forget_set": "s", "variant": v, "method": m, "n_models": 4, "delta": d,
                               "delta_ci_low": d - h, "delta_ci_high": d + h, "baseline_gap": 10.0,
