@@ -42,6 +42,7 @@ def test_ladders_expand_into_named_variants_with_their_params():
     ({"f": {"method": "retain_finetune", "budgets": [0.5, 0.5]}}, "repeated budgets"),
     ({"f": {"method": "retain_finetune", "ladder": {"lrr": [1e-3]}}}, "'lrr' is not a parameter of method"),
     ({"f": {"method": "retain_finetune", "budgets": [0.5], "ladder": {"epochs": [3]}}}, "what budgets set"),
+    ({"f": {"method": "fisher", "budgets": [0.5], "params": {"finetune_epochs": 3}}}, "finetune_epochs: it is what"),
     ({"f": {"method": "retain_finetune", "ladder": {"lr": [-1.0]}}}, "methods.f@lr-1.params.lr: -1.0 is less than"),
     ({"f": {"method": "retain_finetune", "budgets": [0.5]}, "f@b0.5": {"method": "fisher"}}, "exists already"),
 ])

@@ -150,6 +150,9 @@ def expand_variants(methods: dict, forget_sets: list[str], max_epochs: int) -> d
         ladder = dict(v.get("ladder") or {})
         if budgets and spec_.budget_key is None:
             raise ScunlearnError(f"config {where}.budgets: method {spec_.name} has no training loop to budget")
+        if budgets and spec_.budget_key in (v.get("params") or {}):
+            raise ScunlearnError(f"config {where}.params.{spec_.budget_key}: it is what budgets set; give one or "
+                                 "the other")
         if len(set(budgets)) != len(budgets):
             raise ScunlearnError(f"config {where}.budgets: repeated budgets {budgets}")
         for key, values in ladder.items():
