@@ -26,8 +26,10 @@ def stage_unlearn(inp, out, params, threads):
     """
     from scunlearn.methods import get_method, resolve_params
     from scunlearn.methods.compute import CellMeter
-    from scunlearn.runtime import seed_everything
-    from scunlearn.stages.common import job_device
+    from scunlearn.methods.context import Trajectory, UnlearnContext  # noqa: F401 (the members' code, below:
+    from scunlearn.runtime import seed_everything  # imported here so that it is among the rule's code inputs)
+    from scunlearn.stages.common import job_device, write_cells  # noqa: F401
+    from scunlearn.vae.checkpoints import check_genes, load_checkpoint, save_checkpoint  # noqa: F401
 
     seeds = [int(s) for s in params["seeds"]]
     baselines = _as_list(inp["baseline"])
