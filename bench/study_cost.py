@@ -119,7 +119,9 @@ def calibration(results_dir: str | None, variants: dict) -> dict[str, float]:
     # per retrained model: an ensemble retrain job trains `units` seeds at once
     retrain = (rt["wall_s"] / rt["units"].clip(lower=1)).median() if "units" in rt else rt["wall_s"].median()
     for v in variants:
-        w = jobs[(jobs["rule"] == "unlearn") & jobs["job"].str.startswith(f"{v}/")]["wall_s"].median()
+        sel = jobs[(jobs["rule"] == "unlearn") & jobs["job"].str.startswith(f"{v}/")]
+        # per unlearned model: a job unlearns its variant's K members (`units`)
+        w = (sel["wall_s"] / sel["units"].clip(lower=1)).median() if "units" in sel else sel["wall_s"].median()
         if w == w and retrain == retrain and retrain > 0:
             factors[v] = float(w / retrain)
     return factors
@@ -312,19 +314,22 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(None, level=30)  # warnings only: the stages' info lines would drown the table
     cfg = load_config(Path(a.configfile))
-    variants = cfg["methods"]
+    from scunlearn.methods import expand_variants
+
     seeds, forget = len(cfg["train"]["seeds"]), list(cfg["forget_sets"])
+    variants = expand_variants(cfg["methods"], forget, int(cfg["train"]["max_epochs"]))  # ladders: one per rung
     refs = len(cfg.get("audit", {}).get("reference_seeds") or [])
     ms = cfg.get("audit", {}).get("method_seeds", "train")
     method_seeds = seeds if ms == "train" else (seeds + refs if ms == "all" else len(ms))
-    n_var_jobs = {v: len(d.get("forget_sets", forget)) * method_seeds for v, d in variants.items()}
+    # one unlearning job per (variant, forget set), unlearning its method_seeds members
+    n_var_jobs = {v: len(d.get("forget_sets", forget)) for v, d in variants.items()}
     if a.jobs_from_config:
         n_models = 1 if cfg["train"].get("ensemble", True) else seeds + len(cfg["audit"].get("reference_seeds") or [])
         counts = {"acquire": 1, "preprocess": 1, "split": 1, "forget_set": len(forget), "baseline": n_models,
                   "matched_negatives": len(forget), "retrain": len(forget) * n_models,
                   "unlearn": sum(n_var_jobs.values()),
                   # one audit job per (forget set, model), auditing the model's seeds
-                  "audit": 2 * len(forget) + sum(n_var_jobs.values()) // method_seeds, "aggregate": 1,
+                  "audit": 2 * len(forget) + sum(n_var_jobs.values()), "aggregate": 1,
                   "report": 1}
         source = "from the config"
     else:
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         total_var = sum(n_var_jobs.values()) or 1
         for v, n in n_var_jobs.items():  # the DAG's unlearn jobs, split over variants as the config does
             js.append({"rule": f"unlearn:{v}", "count": round(n_unlearn * n / total_var),
-                       "seconds": model_startup + epochs * model_epoch_s * factors[v],
+                       "seconds": model_startup + method_seeds * epochs * model_epoch_s * factors[v],
                        "threads": threads["unlearn"],
                        "stage": 6, "gpu": on_gpu})
         js += [

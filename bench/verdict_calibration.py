@@ -88,11 +88,12 @@ def train_graded(cfg: dict, run_dir: Path, fs: str, frac: float, seeds: list[int
 
 def method_null(cfg: dict, run_dir: Path, fs: str, seeds: list[int]) -> dict[str, list[str]]:
     """Each comparable configured method applied to retrained models of ``fs``: variant -> .cells.npz paths."""
-    from scunlearn.methods import get_method
+    from scunlearn.methods import expand_variants, get_method
     from scunlearn.stages.unlearn import stage_unlearn
 
     out = {}
-    for variant, v in cfg["methods"].items():
+    variants = expand_variants(cfg["methods"], list(cfg["forget_sets"]), int(cfg["train"]["max_epochs"]))
+    for variant, v in variants.items():
         spec = get_method(v["method"])
         if fs not in v.get("forget_sets", [fs]) or not spec.audit_comparable or spec.needs:
             continue
