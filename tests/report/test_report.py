@@ -138,6 +138,8 @@ def make_summary(variants=tuple(METHODS)) -> pd.DataFrame:
                 "latent_acc": rng.uniform(0.8, 0.96), "wall_s": wall,
                 "max_rss_mb": rng.uniform(500, 900),
                 "cost_vs_retrain": wall / (600 + 10 * seed + (5 if fs == "scattered" else 0)),
+                "compute_vs_retrain": 0.25 if method not in ("baseline", "retrain") else (
+                    1.0 if method == "retrain" else np.nan),
                 "dp_epsilon": np.nan, "dp_delta": np.nan,  # only dp_retrain models have them
                 "setup_cost_vs_retrain": np.nan,
             })
@@ -381,7 +383,7 @@ def test_table4_utility(report):
 def test_figures_and_page(report):
     _, index = report
     page = index.read_text()
-    assert page.count('<img src="data:image/png;base64,') == len(FIGURE_CAPTIONS) == 6
+    assert page.count('<img src="data:image/png;base64,') == len(FIGURE_CAPTIONS) == 7
     for stem in FIGURE_CAPTIONS:
         _check_png(index.parent / "figures" / f"{stem}.png")
     # the main figure sits with the comparison table, before the paper's tables
@@ -423,7 +425,7 @@ def test_trajectory_without_epoch_is_named(tmp_path):
 def test_without_trajectories_or_adversarial_methods(tmp_path):
     summary = make_summary(variants=("baseline", "retrain", "frozen_single", "fisher"))
     index = build_report(summary, [], tmp_path / "report", CONFIG, PROVENANCE)
-    assert index.read_text().count('<img src="data:image/png;base64,') == 6
+    assert index.read_text().count('<img src="data:image/png;base64,') == 7
     for stem in FIGURE_CAPTIONS:
         _check_png(index.parent / "figures" / f"{stem}.png")
     assert list(_table(index, "table2_adversarial")["variant"]) == ["baseline", "frozen_single", "retrain"]

@@ -651,7 +651,8 @@ def build_report(summary_tsv: str | os.PathLike | pd.DataFrame, trajectories: It
         f'<a href="tables/{stem}.tsv">tables/{stem}.tsv</a></p>'
         for stem in PAPER_TABLES)
     main_fig = "fig1_per_cell_audit"
-    front_fig = "fig7_frontier"
+    # Figure 7 opens the frontier section where there is one, else it stays among the figures
+    front_fig = "fig7_frontier" if cheapest is not None and not cheapest.empty else None
     figure_html = "".join(render_figure(stem, png) for stem, png in figures.items()
                           if stem not in (main_fig, front_fig))
     page = f"""<!DOCTYPE html>
@@ -664,7 +665,7 @@ seeds: {html.escape(', '.join(map(str, sorted(summary['seed'].unique()))))}</p>
 {render_cell_type_labels(cell_type_scores, config)}
 {render_findings(verdicts, summary)}
 {render_verdicts(verdicts, _audit_setting(config, "alpha", 0.05))}
-{render_frontier(cheapest, figures.get(front_fig))}
+{render_frontier(cheapest, figures.get("fig7_frontier"))}
 <nav><a href="#findings">Findings</a><a href="#verdicts">Verdicts</a><a href="#frontier">Cost</a>
 <a href="#power">Audit power</a>
 <a href="#comparison">Method comparison</a>
