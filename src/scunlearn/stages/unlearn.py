@@ -31,7 +31,7 @@ def stage_unlearn(inp, out, params, threads):
     from scunlearn.stages.common import job_device, write_cells  # noqa: F401
     from scunlearn.vae.checkpoints import check_genes, load_checkpoint, save_checkpoint  # noqa: F401
 
-    seeds = [int(s) for s in params["seeds"]]
+    seeds = [int(s) for s in (params["seeds"] if "seeds" in params else [params["seed"]])]  # "seed": one member
     baselines = _as_list(inp["baseline"])
     outs = [{k: _as_list(out[k])[i] for k in ("model", "trajectory", "cells")} for i in range(len(seeds))]
     if not len({len(seeds), len(baselines), *(len(_as_list(out[k])) for k in ("model", "trajectory", "cells"))}) == 1:
