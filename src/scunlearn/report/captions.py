@@ -63,7 +63,8 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Figure 7. The privacy–cost frontier: Δ vs retrain against cost",
         "Per forget set, each method variant's Δ against the retrained models as a fraction of the baseline's "
         "lead (0 = as retrain, 1 = as the baseline; bars: 95% CI over its models) against its cost relative to a "
-        "retrain (wall time; compute in cell passes is in frontier.tsv). A line joins the budgets of one ladder; "
+        "retrain in cell passes with gradient, which no machine changes (wall time is in frontier.tsv; the critics' "
+        "and attackers' own networks are not counted). A line joins the budgets of one ladder; "
         "the fine-tuning control's is dashed: a method earns a claim only below it at equal cost. Marker colour: "
         "the variant's verdict. Grey band: the retrained models' spread (±1 SD); dotted: the equivalence margin."),
 }

@@ -479,20 +479,21 @@ def fig_frontier(front: pd.DataFrame | None, out_dir: str | os.PathLike) -> Path
     95% CI) against its cost relative to a retrain (log scale); a line through each budget ladder, markers by
     verdict, the retrained models' spread (±1 SD) and the equivalence margin as bands. Fine-tuning's ladder,
     the control, is drawn dashed: a method earns a claim only where it is below it at equal cost."""
-    from scunlearn.audit.frontier import FRONTIER_COLUMNS
+    from scunlearn.audit.frontier import FRONTIER_COLUMNS, cost_of
 
     stem = "fig7_frontier"
     data = (front if front is not None else pd.DataFrame(columns=FRONTIER_COLUMNS)).reset_index(drop=True)
+    data["cost"] = cost_of(data) if len(data) else pd.Series(dtype=float)
     sets = list(dict.fromkeys(data["forget_set"]))
     fig = Figure(figsize=(6.5 * max(len(sets), 1) + 2.5, 5), layout="constrained")
     axes = fig.subplots(1, max(len(sets), 1), squeeze=False)[0]
-    if not sets or data["cost_vs_retrain"].notna().sum() == 0:
+    if not sets or data["cost"].notna().sum() == 0:
         _placeholder(axes[0], "no method variant with a measured cost")
         return _save(fig, data, out_dir, stem)
     lines = sorted(dict.fromkeys(data["line"]))
     palette = dict(zip(lines, sns.color_palette("tab20", len(lines))))
     for ax, fs in zip(axes, sets):
-        panel = data[(data["forget_set"] == fs) & data["cost_vs_retrain"].notna()]
+        panel = data[(data["forget_set"] == fs) & data["cost"].notna()]
         sd, m = panel["null_sd_of_gap"].dropna(), panel["margin_of_gap"].dropna()
         if len(sd):
             ax.axhspan(-sd.iloc[0], sd.iloc[0], color=RETRAIN_COLOR, alpha=0.25, lw=0, zorder=0)
@@ -503,18 +504,18 @@ def fig_frontier(front: pd.DataFrame | None, out_dir: str | os.PathLike) -> Path
         ax.axhline(1, color="#7b1010", lw=0.8, ls="--")
         ax.axvline(1, color="0.4", lw=0.8, ls=":")
         for line, g in panel.groupby("line", sort=True):
-            g = g.sort_values("cost_vs_retrain")
+            g = g.sort_values("cost")
             control = bool(g["is_control"].any())
-            ax.plot(g["cost_vs_retrain"], g["delta_of_gap"], color=palette[line], lw=2.2 if control else 1.2,
+            ax.plot(g["cost"], g["delta_of_gap"], color=palette[line], lw=2.2 if control else 1.2,
                     ls="--" if control else "-", zorder=2, label=line)
             err = np.clip(np.vstack([g["delta_of_gap"] - g["ci_low"], g["ci_high"] - g["delta_of_gap"]]), 0, None)
-            ax.errorbar(g["cost_vs_retrain"], g["delta_of_gap"], yerr=None if np.isnan(err).any() else err, fmt="none",
+            ax.errorbar(g["cost"], g["delta_of_gap"], yerr=None if np.isnan(err).any() else err, fmt="none",
                         ecolor=palette[line], lw=0.9, capsize=2, zorder=2)
-            ax.scatter(g["cost_vs_retrain"], g["delta_of_gap"], s=46, zorder=3, edgecolor=palette[line], linewidth=1.4,
+            ax.scatter(g["cost"], g["delta_of_gap"], s=46, zorder=3, edgecolor=palette[line], linewidth=1.4,
                        color=[VERDICT_COLORS.get(v, "0.5") for v in g["verdict"]])
         ax.set_xscale("log")
         ax.set_title(f"{fs}: Δ vs retrain against cost", loc="left", fontsize=10)
-        ax.set_xlabel("cost relative to a retrain (wall time, log scale)")
+        ax.set_xlabel("cost relative to a retrain (cell passes with gradient, log scale)")
         ax.set_ylabel("Δ vs retrain / the baseline's lead\n(0 = as retrain, 1 = as the baseline)")
     handles = [Line2D([], [], color=palette[x], lw=1.4, ls="--" if data.loc[data["line"] == x, "is_control"].any()
                       else "-", label=x) for x in lines]

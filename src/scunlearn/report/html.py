@@ -465,9 +465,10 @@ def render_frontier(cheapest: pd.DataFrame | None, png: Path | None) -> str:
     table = render_table(cheapest.rename(columns=lambda c: c.replace("_", " ")), "frontier_cheapest")
     fig = render_figure("fig7_frontier", png) if png is not None else ""
     return (f'<h2 id="frontier">What does it cost to forget?</h2><ul class="findings">{sentences}</ul>'
-            f'<div class="scroll">{table}</div><p class="rule">Cost: the mean over a variant\'s models of its '
-            "unlearning job's wall time over its retrain's (compute: cell passes with gradient, which no machine "
-            'changes). <a href="frontier.tsv">frontier.tsv</a> · <a href="frontier_cheapest.tsv">'
+            f'<div class="scroll">{table}</div><p class="rule">Cost: the mean over a variant\'s models of its cell '
+            "passes with gradient through the VAE over its retrain's (compute, which no machine changes; the "
+            "adversarial methods' critics and attackers are not counted), and of its job's wall time over its "
+            'retrain\'s. <a href="frontier.tsv">frontier.tsv</a> · <a href="frontier_cheapest.tsv">'
             f"frontier_cheapest.tsv</a></p>{fig}")
 
 
