@@ -71,16 +71,11 @@ def machine() -> str:
 
 
 def load_config(configfile: Path) -> dict:
-    """config/config.yaml deep-updated with ``configfile``, as ``snakemake --configfile`` does."""
-    import yaml
+    """``configfile`` with the schema's defaults filled, as the workflow reads it: a config given on the command
+    line replaces config/config.yaml (the Snakefile), it is not merged into it."""
+    from scunlearn.configfile import check_config_files
 
-    def update(a: dict, b: dict) -> dict:
-        for k, v in b.items():
-            a[k] = update(dict(a.get(k) or {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return a
-
-    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    return update(base, yaml.safe_load(Path(configfile).read_text()) or {})
+    return check_config_files([str(configfile)], ROOT / "config/schema.yaml")
 
 
 def startup_seconds(reps: int = 3, device: str = "cpu") -> tuple[float, float]:
@@ -447,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     print(head + "  ".join(f"wall@{n}c" for n in cores))
     for label, e, est in (("CPU, upper (max_epochs)", hi_epochs, hi), ("CPU, lower (early stop)", lo_epochs, lo)):
         walls = "  ".join(f"{est['wall_h'][n]:>6.1f}h".rjust(len(f"wall@{n}c")) for n in cores)
-        print(f"{label:28}{e:>14}{est['cpu_hours']:>11.1f}{est['critical_path_h']:>14.2f}h  {walls}")
+        print(f"{label:28}{e:>14}{est['cpu_hours']:>11.3g}{est['critical_path_h']:>14.2f}h  {walls}")
     if on_gpu:
         rules = sorted({j["rule"].split(":")[0] for j in jobs_for(hi_epochs) if j.get("gpu") and j["count"]})
         print(f"# on the GPU ({', '.join(rules)}): job-seconds summed, i.e. one GPU running its jobs one after")

@@ -329,7 +329,7 @@ def test_fine_tuning_control_reruns_every_audit_on_its_set_as_the_docs_say(tmp_p
     docs = " ".join((ROOT / "config/README.md").read_text().split())
     assert "reruns only that variant's jobs, its audits and the report" not in docs
     assert ("except for a `retain_finetune` variant: it is the fine-tuning control of every audit on its forget "
-            "sets, so changing its params also reruns every audit on those forget sets") in docs
+            "sets at its budget, so changing its params also reruns the audits it controls") in docs
 
 
 def test_troubleshooting_table_lists_the_input_error_messages():

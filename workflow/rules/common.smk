@@ -187,9 +187,9 @@ def _variants():
     """Resolve every configured method variant now, budget and parameter ladders expanded
     (scunlearn.methods.expand_variants): unknown methods or parameters fail at parse time."""
     try:
-        return expand_variants(config["methods"], FORGET, int(config["train"]["max_epochs"]))
+        return expand_variants(config["methods"], FORGET, int(config["train"]["max_epochs"]), CONFIG_FILES)
     except ScunlearnError as e:
-        raise WorkflowError(f"{e} ({CONFIG_FILES})") from None
+        raise WorkflowError(str(e)) from None
 
 
 VARIANTS = _variants()

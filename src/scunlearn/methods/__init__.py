@@ -123,45 +123,47 @@ def _label(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
-def expand_variants(methods: dict, forget_sets: list[str], max_epochs: int) -> dict[str, dict]:
+def expand_variants(methods: dict, forget_sets: list[str], max_epochs: int, files: str = "") -> dict[str, dict]:
     """Every method variant the config asks for, budget and parameter ladders expanded, parameters resolved.
 
     A variant with ``budgets: [b1, b2, ...]`` becomes one variant per budget, ``NAME@b<b>``, its method's
     :attr:`MethodSpec.budget_key` set to :func:`budget_epochs`; ``ladder: {param: [v1, v2]}`` adds one per
     value, ``NAME@<param><v>`` (all combinations, budget first). Each is a variant of its own (its jobs,
     reruns, audit and verdict); ``line`` names the ladder it belongs to (the variant without its budget),
-    ``budget`` its budget (None without a ladder). Raises :class:`ScunlearnError` naming the key.
+    ``budget`` its budget (None without a ladder). Raises :class:`ScunlearnError` naming the key (and
+    ``files``, the config files, after it).
     """
     import itertools
 
     out: dict[str, dict] = {}
     for name, v in methods.items():
         where = f"methods.{name}"
+        at = f" ({files})" if files else ""
         if "forget_sets" in v and not v["forget_sets"]:
             raise ScunlearnError(
-                f"config {where}.forget_sets: an empty list, so variant '{name}' would run on no forget set and "
+                f"config {where}.forget_sets{at}: an empty list, so variant '{name}' would run on no forget set and "
                 f"silently drop out of the study. List the forget sets to run it on (of {forget_sets}), leave the "
                 "key out to run it on all of them, or remove the variant")
         unknown = set(v.get("forget_sets", [])) - set(forget_sets)
         if unknown:
-            raise ScunlearnError(f"config {where}.forget_sets: unknown forget sets {sorted(unknown)}")
+            raise ScunlearnError(f"config {where}.forget_sets{at}: unknown forget sets {sorted(unknown)}")
         spec_ = get_method(v["method"])
         budgets = list(v.get("budgets") or [])
         ladder = dict(v.get("ladder") or {})
         if budgets and spec_.budget_key is None:
-            raise ScunlearnError(f"config {where}.budgets: method {spec_.name} has no training loop to budget")
+            raise ScunlearnError(f"config {where}.budgets{at}: method {spec_.name} has no training loop to budget")
         if budgets and spec_.budget_key in (v.get("params") or {}):
-            raise ScunlearnError(f"config {where}.params.{spec_.budget_key}: it is what budgets set; give one or "
+            raise ScunlearnError(f"config {where}.params.{spec_.budget_key}{at}: it is what budgets set; give one or "
                                  "the other")
         if len(set(budgets)) != len(budgets):
-            raise ScunlearnError(f"config {where}.budgets: repeated budgets {budgets}")
+            raise ScunlearnError(f"config {where}.budgets{at}: repeated budgets {budgets}")
         for key, values in ladder.items():
             if key not in spec_.defaults:
-                raise ScunlearnError(f"config {where}.ladder: {key!r} is not a parameter of method {spec_.name}")
+                raise ScunlearnError(f"config {where}.ladder{at}: {key!r} is not a parameter of method {spec_.name}")
             if key == spec_.budget_key and budgets:
-                raise ScunlearnError(f"config {where}.ladder: {key!r} is what budgets set; give one or the other")
+                raise ScunlearnError(f"config {where}.ladder{at}: {key!r} is what budgets set; give one or the other")
             if not values:
-                raise ScunlearnError(f"config {where}.ladder.{key}: an empty list")
+                raise ScunlearnError(f"config {where}.ladder.{key}{at}: an empty list")
         keys = list(ladder)
         for b, combo in itertools.product(budgets or [None], itertools.product(*(ladder[k] for k in keys))):
             params = dict(v.get("params", {}))
@@ -173,8 +175,12 @@ def expand_variants(methods: dict, forget_sets: list[str], max_epochs: int) -> d
             params.update(dict(zip(keys, combo)))
             variant = f"{name}{suffix}{tail}"
             if variant in out or (variant != name and variant in methods):
-                raise ScunlearnError(f"config {where}: its ladder names a variant '{variant}' that exists already")
-            out[variant] = {"method": v["method"], "params": resolve_params(v["method"], params, variant),
+                raise ScunlearnError(f"config {where}{at}: its ladder names a variant '{variant}' that exists already")
+            try:
+                resolved = resolve_params(v["method"], params, variant)
+            except ScunlearnError as e:
+                raise ScunlearnError(f"config{at}: {e}") from None
+            out[variant] = {"method": v["method"], "params": resolved,
                             "forget_sets": list(v.get("forget_sets", forget_sets)), "line": f"{name}{tail}",
                             "budget": None if b is None else float(b)}
     return out
