@@ -8,7 +8,9 @@ A verdict of SUCCESS is only worth something if a leaky model is not certified a
 good as retraining is. This bench trains the real thing and lets known models pose as a method
 of ``--posing`` (K) models, judged exactly as a study judges a variant
 (:func:`scunlearn.audit.variants.two_sample` at the study's margin, against ``n`` retrained
-references drawn from the rest; n = the config's train + reference seeds):
+references drawn from the rest; n = the config's train + reference seeds; a margin given as a fraction
+of the baseline's lead is resolved on each draw's own references and baselines, as a study of that
+size resolves it — the lead in score-shift units depends on how many references calibrate it):
 
 * **equivalence power**: K retrained models (never references in that draw) → SUCCESS rate;
   the variant-level test's false alarms (FAIL or OVER-UNLEARN) on the same draws;
@@ -211,12 +213,18 @@ def main() -> None:
         true_delta = {frac: float(np.mean(list(values(g, st["retrain"], st["baselines"], st, pc, kind).values()))
                                   - full_null.mean()) for frac, g in graded.items()}
         counts: dict[str, dict[str, int]] = {}
+        margins: list[float] = []
+        margin_all = margin  # resolved on every model of the pool (the graded models' true Δ is in its units)
         for _ in range(a.draws):
             refs_n = sorted(rng.choice(R, min(n_study, len(R) - K), replace=False))
             refs = {r: st["retrain"][r] for r in refs_n}
             bases_n = sorted(rng.choice(B, min(n_study, len(B) - K), replace=False))
             bases = {b: st["baselines"][b] for b in bases_n}
             null = null_values(refs, bases, st, pc, kind)
+            if isinstance(spec, dict):  # a fraction of the lead: resolved on this draw's study, as a study does
+                lead = float(np.mean(list(values(bases, refs, bases, st, pc, kind).values())) - null.mean())
+                margin = resolve_margin(spec, lead)[0]
+                margins.append(margin)
             groups = {"retrained (equivalence power)": {r: st["retrain"][r] for r in
                                                         rng.choice([r for r in R if r not in refs], K, replace=False)},
                       "baselines": {b: st["baselines"][b] for b in
@@ -233,24 +241,25 @@ def main() -> None:
                  **{f"graded: {int(100 * f)}% put back": a.graded for f in graded}}
         for name, c in counts.items():
             units = max(pools[name] // K, 1)
-            row = {"forget_set": fs, "posing": name, "K": K, "n_refs": min(n_study, len(R) - K), "margin": margin,
-                   "margin_of_gap": margin_of_gap, "draws": a.draws, "disjoint_groups": units}
+            row = {"forget_set": fs, "posing": name, "K": K, "n_refs": min(n_study, len(R) - K),
+                   "margin": float(np.mean(margins)) if margins else margin, "margin_of_gap": margin_of_gap,
+                   "draws": a.draws, "disjoint_groups": units}
             for verdict in ("SUCCESS", "FAIL", "OVER-UNLEARN", "INCONCLUSIVE"):
                 rate = c.get(verdict, 0) / a.draws
                 lo, hi = rate_ci(round(rate * units), units)
                 row.update({f"{verdict.lower()}_rate": rate, f"{verdict.lower()}_ci_high": hi})
             frac = next((f for f in graded if name.startswith(f"graded: {int(100 * f)}%")), None)
-            row["true_delta_over_margin"] = true_delta[frac] / margin if frac is not None else (
+            row["true_delta_over_margin"] = true_delta[frac] / margin_all if frac is not None else (
                 1.0 / margin_of_gap if name == "baselines" else 0.0)
             rows.append(row)
         for variant, (g, used) in on_retrain.items():
             refs = {r: v for r, v in st["retrain"].items() if r not in used}
             null = null_values(refs, st["baselines"], st, pc, kind)
             v = np.array(list(values(g, refs, st["baselines"], st, pc, kind).values()))
-            r = two_sample(v, null, margin, level=1 - alpha)
+            r = two_sample(v, null, margin_all, level=1 - alpha)
             method_rows.append({"forget_set": fs, "variant": variant, "K": len(v), "delta": r["delta"],
                                 "delta_ci_low": r["delta_ci_low"], "delta_ci_high": r["delta_ci_high"],
-                                "delta_over_margin": r["delta"] / margin, "p": r["p"],
+                                "delta_over_margin": r["delta"] / margin_all, "p": r["p"],
                                 "artefact": bool(r["p"] < alpha)})
     table = pd.DataFrame(rows)
     table.to_csv(outdir / f"{cfg['run']}.rates.tsv", sep="\t", index=False)
