@@ -24,12 +24,12 @@ def stage_unlearn(inp, out, params, threads):
     the one a job of that seed alone would give. Each member's checkpoint, trajectory and per-cell
     statistics are written (atomically) as soon as it is done.
     """
+    from scunlearn.costs import log_units
     from scunlearn.methods import get_method, resolve_params
     from scunlearn.methods.compute import CellMeter
-    from scunlearn.methods.context import Trajectory, UnlearnContext  # noqa: F401 (the members' code, below:
-    from scunlearn.runtime import seed_everything  # imported here so that it is among the rule's code inputs)
-    from scunlearn.stages.common import job_device, write_cells  # noqa: F401
-    from scunlearn.vae.checkpoints import check_genes, load_checkpoint, save_checkpoint  # noqa: F401
+    from scunlearn.runtime import seed_everything
+    from scunlearn.stages.common import job_device
+    from scunlearn.vae.train import load_experiment
 
     seeds = [int(s) for s in (params["seeds"] if "seeds" in params else [params["seed"]])]  # "seed": one member
     baselines = _as_list(inp["baseline"])
@@ -42,33 +42,31 @@ def stage_unlearn(inp, out, params, threads):
     p = resolve_params(params["method"], params["params"], params["variant"])
     seed_everything(seeds[0], threads)
     device = job_device(params["device"])
-    from scunlearn.vae.train import load_experiment
-
     adata, X, part = load_experiment(inp, device)
-    from scunlearn.costs import log_units
-
     log_units(log, len(seeds), "models unlearned")
     log.info("unlearning with %s (%s): %d members (baseline seeds %s); forget %d, retain %d, validation %d; "
              "params %s", params["variant"], method.name, len(seeds), seeds, len(part.forget), len(part.retain),
              len(part.validation), json.dumps(p))
-    members = [_Member(k, s, baselines[k], outs[k], _member_inputs(inp, k)) for k, s in enumerate(seeds)]
+    members = [{"k": k, "seed": s, "baseline": str(baselines[k]), "out": outs[k], "inputs": _member_inputs(inp, k)}
+               for k, s in enumerate(seeds)]
+    job = {"method": method, "params": p, "variant": params["variant"], "X": X, "adata": adata, "part": part,
+           "device": device, "threads": threads, "n": len(members)}
     if method.batched and len(members) > 1:
         log.info("the %d members unlearn together as one stacked model (%s)", len(members), method.batched)
-        ctxs = [m.context(method, p, params["variant"], X, adata, part, device, threads, len(members))
-                for m in members]
+        ctxs = [_member_context(m, job) for m in members]
         t0 = time.perf_counter()
         models = method.batch_fn(ctxs)  # it counts each member's cell passes itself (ctx.report)
         secs = (time.perf_counter() - t0) / len(members)
         for m, ctx, model in zip(members, ctxs, models):
-            m.write(method, p, params["variant"], ctx, model, secs, X, adata)
+            _write_member(m, job, ctx, model, secs)
         return
     for m in members:
-        ctx = m.context(method, p, params["variant"], X, adata, part, device, threads, len(members))
+        ctx = _member_context(m, job)
         t0 = time.perf_counter()
         with CellMeter() as meter:
             model = method.fn(ctx)
         ctx.report.setdefault("cell_passes", meter.cells)
-        m.write(method, p, params["variant"], ctx, model, time.perf_counter() - t0, X, adata)
+        _write_member(m, job, ctx, model, time.perf_counter() - t0)
 
 
 def _as_list(x) -> list:
@@ -81,39 +79,36 @@ def _member_inputs(inp, k: int) -> dict:
             for n, v in dict(inp).items()}
 
 
-class _Member:
-    """One member of an unlearning job: its baseline seed, checkpoint, inputs and outputs."""
+def _member_context(m: dict, job: dict):
+    """Seed the RNG as a job of member ``m``'s seed alone would, load its baseline and build its context."""
+    from scunlearn.methods.context import Trajectory, UnlearnContext
+    from scunlearn.runtime import seed_everything
+    from scunlearn.vae.checkpoints import check_genes, load_checkpoint
 
-    def __init__(self, k: int, seed: int, baseline: str, out: dict, inputs: dict):
-        self.k, self.seed, self.baseline, self.out, self.inputs = k, seed, str(baseline), out, inputs
+    seed_everything(m["seed"], job["threads"])
+    model, m["base_meta"] = load_checkpoint(m["baseline"], job["device"])
+    check_genes(model, job["adata"], m["baseline"], m["base_meta"])
+    log.info("member %d/%d: seed %d, from %s", m["k"] + 1, job["n"], m["seed"], m["baseline"])
+    traj = Trajectory(f"{job['variant']}/seed{m['seed']}" if job["n"] > 1 else job["variant"])
+    return UnlearnContext.build(model, job["X"], job["part"], m["seed"], job["params"], traj,
+                                inputs=_method_inputs(job["method"], m["inputs"], job["adata"], job["part"]))
 
-    def context(self, method, p, variant, X, adata, part, device, threads, n_members):
-        """Seed the RNG as a job of this seed alone would, load its baseline and build its context."""
-        from scunlearn.methods.context import Trajectory, UnlearnContext
-        from scunlearn.runtime import seed_everything
-        from scunlearn.vae.checkpoints import check_genes, load_checkpoint
 
-        seed_everything(self.seed, threads)
-        model, self.base_meta = load_checkpoint(self.baseline, device)
-        check_genes(model, adata, self.baseline, self.base_meta)
-        log.info("member %d/%d: seed %d, from %s", self.k + 1, n_members, self.seed, self.baseline)
-        traj = Trajectory(f"{variant}/seed{self.seed}" if n_members > 1 else variant)
-        return UnlearnContext.build(model, X, part, self.seed, p, traj,
-                                    inputs=_method_inputs(method, self.inputs, adata, part))
+def _write_member(m: dict, job: dict, ctx, model, seconds: float) -> None:
+    """Member ``m``'s trajectory, per-cell statistics and checkpoint (each written atomically)."""
+    from scunlearn.stages.common import write_cells
+    from scunlearn.vae.checkpoints import save_checkpoint
 
-    def write(self, method, p, variant, ctx, model, seconds, X, adata) -> None:
-        from scunlearn.stages.common import write_cells
-        from scunlearn.vae.checkpoints import save_checkpoint
-
-        meta = {"kind": "unlearned", "method": method.name, "variant": variant, "seed": self.seed,
-                "params": p, "param_hash": param_hash(p), "unlearn_seconds": seconds,
-                "baseline": self.baseline, "genes": self.base_meta.get("genes", []), "report": dict(ctx.report)}
-        frame = ctx.trajectory.frame()
-        if frame.empty:
-            frame = pd.DataFrame({"epoch": []})
-        write_tsv(frame, self.out["trajectory"])
-        write_cells(model, X, adata, self.out)
-        save_checkpoint(model, self.out["model"], meta)
+    p = job["params"]
+    meta = {"kind": "unlearned", "method": job["method"].name, "variant": job["variant"], "seed": m["seed"],
+            "params": p, "param_hash": param_hash(p), "unlearn_seconds": seconds, "baseline": m["baseline"],
+            "genes": m["base_meta"].get("genes", []), "report": dict(ctx.report)}
+    frame = ctx.trajectory.frame()
+    if frame.empty:
+        frame = pd.DataFrame({"epoch": []})
+    write_tsv(frame, m["out"]["trajectory"])
+    write_cells(model, job["X"], job["adata"], m["out"])
+    save_checkpoint(model, m["out"]["model"], meta)
 
 
 def _method_inputs(method, inp: dict, adata, part) -> dict:
